@@ -1,0 +1,154 @@
+"""Where every TwinModel comes from: one factory, three sources.
+
+- an architecture name, randomly initialised (``create_model("twinrank-tiny")``),
+- an open_clip architecture with pretrained weights (``create_model("ViT-B-32",
+  pretrained="laion2b_s34b_b79k")`` or a local checkpoint file),
+- a saved model folder (``create_model("runs/demo")``): config.json + model.safetensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from models.config import TwinConfig, twin_config
+from models.device import pick_device
+from models.twin import TwinModel, build_clip
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+HUB_HOST = ("huggingface.co", 443)
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be built or loaded; the message says what to do."""
+
+
+def create_model(
+    name_or_path: str | Path,
+    pretrained: str | None = None,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+) -> TwinModel:
+    """Build or load a TwinModel in eval mode.
+
+    Random initialisation is seeded, so the same name and seed always give the same
+    weights (and the same ``model_id``).
+
+    Example:
+        >>> model = create_model("twinrank-tiny")
+        >>> model_id(model)
+        'twinrank-tiny:random:0'
+    """
+    target = pick_device(str(device) if device is not None else None)
+    path = Path(name_or_path)
+    if (path / CONFIG_FILE).is_file():
+        model = load_model(path)
+    elif path.suffix in (".json", ".safetensors") or os.sep in str(name_or_path):
+        raise ModelLoadError(
+            f"Model folder {str(name_or_path)!r} not found (it needs {CONFIG_FILE} and "
+            f"{WEIGHTS_FILE}); pass an existing folder or an architecture name like 'ViT-B-32'."
+        )
+    else:
+        try:
+            config = twin_config(str(name_or_path), pretrained)
+        except ValueError as error:
+            raise ModelLoadError(str(error)) from error
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            clip = _pretrained_clip(config) if pretrained else build_clip(config)
+            model = TwinModel(config, clip)
+        model.model_id = f"{config.name}:{pretrained or 'random'}:{seed}"
+    return model.to(target).eval()
+
+
+def _pretrained_clip(config: TwinConfig) -> torch.nn.Module:
+    """open_clip weights by tag or local file, with one clear sentence when they can't load."""
+    import open_clip
+
+    tag = str(config.pretrained)
+    is_file = Path(tag).is_file() or tag.startswith("local-dir:")
+    if not is_file and not _hub_reachable() and not _in_hub_cache(config.name, tag):
+        raise ModelLoadError(
+            f"Cannot download pretrained weights {config.name!r} / {tag!r}: the Hugging Face hub "
+            f"is unreachable. Download them on a connected machine and pass the file: "
+            f"--model {config.name} --pretrained /path/to/open_clip_model.safetensors"
+        )
+    try:
+        clip = open_clip.create_model(config.name, pretrained=tag, force_custom_text=True)
+    except Exception as error:  # open_clip raises many kinds; all mean "could not load"
+        raise ModelLoadError(
+            f"Could not load pretrained weights {config.name!r} / {tag!r}: {error}. "
+            f"Check the tag with open_clip.list_pretrained(), or pass a local checkpoint file."
+        ) from error
+    clip.visual.output_tokens = True
+    clip.text.output_tokens = True
+    return clip
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _in_hub_cache(name: str, tag: str) -> bool:
+    """Whether the weights for ``name`` / ``tag`` are already in the local hub cache."""
+    import open_clip
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = open_clip.get_pretrained_cfg(name, tag) or {}
+    repo = str(cfg.get("hf_hub", "")).rstrip("/")
+    if not repo:
+        return False
+    files = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in files)
+
+
+def save_model(model: TwinModel, folder: str | Path) -> Path:
+    """Write ``config.json`` + ``model.safetensors``; the folder loads with ``create_model``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE))
+    digest = _file_digest(folder / WEIGHTS_FILE)
+    data = model.config.to_dict() | {"model_id": f"{model.config.name}@{digest}"}
+    (folder / CONFIG_FILE).write_text(json.dumps(data, indent=2))
+    return folder
+
+
+def load_model(folder: str | Path) -> TwinModel:
+    folder = Path(folder)
+    try:
+        data = json.loads((folder / CONFIG_FILE).read_text())
+        recorded_id = data.pop("model_id", None)
+        config = TwinConfig.from_dict(data).with_pretrained(None)
+        model = TwinModel(config)
+        model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+        raise ModelLoadError(f"Could not load the model folder {str(folder)!r}: {error}") from error
+    model.model_id = recorded_id or f"{config.name}@{_file_digest(folder / WEIGHTS_FILE)}"
+    return model
+
+
+def model_id(model: TwinModel) -> str:
+    """The identity a collection records, so it is never searched with another model."""
+    return model.model_id
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]

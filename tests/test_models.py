@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import ModelLoadError, create_model, model_id, save_model
+from models.config import FusionConfig
+from models.fusion import FusionHead
+
+
+def test_shapes_of_both_encoders_and_the_head(tiny_model):
+    ids = tiny_model.tokenize(["a red circle", "a small blue square left of a large red one"])
+    with torch.no_grad():
+        text = tiny_model.encode_text(ids)
+        image = tiny_model.encode_image(torch.randn(2, 3, 32, 32))
+        logits = tiny_model.match_logit(text.text_tokens, text.text_mask, image.image_tokens)
+    cfg = tiny_model.config
+    assert text.text_vector.shape == (2, cfg.embed_dim)
+    assert image.image_vector.shape == (2, cfg.embed_dim)
+    assert image.image_tokens.shape == (2, cfg.image_token_count, cfg.fusion.width)
+    assert text.text_tokens.shape[:2] == ids.shape
+    assert logits.shape == (2,)
+    assert torch.allclose(text.text_vector.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_bi_and_cross_encoder_share_the_towers(tiny_model):
+    """Both losses' gradients reach the same tower parameters."""
+    ids = tiny_model.tokenize(["a red circle", "a blue square"])
+    pixels = torch.randn(2, 3, 32, 32)
+    text = tiny_model.encode_text(ids)
+    image = tiny_model.encode_image(pixels)
+    bi_loss = (text.text_vector @ image.image_vector.T).diag().sum()
+    grads_bi = torch.autograd.grad(bi_loss, list(tiny_model.towers.visual.parameters()),
+                                   retain_graph=True, allow_unused=True)
+    ce_loss = tiny_model.match_logit(text.text_tokens, text.text_mask, image.image_tokens).sum()
+    grads_ce = torch.autograd.grad(ce_loss, list(tiny_model.towers.visual.parameters()),
+                                   allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads_bi)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads_ce)
+
+
+def test_cutting_text_to_the_longest_caption_is_exact(tiny_model):
+    texts = ["a red circle", "a small blue square left of a large red triangle"]
+    full = tiny_model.tokenizer(texts)  # padded to the full context
+    with torch.no_grad():
+        cut = tiny_model.encode_text(tiny_model.tokenize(texts)).text_vector
+        reference = torch.nn.functional.normalize(tiny_model.clip.text(full)[0], dim=-1)
+    assert tiny_model.tokenize(texts).shape[1] < full.shape[1]
+    assert torch.allclose(cut, reference, atol=1e-5)
+
+
+def test_random_init_is_seeded():
+    a, b = create_model("twinrank-tiny"), create_model("twinrank-tiny")
+    c = create_model("twinrank-tiny", seed=1)
+    assert model_id(a) == model_id(b) != model_id(c)
+    assert torch.equal(a.head.out.weight, b.head.out.weight)
+    assert not torch.equal(a.head.out.weight, c.head.out.weight)
+
+
+def test_save_then_load_gives_identical_outputs(tiny_model, tmp_path: Path):
+    folder = save_model(tiny_model, tmp_path / "m")
+    loaded = create_model(folder)
+    ids = tiny_model.tokenize(["two shapes"])
+    pixels = torch.randn(1, 3, 32, 32)
+
+    def outputs(model):
+        with torch.no_grad():
+            return model.encode_text(ids).text_vector, model.encode_image(pixels).image_tokens
+
+    for ours, theirs in zip(outputs(tiny_model), outputs(loaded), strict=True):
+        assert torch.equal(ours, theirs)
+    assert model_id(loaded).startswith("twinrank-tiny@")
+
+
+def test_pooling_tokens_for_big_towers():
+    model = create_model("ViT-B-32")
+    with torch.no_grad():
+        tokens = model.encode_image(torch.randn(1, 3, 224, 224)).image_tokens
+    assert tokens.shape == (1, 16, model.config.fusion.width)  # 7x7 patches pooled to 4x4
+
+
+def test_offline_pretrained_fails_fast_with_one_clear_sentence(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="unreachable.*--pretrained /path"):
+        create_model("ViT-B-32", pretrained="laion2b_s34b_b79k")
+
+
+@pytest.mark.parametrize("name", ["no-such-model", "missing/folder"])
+def test_unknown_model_names_the_fix(name):
+    with pytest.raises(ModelLoadError, match="ViT-B-32"):
+        create_model(name)
+
+
+def test_fusion_head_ignores_text_padding():
+    head = FusionHead(FusionConfig(width=32, layers=1, heads=2), 16, 24).eval()
+    text, image = torch.randn(1, 3, 16), head.project_image(torch.randn(1, 4, 24))
+    padded = torch.cat([text, torch.randn(1, 2, 16)], dim=1)
+    mask = torch.tensor([[True, True, True, False, False]])
+    with torch.no_grad():
+        short = head(text, torch.ones(1, 3, dtype=torch.bool), image)
+        long = head(padded, mask, image)
+    assert torch.allclose(short, long, atol=1e-5)
+
+
