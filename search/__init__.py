@@ -1,0 +1,41 @@
+"""Search: the Qdrant store, the SearchClient and filters.
+
+``SearchClient`` is imported lazily: rerankers use this package's result types, and the
+client uses the rerankers.
+"""
+
+from typing import Any
+
+from search.filters import SearchFilter
+from search.hits import Hit, SearchResults
+from search.store import (
+    CollectionInfo,
+    CollectionMismatchError,
+    StoreBusyError,
+    StoreError,
+    VectorStore,
+    open_store,
+)
+
+__all__ = [
+    "CollectionInfo",
+    "CollectionMismatchError",
+    "Hit",
+    "QueryError",
+    "SearchClient",
+    "SearchFilter",
+    "SearchResults",
+    "StoreBusyError",
+    "StoreError",
+    "VectorStore",
+    "collection_info",
+    "open_store",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("SearchClient", "QueryError", "collection_info"):
+        from search import client
+
+        return getattr(client, name)
+    raise AttributeError(name)
