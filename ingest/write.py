@@ -1,0 +1,80 @@
+"""The write stage: build payloads and points, upsert them, keep the store consistent."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ingest.decode import DecodedImage
+from search.filters import ancestor_folders
+from search.store import PointRecord
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """What we know about a file before decoding it."""
+
+    path: Path  # absolute
+    size: int
+    mtime_ns: int  # integer nanoseconds: floats lose digits on the way through the store
+    content_hash: str
+
+    @property
+    def mtime(self) -> float:
+        return self.mtime_ns / 1e9
+
+
+def build_payload(facts: FileFacts, decoded: DecodedImage) -> dict[str, Any]:
+    path = facts.path.as_posix()
+    captured = decoded.captured_at or time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(facts.mtime)
+    )
+    return {
+        "paths": [path],
+        "folders": ancestor_folders(path),
+        "files": {path: {"size": facts.size, "mtime_ns": facts.mtime_ns}},
+        "size": facts.size,
+        "mtime": facts.mtime,
+        "width": decoded.width,
+        "height": decoded.height,
+        "format": decoded.format,
+        "captured_at": captured,
+        "captured_at_source": "exif" if decoded.captured_at else "mtime",
+        "content_hash": facts.content_hash,
+        "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def add_path(payload: dict[str, Any], facts: FileFacts) -> dict[str, Any]:
+    """The payload of an existing point with one more (or a refreshed) path."""
+    path = facts.path.as_posix()
+    updated = dict(payload)
+    paths = [p for p in updated.get("paths", []) if p != path] + [path]
+    files = dict(updated.get("files", {}))
+    files[path] = {"size": facts.size, "mtime_ns": facts.mtime_ns}
+    updated["paths"] = paths
+    updated["files"] = files
+    updated["folders"] = sorted({f for p in paths for f in ancestor_folders(p)})
+    return updated
+
+
+def remove_paths(payload: dict[str, Any], gone: set[str]) -> dict[str, Any] | None:
+    """The payload without ``gone`` paths, or None when no path is left."""
+    paths = [p for p in payload.get("paths", []) if p not in gone]
+    if not paths:
+        return None
+    updated = dict(payload)
+    updated["paths"] = paths
+    updated["files"] = {p: v for p, v in payload.get("files", {}).items() if p in paths}
+    updated["folders"] = sorted({f for p in paths for f in ancestor_folders(p)})
+    return updated
+
+
+def make_record(
+    point_id: str, vector: np.ndarray, tokens: np.ndarray, payload: dict[str, Any]
+) -> PointRecord:
+    return PointRecord(id=point_id, image_vector=vector, image_tokens=tokens, payload=payload)
