@@ -1,0 +1,146 @@
+"""Synthetic compositional scenes: determinism, held-out pairs, binding-sensitive captions."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from train.data import read_captions_jsonl
+from train.scenes import (
+    COLOURS,
+    LANGUAGES,
+    SPLITS,
+    ObjectSpec,
+    ScenesConfig,
+    SceneSpec,
+    all_scene_specs,
+    captions_for,
+    make_scenes,
+    plan_splits,
+    render_scene,
+)
+
+TINY = ScenesConfig(n_train=10, n_val=4, n_test=8, n_zeroshot=8, image_size=32)
+RED_CIRCLE = ObjectSpec("circle", "red", "small")
+BLUE_SQUARE = ObjectSpec("square", "blue", "large")
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_same_seed_writes_identical_files_and_another_seed_does_not(tmp_path: Path) -> None:
+    make_scenes(tmp_path / "a", TINY)
+    make_scenes(tmp_path / "b", TINY)
+    make_scenes(tmp_path / "c", replace(TINY, seed=1))
+    first, second, other = (_files(tmp_path / name) for name in "abc")
+    assert len(first) == 30 + 4 * 4 + 1  # images, 4 jsonl per split, scenes.json
+    assert first == second
+    assert first["test.en.jsonl"] != other["test.en.jsonl"]
+
+
+def test_layout_and_captions_in_every_language(tmp_path: Path) -> None:
+    summary = make_scenes(tmp_path, TINY)
+    assert json.loads((tmp_path / "scenes.json").read_text()) == summary
+    assert summary["splits"] == {"train": 10, "val": 4, "test": 8, "zeroshot": 8}
+    for split in SPLITS:
+        assert (tmp_path / f"{split}.jsonl").read_bytes() == (
+            tmp_path / f"{split}.en.jsonl").read_bytes()
+        for language in LANGUAGES:
+            text = (tmp_path / f"{split}.{language}.jsonl").read_text(encoding="utf-8")
+            rows = [json.loads(line) for line in text.splitlines()]
+            assert len(rows) == summary["splits"][split]
+            assert all(row["language"] == language and len(row["captions"]) == 3 for row in rows)
+            assert rows[0]["image"] == f"images/{split}/000000.png"
+    records = read_captions_jsonl(tmp_path / "zeroshot.de.jsonl")
+    assert records[0].image_path.is_file() and records[0].language == "de"
+    assert records[0].captions[0].startswith(("ein", "links", "oben"))
+
+
+def test_heldout_pairs_appear_only_in_zeroshot() -> None:
+    config = ScenesConfig()
+    plan = plan_splits(config)
+    heldout = set(config.heldout_pairs)
+    for split in ("train", "val", "test"):
+        assert not any(spec.shape_colour_pairs() & heldout for spec, _ in plan[split])
+    assert all(spec.shape_colour_pairs() & heldout for spec, _ in plan["zeroshot"])
+    every = [spec for items in plan.values() for spec, _ in items]
+    assert len(every) == len(set(every)) == sum(config.split_sizes().values())
+    trained_colours = {spec.objects[0].colour for spec, _ in plan["train"]}
+    assert trained_colours == set(COLOURS)  # each colour is still seen, on other shapes
+
+
+def test_test_and_zeroshot_hold_swapped_look_alikes() -> None:
+    plan = plan_splits(ScenesConfig())
+    for split in ("test", "zeroshot"):
+        specs = {spec for spec, _ in plan[split]}
+        with_look_alike = [s for s in specs if set(s.distractors()) & specs]
+        assert len(with_look_alike) > 0.6 * len(specs)
+        groups: dict[int, set[SceneSpec]] = {}
+        for spec, group in plan[split]:
+            groups.setdefault(group, set()).add(spec)
+        assert any(spec.swap_colours() in members for members in groups.values()
+                   for spec in members)
+
+
+def test_captions_bind_attributes_to_their_objects() -> None:
+    spec = SceneSpec((RED_CIRCLE, BLUE_SQUARE))
+    assert captions_for(spec, "en")[0] == "a small red circle left of a large blue square"
+    assert captions_for(spec, "de")[0] == (
+        "ein kleiner roter Kreis links von einem großen blauen Quadrat")
+    assert captions_for(spec, "fr")[0] == "un petit cercle rouge à gauche d'un grand carré bleu"
+    for language in LANGUAGES:
+        own = set(captions_for(spec, language))
+        for look_alike in spec.distractors():
+            assert not own & set(captions_for(look_alike, language))
+
+
+def test_every_caption_describes_exactly_one_scene() -> None:
+    for language in LANGUAGES:
+        owner: dict[str, SceneSpec] = {}
+        for spec in all_scene_specs():
+            for caption in captions_for(spec, language):
+                assert owner.setdefault(caption, spec) == spec, caption
+
+
+def test_captions_shuffle_only_with_rng() -> None:
+    spec = SceneSpec((RED_CIRCLE, BLUE_SQUARE), "above")
+    fixed = captions_for(spec, "fr")
+    shuffled = captions_for(spec, "fr", np.random.default_rng(3))
+    assert fixed == captions_for(spec, "fr") and sorted(fixed) == sorted(shuffled)
+
+
+def _mask_centre(image: np.ndarray, rgb: tuple[int, int, int]) -> tuple[float, float, int]:
+    close = np.abs(image.astype(int) - np.array(rgb)).sum(axis=2) < 60
+    ys, xs = np.nonzero(close)
+    return float(xs.mean()), float(ys.mean()), int(close.sum())
+
+
+@pytest.mark.parametrize("relation", ["left of", "above"])
+def test_render_places_first_object_left_or_top(relation: str) -> None:
+    spec = SceneSpec((RED_CIRCLE, BLUE_SQUARE), relation)
+    for seed in range(5):
+        image = np.asarray(render_scene(spec, 64, np.random.default_rng(seed)))
+        red_x, red_y, red_area = _mask_centre(image, COLOURS["red"])
+        blue_x, blue_y, blue_area = _mask_centre(image, COLOURS["blue"])
+        first, second = (red_x, blue_x) if relation == "left of" else (red_y, blue_y)
+        assert first < 32 < second
+        assert blue_area > 2 * red_area  # large is visibly larger than small
+
+
+def test_bad_config_and_folder_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="languages"):
+        ScenesConfig(languages=("en", "cs"))
+    with pytest.raises(ValueError, match="captions_per_image"):
+        ScenesConfig(captions_per_image=9)
+    with pytest.raises(ValueError, match="'pink'"):
+        ScenesConfig(heldout_pairs=(("circle", "pink"),))
+    with pytest.raises(ValueError, match="distinct"):
+        plan_splits(ScenesConfig(n_zeroshot=5000))
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty"):
+        make_scenes(tmp_path, TINY)

@@ -1,0 +1,1 @@
+"""Training: caption datasets, synthetic scenes, losses and the JOINT/SEP fine-tuning loop."""
