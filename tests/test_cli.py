@@ -1,0 +1,63 @@
+"""The CLI through Typer's runner: what a user types, what they see."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from cli import app
+
+runner = CliRunner()
+
+
+def test_ingest_then_search_as_json(image_folder, tmp_path):
+    store = tmp_path / "store"
+    result = runner.invoke(app, ["ingest", str(image_folder), "--store", str(store),
+                                 "--report", str(tmp_path / "report.json")])
+    assert result.exit_code == 0, result.output
+    assert "added 10" in result.output and "failed 1" in result.output
+    assert "broken.jpg" in result.output
+    assert json.loads((tmp_path / "report.json").read_text())["added"] == 10
+    result = runner.invoke(app, ["search", "a red block", "--store", str(store), "-k", "3",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [r["rank"] for r in rows] == [1, 2, 3]
+    assert all(r["rerank_rank"] == r["rank"] for r in rows)
+
+
+def test_plain_search_output_and_no_rerank(image_folder, tmp_path):
+    store = tmp_path / "store"
+    runner.invoke(app, ["ingest", str(image_folder), "--store", str(store)])
+    result = runner.invoke(app, ["search", "blocks", "--store", str(store), "--no-rerank"])
+    assert result.exit_code == 0
+    assert result.output.count(str(image_folder)) == 10
+    assert "encode_ms" in result.output and "rerank_ms" not in result.output
+
+
+def test_user_errors_are_one_line_not_a_traceback(image_folder, tmp_path):
+    cases = [
+        ["search", "x", "--store", str(tmp_path / "none")],
+        ["ingest", str(tmp_path / "missing"), "--store", str(tmp_path / "s")],
+        ["ingest", str(image_folder), "--store", str(tmp_path / "s2"), "--model", "nope"],
+    ]
+    for args in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1, args
+        assert "Error:" in result.output and "Traceback" not in result.output
+
+
+def test_empty_query_is_refused(image_folder, tmp_path):
+    store = tmp_path / "store"
+    runner.invoke(app, ["ingest", str(image_folder), "--store", str(store)])
+    result = runner.invoke(app, ["search", "  ", "--store", str(store)])
+    assert result.exit_code == 1 and "empty" in result.output
+
+
+def test_help_teaches_every_command():
+    result = runner.invoke(app, ["--help"])
+    for command in ("ingest", "search", "ui", "demo"):
+        assert command in result.output
+    result = runner.invoke(app, ["ingest", "--help"])
+    assert "--batch-size" in result.output and "--store" in result.output

@@ -1,0 +1,1 @@
+"""The Streamlit app: results before and after reranking, side by side."""
