@@ -36,4 +36,6 @@ def start_ui(store: Path, host: str = "127.0.0.1", port: int = 8501) -> subproce
     """Start the app for ``store``; returns the running process (the caller waits on it)."""
     env = dict(os.environ)
     env[STORE_ENV] = str(Path(store).expanduser().resolve())
+    project_root = str(APP.parent.parent)  # the app imports search/ and rerank/ from here
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [project_root, env.get("PYTHONPATH")]))
     return subprocess.Popen(streamlit_command(host, port), env=env)
