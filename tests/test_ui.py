@@ -109,7 +109,9 @@ def test_more_like_this_and_details(shared_store, monkeypatch):
     assert not at.exception
     source = after[0].path.rsplit("/", 1)[-1]
     assert f"More like {source}" in [h.value for h in at.subheader]
-    names = [c.rsplit(" · ", 1)[-1] for c in image_captions(at)]
+    shown = image_captions(at)
+    assert shown[0] == f"Searching with {source}"
+    names = [c.rsplit(" · ", 1)[-1] for c in shown[1:]]
     assert len(names) == K and source not in names  # the image itself is left out
     at.button(key="details-grid-1").click().run()
     assert not at.exception

@@ -31,7 +31,7 @@ from ui.lookup import (
     similar_to,
     source_payload,
 )
-from ui.render import MODE_KEY, SIMILAR_KEY, before_after, grid
+from ui.render import MODE_KEY, SIMILAR_KEY, before_after, grid, source_card
 from ui.thumbs import THUMBS_DIR, ImageReadError, ThumbnailCache, collection_paths, open_image
 from ui.views import path_name
 
@@ -148,9 +148,11 @@ def show_results(client: SearchClient, store: str, settings: Settings) -> None:
         payload = source_payload(client, point_id)
         if not payload:
             raise UnknownImageError("That image is no longer in the collection; search again.")
+        name = path_name((collection_paths(payload) or ["?"])[0])
         st.button("← Back to the query", on_click=set_mode, args=("text",), key="back")
+        source_card(thumbs, point_id, payload, name)
         results = similar_to(client, point_id, k, filters)
-        title = f"More like {path_name((collection_paths(payload) or ['?'])[0])}"
+        title = f"More like {name}"
     elif mode == "image" and upload is not None:
         image = open_image(upload)
         st.image(image, caption="Your image", width=160)

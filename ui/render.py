@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
@@ -45,18 +46,31 @@ def result_card(
     text: str,
     key: str,
     thumb: Path | None,
+    side_by_side: bool = False,
 ) -> None:
-    """One result: thumbnail, caption, "More like this" and "Details"."""
+    """One result: thumbnail with its caption, "More like this" and "Details" beside it
+    (``side_by_side``, for the two-column view) or below it (the grid)."""
     with st.container(key=f"card-{key}"):
-        if thumb is not None:
-            st.image(str(thumb), caption=text, width=CARD_WIDTH)
-        else:
-            st.warning(f"{text}: the file is missing or unreadable (moved since ingest?).")
-        with st.container(horizontal=True, gap="small"):
+        picture, actions = st.columns([3, 2], vertical_alignment="center") if side_by_side \
+            else (st.container(), st.container(horizontal=True, gap="small"))
+        with picture:
+            if thumb is not None:
+                st.image(str(thumb), caption=text, width=CARD_WIDTH)
+            else:
+                st.warning(f"{text}: the file is missing or unreadable (moved since ingest?).")
+        with actions:
             st.button("More like this", key=f"similar-{key}", on_click=ask_similar,
                       args=(hit.id,), help="Search the collection with this image.")
             if st.button("Details", key=f"details-{key}", help="The full image and its facts."):
                 show_details(client, thumbs, hit.id)
+
+
+def source_card(thumbs: ThumbnailCache, point_id: str, payload: dict[str, Any],
+                name: str) -> None:
+    """The image a "more like this" search started from."""
+    thumb = thumbs.get(point_id, payload)
+    if thumb is not None:
+        st.image(str(thumb), caption=f"Searching with {name}", width=120)
 
 
 @st.dialog("Image details", width="large")
@@ -91,10 +105,10 @@ def before_after(
         col_a, col_b = st.columns(2)
         with col_a:
             result_card(client, thumbs, first, caption(first, "before", k), f"before-{rank}",
-                        paths[first.id])
+                        paths[first.id], side_by_side=True)
         with col_b:
             result_card(client, thumbs, second, caption(second, "after", k), f"after-{rank}",
-                        paths[second.id])
+                        paths[second.id], side_by_side=True)
 
 
 def grid(
