@@ -65,9 +65,10 @@ def get_thumbs(store: str) -> ThumbnailCache:
     return ThumbnailCache(Path(store) / THUMBS_DIR)
 
 
-@st.cache_data(ttl=600, show_spinner="Reading the collection's folders and dates…")
+@st.cache_data(ttl=3600, show_spinner="Reading the collection's folders and dates…")
 def get_facets(store: str, images: int) -> Facets:
-    """Filter choices, re-read when the image count changes (or after ten minutes)."""
+    """Filter choices, re-read when the image count changes (or after an hour: 100k
+    payloads take seconds to read)."""
     return collect_facets(get_client(store).store.iter_payloads())
 
 
