@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -23,12 +25,17 @@ QUERY = "a red block"
 K = 8
 
 
+def stamp(path: Path, when: datetime) -> None:
+    seconds = when.replace(tzinfo=timezone.utc).timestamp()
+    os.utime(path, (seconds, seconds))
+
+
 def build_store(root: Path, store_path: Path) -> Path:
     """10 images (6 png in 2021/, 4 jpg in 2022/beach/) ingested with the tiny model."""
-    for i in range(6):
-        make_image(root / "2021" / f"a{i}.png", seed=i)
+    for i in range(6):  # file times stand in for capture times (no EXIF)
+        stamp(make_image(root / "2021" / f"a{i}.png", seed=i), datetime(2021, 3, 1 + i))
     for i in range(6, 10):
-        make_image(root / "2022" / "beach" / f"b{i}.jpg", seed=i)
+        stamp(make_image(root / "2022" / "beach" / f"b{i}.jpg", seed=i), datetime(2022, 7, i))
     model = create_model("twinrank-tiny", device="cpu")
     store = open_store(store_path, collection_info(model, "twinrank-tiny"))
     run_ingest(IngestConfig(root=root, progress=False), ImageEmbedder(model), store)
@@ -88,6 +95,17 @@ def test_filters_restrict_the_results(shared_store, monkeypatch):
     at.multiselect(key="formats").set_value(["png"]).run()
     names = [c.rsplit(" · ", 1)[-1] for c in image_captions(at)]
     assert len(names) == 2 * 6 and all(n.endswith(".png") for n in names)
+
+
+def test_date_range_restricts_the_results(shared_store, monkeypatch):
+    path, _, _ = shared_store
+    at = run_app(path, monkeypatch)
+    dates = at.date_input(key="dates")
+    assert dates.value == (date(2021, 3, 1), date(2022, 7, 9))
+    dates.set_value((date(2021, 3, 2), date(2021, 3, 4))).run()
+    at.text_input(key="query").input(QUERY).run()
+    names = sorted({c.rsplit(" · ", 1)[-1] for c in image_captions(at)})
+    assert names == ["a1.png", "a2.png", "a3.png"]  # both ends of the range included
 
 
 def test_rerank_off_shows_one_bi_encoder_list(shared_store, monkeypatch):
