@@ -117,15 +117,17 @@ def ui(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8501,
 ) -> None:
     """Open the app: results before and after reranking, side by side."""
-    from ui.launch import is_loopback, start_ui
+    from ui.launch import UIStartError, is_loopback, run_ui
 
     if not is_loopback(host):
         typer.secho(f"Warning: listening on {host}; anyone who can reach it can search "
                     f"this collection.", fg=typer.colors.YELLOW, err=True)
-    typer.echo(f"twinrank is running at http://{host}:{port}  (Ctrl+C to stop)")
-    process = start_ui(store.expanduser(), host, port)
-    with contextlib.suppress(KeyboardInterrupt):
-        process.wait()
+    try:
+        code = run_ui(store.expanduser(), host, port, announce=typer.echo)
+    except UIStartError as error:
+        typer.secho(f"Error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
 
 
 @app.command("make-scenes")

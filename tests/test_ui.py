@@ -2,48 +2,200 @@
 
 from __future__ import annotations
 
+import io
+import json
+import os
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import pytest
+from conftest import make_image
 from streamlit.testing.v1 import AppTest
 
 from ingest import IngestConfig, run_ingest
 from ingest.embed import ImageEmbedder
-from search import collection_info, open_store
+from models import create_model
+from search import SearchClient, collection_info, open_store
 from search.hits import Hit
-from ui.launch import STORE_ENV, is_loopback
-from ui.views import movement
+from ui.launch import STORE_ENV, app_url, is_loopback
+from ui.views import caption, movement, path_name, timing_line
 
 APP = str(Path(__file__).parents[1] / "ui" / "app.py")
+QUERY = "a red block"
+K = 8
 
 
-@pytest.fixture
-def store_path(tiny_model, image_folder, tmp_path) -> Path:
-    path = tmp_path / "store"
-    store = open_store(path, collection_info(tiny_model, "twinrank-tiny"))
-    run_ingest(IngestConfig(root=image_folder, progress=False), ImageEmbedder(tiny_model), store)
+def stamp(path: Path, when: datetime) -> None:
+    seconds = when.replace(tzinfo=timezone.utc).timestamp()
+    os.utime(path, (seconds, seconds))
+
+
+def build_store(root: Path, store_path: Path) -> Path:
+    """10 images (6 png in 2021/, 4 jpg in 2022/beach/) ingested with the tiny model."""
+    for i in range(6):  # file times stand in for capture times (no EXIF)
+        stamp(make_image(root / "2021" / f"a{i}.png", seed=i), datetime(2021, 3, 1 + i))
+    for i in range(6, 10):
+        stamp(make_image(root / "2022" / "beach" / f"b{i}.jpg", seed=i), datetime(2022, 7, i))
+    model = create_model("twinrank-tiny", device="cpu")
+    store = open_store(store_path, collection_info(model, "twinrank-tiny"))
+    run_ingest(IngestConfig(root=root, progress=False), ImageEmbedder(model), store)
     store.close()
-    return path
+    return store_path
 
 
-def test_both_columns_render_for_a_query(store_path, monkeypatch):
-    monkeypatch.setenv(STORE_ENV, str(store_path))
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory) -> tuple[Path, list[Hit], list[Hit]]:
+    """One read-only collection for this module, with the answer SearchClient gives."""
+    base = tmp_path_factory.mktemp("ui")
+    path = build_store(base / "photos", base / "store")
+    with SearchClient(path) as client:
+        before, after = client.compare(QUERY, k=K)
+    return path, list(before), list(after)
+
+
+def run_app(store: Path | str, monkeypatch) -> AppTest:
+    monkeypatch.setenv(STORE_ENV, str(store))
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception
-    at.text_input(key="query").input("a red block").run()
+    return at
+
+
+def image_captions(at: AppTest) -> list[str]:
+    return [text for image in at.image for text in image.captions]
+
+
+def test_both_columns_hold_what_the_client_returns(shared_store, monkeypatch):
+    path, before, after = shared_store
+    at = run_app(path, monkeypatch)
+    at.text_input(key="query").input(QUERY).run()
     assert not at.exception
     headers = [h.value for h in at.subheader]
     assert "Before: bi-encoder" in headers and "After: reranked" in headers
-    captions = [c.value for c in at.caption]
-    assert any("text encoding" in c and "rerank" in c for c in captions)
-    assert len(at.get("image")) == 2 * 8  # k=8 rows, one image per column
+    timing = next(c.value for c in at.caption if "text encoding" in c.value)
+    assert "vector search" in timing and "rerank" in timing
+    shown = image_captions(at)
+    assert len(shown) == 2 * K
+    # rows alternate before, after: the same rank sits side by side
+    assert shown[0::2] == [caption(h, "before", K) for h in before]
+    assert shown[1::2] == [caption(h, "after", K) for h in after]
+    assert any(movement(h, K) != "=" for h in after)  # the tiny reranker does move things
+
+
+def test_filters_restrict_the_results(shared_store, monkeypatch):
+    path, _, _ = shared_store
+    at = run_app(path, monkeypatch)
+    folder = at.selectbox(key="folder")
+    beach = next(i for i, o in enumerate(folder.options) if o.startswith("2022/beach"))
+    folder.select_index(beach).run()
+    at.text_input(key="query").input(QUERY).run()
+    names = [c.rsplit(" · ", 1)[-1] for c in image_captions(at)]
+    assert names and all(n.startswith("b") and n.endswith(".jpg") for n in names)
+    assert len(names) == 2 * 4  # only four images live there
+    at.selectbox(key="folder").select_index(0).run()
+    at.multiselect(key="formats").set_value(["png"]).run()
+    names = [c.rsplit(" · ", 1)[-1] for c in image_captions(at)]
+    assert len(names) == 2 * 6 and all(n.endswith(".png") for n in names)
+
+
+def test_date_range_restricts_the_results(shared_store, monkeypatch):
+    path, _, _ = shared_store
+    at = run_app(path, monkeypatch)
+    dates = at.date_input(key="dates")
+    assert dates.value == (date(2021, 3, 1), date(2022, 7, 9))
+    dates.set_value((date(2021, 3, 2), date(2021, 3, 4))).run()
+    at.text_input(key="query").input(QUERY).run()
+    names = sorted({c.rsplit(" · ", 1)[-1] for c in image_captions(at)})
+    assert names == ["a1.png", "a2.png", "a3.png"]  # both ends of the range included
+
+
+def test_rerank_off_shows_one_bi_encoder_list(shared_store, monkeypatch):
+    path, before, _ = shared_store
+    at = run_app(path, monkeypatch)
+    at.toggle(key="rerank").set_value(False).run()
+    at.text_input(key="query").input(QUERY).run()
+    assert "After: reranked" not in [h.value for h in at.subheader]
+    names = [c.rsplit(" · ", 1)[-1] for c in image_captions(at)]
+    assert names == [h.path.rsplit("/", 1)[-1] for h in before]
+    assert not any("rerank" in c.value for c in at.caption if "encoding" in c.value)
+
+
+def test_more_like_this_and_details(shared_store, monkeypatch):
+    path, _, after = shared_store
+    at = run_app(path, monkeypatch)
+    at.text_input(key="query").input(QUERY).run()
+    at.button(key="similar-after-1").click().run()
+    assert not at.exception
+    source = after[0].path.rsplit("/", 1)[-1]
+    assert f"More like {source}" in [h.value for h in at.subheader]
+    shown = image_captions(at)
+    assert shown[0] == f"Searching with {source}"
+    names = [c.rsplit(" · ", 1)[-1] for c in shown[1:]]
+    assert len(names) == K and source not in names  # the image itself is left out
+    at.button(key="details-grid-1").click().run()
+    assert not at.exception
+    details = " ".join(m.value for m in at.markdown)
+    assert f"/{names[0]}`" in details and "**file type**" in details
+    at.button(key="back").click().run()
+    assert "After: reranked" in [h.value for h in at.subheader]
+
+
+def test_search_by_uploaded_image_finds_that_image_first(shared_store, monkeypatch):
+    path, _, _ = shared_store
+    at = run_app(path, monkeypatch)
+    data = (path.parent / "photos" / "2021" / "a3.png").read_bytes()
+    at.file_uploader(key="upload").set_value(("mine.png", data, "image/png")).run()
+    assert not at.exception
+    assert "Nearest to your image" in [h.value for h in at.subheader]
+    first = image_captions(at)[1]  # [0] is the uploaded image itself
+    assert first.endswith("a3.png") and "cos 1.000" in first
+
+
+def test_an_upload_that_is_not_an_image_is_a_message(shared_store, monkeypatch):
+    path, _, _ = shared_store
+    at = run_app(path, monkeypatch)
+    buffer = io.BytesIO(b"\x89PNG\r\n\x1a\n not really a png")
+    at.file_uploader(key="upload").set_value(("x.png", buffer.getvalue(), "image/png")).run()
+    assert not at.exception
+    assert "Could not read x.png" in at.error[0].value
+
+
+def test_unexpected_errors_never_show_a_stack_trace(shared_store, monkeypatch):
+    path, _, _ = shared_store
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(SearchClient, "compare", broken)
+    at = run_app(path, monkeypatch)
+    at.text_input(key="query").input(QUERY).run()
+    assert not at.exception
+    assert "Something went wrong (RuntimeError: disk on fire)" in at.error[0].value
 
 
 def test_no_collection_shows_how_to_ingest(tmp_path, monkeypatch):
-    monkeypatch.setenv(STORE_ENV, str(tmp_path / "nothing"))
-    at = AppTest.from_file(APP, default_timeout=60).run()
-    assert not at.exception
+    at = run_app(tmp_path / "nothing", monkeypatch)
     assert "twinrank ingest" in at.info[0].value
+
+
+def test_busy_store_is_a_clear_message(tmp_path, monkeypatch):
+    path = build_store(tmp_path / "photos", tmp_path / "store")
+    holder = open_store(path)  # an ingest, say, holds the store
+    try:
+        at = run_app(path, monkeypatch)
+        assert "busy" in at.warning[0].value and "another process" in at.warning[0].value
+    finally:
+        holder.close()
+
+
+def test_missing_model_is_a_clear_message(tmp_path, monkeypatch):
+    path = build_store(tmp_path / "photos", tmp_path / "store")
+    meta = path / "twinrank.json"
+    info = json.loads(meta.read_text())
+    info["model_source"] = str(tmp_path / "deleted-model")
+    meta.write_text(json.dumps(info))
+    at = run_app(path, monkeypatch)
+    assert "model could not be loaded" in at.error[0].value
+    assert "deleted-model" in at.error[0].value
 
 
 def test_movement_markers():
@@ -55,6 +207,14 @@ def test_movement_markers():
             movement(hit(12, 1), 8)] == ["↑3", "↓2", "=", "new"]
 
 
+def test_timing_line_and_names():
+    line = timing_line({"encode_ms": 10.0, "search_ms": 2.0, "rerank_ms": 5.5})
+    assert line == "text encoding 10.0 ms · vector search 2.0 ms · rerank 5.5 ms · total 17.5 ms"
+    assert path_name("C:\\photos\\x.jpg") == "x.jpg" and path_name("/a/b.png") == "b.png"
+
+
 def test_loopback_detection():
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0")
+    assert app_url("0.0.0.0", 8501) == "http://127.0.0.1:8501"
+    assert app_url("::1", 80) == "http://[::1]:80"

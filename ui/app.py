@@ -2,20 +2,56 @@
 
 Run it through ``twinrank ui --store PATH`` (the store location arrives in the
 TWINRANK_UI_STORE environment variable). The page only ever shows files that belong to
-the collection: every image path comes from a stored point's payload.
+the collection: every image is a thumbnail of a path in a stored point's payload, and
+nothing the browser sends is used as a path. Errors become one readable message, never a
+stack trace on the page (the details go to the terminal running the app).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
+from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from models import ModelLoadError
-from search import SearchClient, StoreBusyError, StoreError
-from ui.launch import STORE_ENV
-from ui.views import caption, timing_line
+from search import QueryError, SearchClient, SearchFilter, StoreBusyError, StoreError
+from search.store import read_info
+from ui.facets import Facets, FilterChoices, collect_facets
+from ui.launch import MAX_UPLOAD_MB, STORE_ENV
+from ui.lookup import (
+    RERANK_OFF,
+    UnknownImageError,
+    client_with_reranker,
+    reranker_names,
+    search_by_image,
+    similar_to,
+    source_payload,
+)
+from ui.render import MODE_KEY, SIMILAR_KEY, before_after, grid, source_card
+from ui.thumbs import THUMBS_DIR, ImageReadError, ThumbnailCache, collection_paths, open_image
+from ui.views import path_name
+
+log = logging.getLogger("twinrank.ui")
+HOW_TO_INGEST = (
+    "Ingest a folder of images first:\n\n"
+    "`twinrank ingest ~/Pictures --store ~/.twinrank/store`\n\n"
+    "then start the app with `twinrank ui --store ~/.twinrank/store` "
+    "(or try `twinrank demo` for a generated collection)."
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the sidebar asks for."""
+
+    k: int
+    rerank: bool
+    reranker: str
+    filters: SearchFilter | None
 
 
 @st.cache_resource(show_spinner="Loading the model and opening the collection…")
@@ -24,55 +60,146 @@ def get_client(store: str) -> SearchClient:
     return SearchClient(store)
 
 
-def show_error_and_stop(message: str) -> None:
-    st.error(message)
+@st.cache_resource(show_spinner=False)
+def get_thumbs(store: str) -> ThumbnailCache:
+    return ThumbnailCache(Path(store) / THUMBS_DIR)
+
+
+@st.cache_data(ttl=3600, show_spinner="Reading the collection's folders and dates…")
+def get_facets(store: str, images: int) -> Facets:
+    """Filter choices, re-read when the image count changes (or after an hour: 100k
+    payloads take seconds to read)."""
+    return collect_facets(get_client(store).store.iter_payloads())
+
+
+def open_collection(store: str) -> SearchClient:
+    """The collection's client, or a friendly page saying why there is none (then stop)."""
+    if not store or read_info(Path(store)) is None:
+        st.info(f"No collection yet at `{store or '(none given)'}`. {HOW_TO_INGEST}")
+        st.stop()
+    try:
+        return get_client(store)
+    except StoreBusyError as error:
+        st.warning(f"The collection is busy. {error}")
+    except ModelLoadError as error:
+        st.error(f"The collection's model could not be loaded. {error}")
+    except StoreError as error:
+        st.error(str(error))
     st.stop()
+    raise AssertionError("unreachable")  # st.stop() raises
+
+
+def sidebar(client: SearchClient, store: str) -> Settings:
+    stats = client.stats()
+    st.metric("Images", f"{stats['images']:,}")
+    st.caption(f"Model: `{stats['model_id']}`  \n"
+               f"Reranker cache: {stats['token_bytes_per_image'] / 1000:.1f} kB per image")
+    k = st.slider("Results", min_value=1, max_value=50, value=8, key="k")
+    rerank = st.toggle("Rerank", value=True, key="rerank",
+                       help="Reorder the bi-encoder's top candidates with the cross-encoder.")
+    names = [n for n in reranker_names() if n != RERANK_OFF]
+    reranker = st.selectbox("Reranker", names, key="reranker", disabled=not rerank)
+    st.subheader("Filters")
+    facets = get_facets(store, int(stats["images"]))
+    return Settings(k=k, rerank=rerank, reranker=str(reranker),
+                    filters=facets.to_filter(filter_choices(facets)))
+
+
+def filter_choices(facets: Facets) -> FilterChoices:
+    by_label = {facets.folder_label(folder): folder for folder, _ in facets.folders}
+    label = st.selectbox("Folder", list(by_label), key="folder") if by_label else None
+    folder = by_label.get(label) if label else None
+    formats = st.multiselect("File types", facets.formats, key="formats",
+                             placeholder="All file types")
+    first_day = last_day = None
+    if facets.first_day and facets.last_day and facets.first_day < facets.last_day:
+        picked = st.date_input("Taken between", value=(facets.first_day, facets.last_day),
+                               min_value=facets.first_day, max_value=facets.last_day,
+                               key="dates")
+        if isinstance(picked, tuple) and len(picked) == 2:
+            first_day, last_day = picked
+    return FilterChoices(folder=folder, formats=tuple(formats), first_day=first_day,
+                         last_day=last_day)
+
+
+def set_mode(mode: str) -> None:
+    st.session_state[MODE_KEY] = mode
+    st.session_state.pop(SIMILAR_KEY, None)
+
+
+def search_inputs() -> tuple[str, UploadedFile | None]:
+    query = st.text_input("What are you looking for?", key="query", on_change=set_mode,
+                          args=("text",),
+                          placeholder="a small red circle left of a large blue square")
+    with st.expander("Search by image"):
+        upload = st.file_uploader("An image to find similar ones to",
+                                  type=["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif",
+                                        "tiff"], key="upload", on_change=set_mode,
+                                  args=("image",), max_upload_size=MAX_UPLOAD_MB)
+    return query, upload
+
+
+def show_results(client: SearchClient, store: str, settings: Settings) -> None:
+    query, upload = search_inputs()
+    thumbs = get_thumbs(store)
+    mode = st.session_state.get(MODE_KEY, "text")
+    k, filters = settings.k, settings.filters
+    if mode == "similar" and st.session_state.get(SIMILAR_KEY):
+        point_id = str(st.session_state[SIMILAR_KEY])
+        payload = source_payload(client, point_id)
+        if not payload:
+            raise UnknownImageError("That image is no longer in the collection; search again.")
+        name = path_name((collection_paths(payload) or ["?"])[0])
+        st.button("← Back to the query", on_click=set_mode, args=("text",), key="back")
+        source_card(thumbs, point_id, payload, name)
+        results = similar_to(client, point_id, k, filters)
+        title = f"More like {name}"
+    elif mode == "image" and upload is not None:
+        image = open_image(upload)
+        st.image(image, caption="Your image", width=160)
+        results = search_by_image(client, image, k, filters)
+        title = "Nearest to your image"
+    elif not query.strip():
+        st.caption("Type a query and press Enter, or search by image.")
+        return
+    elif settings.rerank:
+        ranked = client_with_reranker(client, settings.reranker)
+        before, after = ranked.compare(query, k=k, filters=filters)
+        if after:
+            before_after(client, thumbs, before, after, k, after.timings)
+            return
+        results, title = after, ""
+    else:
+        results = client.search(query, k=k, rerank=False, filters=filters)
+        title = "Bi-encoder order (rerank off)"
+    if not results:
+        st.warning("No image matches these filters; widen them in the sidebar.")
+        return
+    grid(client, thumbs, results, title, results.timings)
 
 
 def main() -> None:
-    st.set_page_config(page_title="twinrank", layout="wide")
+    st.set_page_config(page_title="twinrank", page_icon="🔎", layout="wide")
     st.title("twinrank")
-    st.caption(
-        "Retrieve fast, rerank smart: bi-encoder results on the left, reranked on the right."
-    )
+    st.caption("Retrieve fast, rerank smart: bi-encoder results on the left, "
+               "reranked on the right.")
     store = os.environ.get(STORE_ENV, "")
-    if not store or not Path(store).exists():
-        st.info(
-            "No collection yet. Ingest a folder of images first:\n\n"
-            "`twinrank ingest ~/Pictures --store ~/.twinrank/store`\n\n"
-            "then start the app with `twinrank ui --store ~/.twinrank/store`."
-        )
-        st.stop()
+    client = open_collection(store)
     try:
-        client = get_client(store)
+        with st.sidebar:
+            settings = sidebar(client, store)
+        if client.store.count() == 0:
+            st.info(f"The collection is empty. {HOW_TO_INGEST}")
+            return
+        show_results(client, store, settings)
     except StoreBusyError as error:
-        show_error_and_stop(f"The collection is busy: {error}")
-    except (StoreError, ModelLoadError) as error:
-        show_error_and_stop(str(error))
-    with st.sidebar:
-        stats = client.stats()
-        st.metric("Images", stats["images"])
-        st.caption(f"Model: `{stats['model_id']}`")
-        k = st.slider("Results", min_value=1, max_value=50, value=8, key="k")
-    query = st.text_input("What are you looking for?", key="query",
-                          placeholder="a small red circle left of a large blue square")
-    if not query.strip():
-        st.caption("Type a query and press Enter.")
-        return
-    before, after = client.compare(query, k=k)
-    if not after:
-        st.warning("The collection has no images yet.")
-        return
-    st.caption(timing_line(after.timings))
-    left, right = st.columns(2)
-    left.subheader("Before: bi-encoder")
-    right.subheader("After: reranked")
-    for first, second in zip(before, after, strict=False):
-        col_a, col_b = st.columns(2)
-        with col_a:
-            st.image(first.path, caption=caption(first, "before", k), width=160)
-        with col_b:
-            st.image(second.path, caption=caption(second, "after", k), width=160)
+        st.warning(f"The collection is busy. {error}")
+    except (QueryError, StoreError, ModelLoadError, UnknownImageError, ImageReadError) as error:
+        st.error(str(error))
+    except Exception as error:  # the last line of defence: never a stack trace on the page
+        log.exception("twinrank ui: unexpected error")
+        st.error(f"Something went wrong ({type(error).__name__}: {error}). The details are "
+                 f"in the terminal running `twinrank ui`.")
 
 
 main()

@@ -1,0 +1,141 @@
+"""Thumbnails made once per image and kept on disk, so a result page loads fast at any size.
+
+A thumbnail is keyed by the point id, which is derived from the file's content: the
+cached file stays right for as long as the point exists, whatever its paths. The source
+is always a path from the point's payload (a file of the collection), never one sent by
+the browser.
+
+Example:
+    >>> cache = ThumbnailCache(Path("~/.twinrank/photos/thumbs").expanduser())
+    >>> cache.get(hit.id, hit.payload)  # Path to a small JPEG, or None if the file is gone
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tempfile
+import uuid
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+from PIL import Image, ImageOps
+
+log = logging.getLogger(__name__)
+
+THUMB_SIZE = 256  # longest side, pixels: sharp at the app's 160-200 px display width
+PREVIEW_SIZE = 1600  # the "details" view: big enough to look at, never a 40 MP original
+MAX_PIXELS = 180_000_000  # same bomb guard as ingest
+THUMBS_DIR = "thumbs"
+
+
+class ImageReadError(ValueError):
+    """An image could not be read; the message says which and why."""
+
+
+def open_image(source: str | Path | IO[bytes], max_side: int | None = None) -> Image.Image:
+    """An RGB, upright, size-guarded image from a file or an uploaded buffer.
+
+    ``max_side`` lets JPEG decoding skip detail that will be thrown away (``draft``), which
+    is most of the cost of a thumbnail from a large photo.
+    """
+    name = getattr(source, "name", str(source))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as opened:
+                if opened.width * opened.height > MAX_PIXELS:
+                    raise ImageReadError(f"{name} is too large ({opened.width}x{opened.height}).")
+                if max_side and opened.format == "JPEG":
+                    opened.draft("RGB", (max_side, max_side))
+                image = ImageOps.exif_transpose(opened)
+                if image.mode in ("P", "LA", "PA"):
+                    image = image.convert("RGBA")
+                if image.mode != "RGB":
+                    image = image.convert("RGB")
+                image.load()
+                return image
+    except ImageReadError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as error:
+        raise ImageReadError(f"Could not read {name} as an image ({error}).") from error
+
+
+def collection_paths(payload: dict[str, Any]) -> list[str]:
+    """The file paths a point's payload records; the only files the app may open."""
+    return [str(p) for p in payload.get("paths") or [] if p]
+
+
+def first_existing(paths: Iterable[str]) -> Path | None:
+    for path in paths:
+        candidate = Path(path)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+class ThumbnailCache:
+    """Small JPEGs of collection images under ``folder``, made on first use.
+
+    When ``folder`` cannot be written (a read-only store), thumbnails go to a folder in
+    the system's temporary directory instead.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = _writable_folder(folder)
+
+    def get(self, point_id: str, payload: dict[str, Any], size: int = THUMB_SIZE) -> Path | None:
+        """The thumbnail of point ``point_id`` (longest side ``size``), or None if no file
+        of the point can be read."""
+        target = self.path_for(point_id, size)
+        if target.is_file():
+            return target
+        source = first_existing(collection_paths(payload))
+        if source is None:
+            return None
+        try:
+            image = open_image(source, max_side=size)
+        except ImageReadError as error:
+            log.warning("%s", error)
+            return None
+        image.thumbnail((size, size))
+        _write_atomically(target, _jpeg_bytes(image))
+        return target
+
+    def path_for(self, point_id: str, size: int) -> Path:
+        key = str(uuid.UUID(point_id))  # raises on anything but a point id: no path tricks
+        return self.folder / key[:2] / f"{key}_{size}.jpg"
+
+
+def _jpeg_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85, optimize=True)
+    return buffer.getvalue()
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    """Write via a temporary file and rename, so two sessions never see half a JPEG."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".part")
+    with os.fdopen(handle, "wb") as out:
+        out.write(data)
+    os.replace(temporary, target)
+
+
+def _writable_folder(folder: Path) -> Path:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+        return folder
+    except OSError:
+        fallback = Path(tempfile.gettempdir()) / "twinrank-thumbs" / uuid.uuid5(
+            uuid.NAMESPACE_URL, str(folder.resolve())).hex
+        fallback.mkdir(parents=True, exist_ok=True)
+        log.warning("Cannot write thumbnails to %s; using %s", folder, fallback)
+        return fallback
