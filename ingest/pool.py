@@ -11,6 +11,7 @@ the exit) and a fresh thread takes its place, so one bad file can never hang a r
 from __future__ import annotations
 
 import collections
+import os
 import queue
 import threading
 import time
@@ -43,9 +44,12 @@ class ReadAheadPool(Generic[T, R]):
         ...         ...  # result is fn(path), or the exception it raised / TimeoutError
     """
 
-    def __init__(self, fn: Callable[[T], R], workers: int = 2, timeout: float = 60.0) -> None:
+    def __init__(
+        self, fn: Callable[[T], R], workers: int = 2, timeout: float = 60.0, nice: int = 0
+    ) -> None:
         self.fn = fn
         self.timeout = timeout
+        self.nice = nice
         self.timed_out = 0
         self._queue: queue.Queue[_Task[T, R] | None] = queue.Queue()
         self._closed = False
@@ -101,6 +105,8 @@ class ReadAheadPool(Generic[T, R]):
         return thread
 
     def _work(self) -> None:
+        if self.nice:
+            _lower_priority(self.nice)
         while True:
             task = self._queue.get()
             if task is None:
@@ -116,3 +122,15 @@ class ReadAheadPool(Generic[T, R]):
             task.future.set_result(result)
             if task.abandoned:  # a replacement took this thread's place
                 return
+
+
+def _lower_priority(nice: int) -> None:
+    """Make the calling thread yield the CPU to the model's threads (Linux: per thread).
+
+    On a machine with few cores, a decode thread that preempts one of the model's
+    threads stalls all of them at the next barrier; a niced decoder runs in their gaps.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError):  # not Linux, or not allowed: run at normal priority
+        pass

@@ -54,6 +54,8 @@ class IngestConfig:
     decode_timeout: float = 60.0  # seconds per file before it is skipped as hung
     max_pixels: int = MAX_PIXELS
     read_ahead: int = 0  # files decoded ahead of the model; 0: two batches
+    decode_nice: int = 10  # decode threads yield the CPU to the model's threads; 0: don't
+    flush_every_s: float = 30.0  # flush segments this often (the WAL covers what is between)
 
     def walk_options(self) -> WalkOptions:
         return WalkOptions(self.include, self.exclude, self.include_hidden, self.follow_links)
@@ -95,7 +97,8 @@ def run_ingest(
                smoothing=0.1)
     read_ahead = config.read_ahead or 2 * config.batch_size
     try:
-        with ReadAheadPool(load, config.workers, config.decode_timeout) as pool:
+        with ReadAheadPool(load, config.workers, config.decode_timeout,
+                           nice=config.decode_nice) as pool:
             waited = time.perf_counter()
             for candidate, result in pool.map(plan.candidates, read_ahead):
                 report.add_time("wait", time.perf_counter() - waited)
@@ -145,6 +148,7 @@ class _Writer:
     batch: list[Loaded] = field(default_factory=list)
     batch_ids: dict[str, int] = field(default_factory=dict)  # point id -> slot in batch
     also_at: dict[str, list[FileFacts]] = field(default_factory=dict)
+    flushed_at: float = field(default_factory=time.monotonic)
 
     def handle(self, candidate: Candidate, result: Loaded | BaseException) -> None:
         path = candidate.path.as_posix()
@@ -203,6 +207,9 @@ class _Writer:
             known = self.index.files.get(item.facts.path.as_posix())
             self._count(known, "added")
         self.store.upsert(records)
+        if time.monotonic() - self.flushed_at > self.config.flush_every_s:
+            self.store.flush()
+            self.flushed_at = time.monotonic()
         self.index.point_ids.update(self.batch_ids)
         self.report.embedded += len(records)
         self.batch, self.batch_ids = [], {}
