@@ -233,8 +233,8 @@ class _Writer:
             return False
         path = facts.path.as_posix()
         gone = {p for p in payload.get("paths", []) if p != path and not os.path.lexists(p)}
-        updated = add_path(remove_paths(payload, gone) or payload, facts)
-        self.store.set_payload(point_id, updated)
+        updated = add_path(payload, facts)
+        self.store.set_payload(point_id, remove_paths(updated, gone) or updated)
         return bool(gone)
 
     def _detach(self, point_id: str, path: str) -> None:
