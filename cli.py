@@ -52,7 +52,9 @@ def friendly_errors() -> Iterator[None]:
 
 @app.command()
 def ingest(
-    folder: Annotated[Path, typer.Argument(help="Folder of images; searched recursively.")],
+    folder: Annotated[Path, typer.Argument(help="Folder of images; searched recursively "
+                                                "(JPEG, PNG, WebP, GIF, BMP, TIFF; HEIC/AVIF "
+                                                "when their Pillow plugin is installed).")],
     store: StoreOption = DEFAULT_HOME / "store",
     model: Annotated[str | None, typer.Option(
         help="Model: an open_clip name (ViT-B-32), a model folder, or twinrank-tiny. "
@@ -60,25 +62,66 @@ def ingest(
     pretrained: Annotated[str | None, typer.Option(
         help="open_clip pretrained tag or a local checkpoint file, with --model.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model forward.")] = 32,
-    workers: Annotated[int, typer.Option(min=1, help="Image decoding threads.")] = 2,
-    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
-    include_hidden: Annotated[bool, typer.Option(help="Also read hidden files/folders.")] = False,
+    workers: Annotated[int, typer.Option(
+        min=1, help="Threads that read, hash and decode images ahead of the model.")] = 2,
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="CPU threads for the model's forward pass. Default: torch's choice "
+                    "(one per core).")] = None,
+    precision: Annotated[str, typer.Option(
+        help="auto, fp32, bf16 or fp16. auto: bf16 on CUDA (fp16 without bf16) and on "
+             "CPUs with native bf16 for full-size models; fp32 otherwise.")] = "auto",
     device: DeviceOption = None,
-    report: Annotated[Path | None, typer.Option(help="Write the run's report as JSON.")] = None,
+    include: Annotated[list[str] | None, typer.Option(
+        help="Only ingest files matching this glob (repeatable; case-insensitive). "
+             "Without '/' it matches names at any depth ('*.jpg'), with '/' the path "
+             "under FOLDER ('2021/**').")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(
+        help="Skip files and folders matching this glob (repeatable), e.g. '@eaDir', "
+             "'**/thumbnails'.")] = None,
+    include_hidden: Annotated[bool, typer.Option(
+        help="Also read hidden files and folders (names starting with '.').")] = False,
+    follow_links: Annotated[bool, typer.Option(
+        help="Follow symbolic links to files and folders (each folder once, so link "
+             "loops are safe).")] = True,
+    prune: Annotated[bool, typer.Option(
+        help="Forget images under FOLDER whose files are gone (a deleted photo's point "
+             "is removed). Off by default, so an unplugged drive loses nothing.")] = False,
+    decode_timeout: Annotated[float, typer.Option(
+        min=0.1, help="Seconds one file may take to read and decode before it is "
+                      "skipped as hung.")] = 60.0,
+    max_megapixels: Annotated[float, typer.Option(
+        min=0.001, help="Skip images larger than this (decompression-bomb guard).")] = 180.0,
+    report: Annotated[Path | None, typer.Option(
+        help="Write the run's report as JSON: counts, every skipped file with its "
+             "reason, timings.")] = None,
+    progress: Annotated[bool, typer.Option(
+        help="Show a progress bar (images/s and ETA).")] = True,
 ) -> None:
-    """Embed every image under FOLDER into the store; re-runs only embed what changed."""
-    from ingest.job import IngestJob, ingest_folder
+    """Embed every image under FOLDER into the store; re-runs only embed what changed.
+
+    Unchanged files (same size and mtime) are not opened; moved, renamed or copied
+    files are recognised by their content and not embedded again. Unreadable files are
+    skipped and listed, never fatal. Safe to interrupt (even kill -9): run it again to
+    finish.
+    """
+    from ingest.job import IngestInterrupted, IngestJob, ingest_folder
     from ingest.runner import IngestConfig
 
-    config = IngestConfig(root=folder.expanduser(), batch_size=batch_size, workers=workers,
-                          include_hidden=include_hidden, precision=precision)
-    with friendly_errors():
-        result = ingest_folder(IngestJob(config, store.expanduser(), model, pretrained, device))
-    typer.echo(result.summary())
-    for failure in result.failed[:20]:
-        typer.secho(f"  skipped {failure['path']}: {failure['reason']}", fg=typer.colors.YELLOW)
-    if report:
-        report.write_text(result.to_json())
+    config = IngestConfig(
+        root=folder.expanduser(), batch_size=batch_size, workers=workers,
+        include_hidden=include_hidden, precision=precision, progress=progress,
+        include=tuple(include or ()), exclude=tuple(exclude or ()),
+        follow_links=follow_links, prune=prune, decode_timeout=decode_timeout,
+        max_pixels=int(max_megapixels * 1_000_000))
+    job = IngestJob(config, store.expanduser(), model, pretrained, device,
+                    report_path=report, torch_threads=threads)
+    try:
+        with friendly_errors():
+            result = ingest_folder(job)
+    except IngestInterrupted as interrupted:
+        typer.echo("\n".join(interrupted.report.lines()), err=True)
+        raise typer.Exit(130) from None
+    typer.echo("\n".join(result.lines()))
 
 
 @app.command()

@@ -1,194 +1,267 @@
-"""The ingest runner: walk -> plan -> decode -> embed -> write, with a report.
+"""The ingest runner: walk -> plan -> read+hash+decode (threads) -> embed -> write.
 
-Work is planned before anything is decoded: a file whose path, size and mtime are already
-in the store is unchanged; otherwise its content hash decides whether it is new (embed
-it), a known image under a new name (add the path, no model work), or changed.
-Writes go to the store in batches and are flushed as they go, so an interrupted run
-loses at most the batch in flight and the next run picks up where it stopped.
+Work is planned before anything is read (``plan``): unchanged files are never opened.
+Worker threads read each remaining file once, hash it and, unless its content is already
+stored, decode and preprocess it, running ahead of the model so that decoding batch n+1
+overlaps the forward pass of batch n. The content hash then decides, in input order:
+a new image (embed it), a known image under a new name (moved or duplicate: add the path,
+no model work), or a changed file (its old point loses the path).
+
+Crash safety: point ids come from file content, so re-writing a point is idempotent, and
+every store operation is a single atomic update (Qdrant's write-ahead log replays it after
+a crash, ``kill -9`` included). A run killed at any moment loses only the batch in
+flight, and the next run redoes exactly what is missing, with no duplicate points.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from hashlib import sha256
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
-from ingest.decode import DecodedImage, DecodeError, content_hash, decode_image
+from ingest.decode import MAX_PIXELS, DecodeError, decode_image, read_file
 from ingest.embed import ImageEmbedder
-from ingest.walk import iter_image_files
-from ingest.write import FileFacts, add_path, build_payload, make_record, remove_paths
-from search.store import VectorStore, point_id_for
+from ingest.plan import Candidate, StoreIndex, plan_run, prune_gone
+from ingest.pool import ReadAheadPool
+from ingest.report import IngestReport
+from ingest.walk import WalkOptions
+from ingest.write import FileFacts, ImageFacts, add_path, build_payload, make_record, remove_paths
+from search.store import PointRecord, VectorStore, point_id_for
+
+__all__ = ["IngestConfig", "IngestReport", "run_ingest"]
 
 
 @dataclass(frozen=True)
 class IngestConfig:
-    """How to ingest one folder."""
+    """How to ingest one folder (see ``twinrank ingest --help`` for each option)."""
 
     root: Path
     batch_size: int = 32
-    workers: int = 2
+    workers: int = 2  # decode threads
     include_hidden: bool = False
     precision: str = "auto"
     progress: bool = True
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    follow_links: bool = True
+    prune: bool = False
+    decode_timeout: float = 60.0  # seconds per file before it is skipped as hung
+    max_pixels: int = MAX_PIXELS
+    read_ahead: int = 0  # files decoded ahead of the model; 0: two batches
+    decode_nice: int = 10  # decode threads yield the CPU to the model's threads; 0: don't
+    flush_every_s: float = 30.0  # flush segments this often (the WAL covers what is between)
+
+    def walk_options(self) -> WalkOptions:
+        return WalkOptions(self.include, self.exclude, self.include_hidden, self.follow_links)
 
 
 @dataclass
-class IngestReport:
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    moved: int = 0
-    failed: list[dict[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
+class Loaded:
+    """What a worker made of one candidate: its identity and, if new, model-ready pixels."""
 
-    @property
-    def embedded(self) -> int:
-        return self.added + self.updated
-
-    def summary(self) -> str:
-        rate = self.embedded / self.seconds if self.seconds else 0.0
-        return (
-            f"added {self.added}, updated {self.updated}, unchanged {self.unchanged}, "
-            f"moved {self.moved}, failed {len(self.failed)} in {self.seconds:.1f} s "
-            f"({rate:.1f} images/s)"
-        )
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self) | {"embedded": self.embedded}, indent=2)
+    facts: FileFacts
+    image: ImageFacts | None = None
+    pixels: np.ndarray | None = None  # (H, W, 3) uint8, ready for the model
 
 
-@dataclass
-class _Plan:
-    to_embed: list[FileFacts] = field(default_factory=list)  # one file per new point
-    also_at: dict[str, list[FileFacts]] = field(default_factory=dict)  # more names, same bytes
-
-
-def run_ingest(config: IngestConfig, embedder: ImageEmbedder, store: VectorStore) -> IngestReport:
+def run_ingest(
+    config: IngestConfig,
+    embedder: ImageEmbedder,
+    store: VectorStore,
+    report: IngestReport | None = None,
+) -> IngestReport:
     """Bring ``store`` up to date with the images under ``config.root``.
+
+    Pass ``report`` to keep the counts of a run that ends early (Ctrl+C, an error).
 
     Example:
         >>> report = run_ingest(IngestConfig(Path("photos")), ImageEmbedder(model), store)
         >>> print(report.summary())
     """
     started = time.perf_counter()
-    report = IngestReport()
-    known = _known_files(store)
-    plan = _plan(config, store, known, report)
-    for batch in _batches(plan.to_embed, config.batch_size, config.progress):
-        _embed_and_write(batch, config, embedder, store, report, known, plan.also_at)
-    store.flush()
-    report.seconds = time.perf_counter() - started
+    report = report if report is not None else IngestReport()
+    report.precision = str(embedder.dtype).removeprefix("torch.")
+    root = Path(os.path.abspath(config.root.expanduser()))
+    index = StoreIndex.load(store)
+    plan = plan_run(root, config.walk_options(), index, report)
+    report.add_time("walk", time.perf_counter() - started)
+    load = _loader(embedder, index, config.max_pixels)
+    writer = _Writer(config, embedder, store, index, report, load)
+    bar = tqdm(total=len(plan.candidates), unit="img", desc="ingest", disable=not config.progress,
+               smoothing=0.1)
+    read_ahead = config.read_ahead or 2 * config.batch_size
+    try:
+        with ReadAheadPool(load, config.workers, config.decode_timeout,
+                           nice=config.decode_nice) as pool:
+            waited = time.perf_counter()
+            for candidate, result in pool.map(plan.candidates, read_ahead):
+                report.add_time("wait", time.perf_counter() - waited)
+                writer.handle(candidate, result)
+                bar.update(1)
+                waited = time.perf_counter()
+            writer.write_batch()
+        if config.prune:
+            prune_gone(root, plan, index, store, report)
+    finally:
+        bar.close()
+        store.flush()
+        report.seconds = time.perf_counter() - started
     return report
 
 
-def _known_files(store: VectorStore) -> dict[str, tuple[str, int, int]]:
-    """path -> (point id, size, mtime_ns) for every file the store holds."""
-    known: dict[str, tuple[str, int, int]] = {}
-    for point_id, payload in store.iter_payloads():
-        for path, facts in payload.get("files", {}).items():
-            known[path] = (point_id, int(facts["size"]), int(facts["mtime_ns"]))
-    return known
+def _loader(
+    embedder: ImageEmbedder, index: StoreIndex, max_pixels: int
+) -> Callable[[Candidate], Loaded]:
+    """The worker's job for one candidate: read once, hash, and decode only if new."""
+    target = embedder.target_size
+
+    def load(candidate: Candidate) -> Loaded:
+        data = read_file(candidate.path)
+        info_size = len(data)
+        digest = sha256(data).hexdigest()
+        facts = FileFacts(candidate.path, info_size, candidate.mtime_ns, digest)
+        if point_id_for(digest) in index.point_ids:
+            return Loaded(facts)
+        decoded = decode_image(data, target, max_pixels)
+        image = ImageFacts(decoded.width, decoded.height, decoded.format, decoded.captured_at)
+        return Loaded(facts, image, embedder.prepare(decoded.image))
+
+    return load
 
 
-def _plan(
-    config: IngestConfig,
-    store: VectorStore,
-    known: dict[str, tuple[str, int, int]],
-    report: IngestReport,
-) -> _Plan:
-    plan = _Plan()
-    queued: dict[str, FileFacts] = {}
-    for path in iter_image_files(config.root, config.include_hidden):
-        path = path.resolve()
+@dataclass
+class _Writer:
+    """Turns worker results, in order, into store updates and counts."""
+
+    config: IngestConfig
+    embedder: ImageEmbedder
+    store: VectorStore
+    index: StoreIndex
+    report: IngestReport
+    load: Callable[[Candidate], Loaded]
+    batch: list[Loaded] = field(default_factory=list)
+    batch_ids: dict[str, int] = field(default_factory=dict)  # point id -> slot in batch
+    also_at: dict[str, list[FileFacts]] = field(default_factory=dict)
+    flushed_at: float = field(default_factory=time.monotonic)
+
+    def handle(self, candidate: Candidate, result: Loaded | BaseException) -> None:
+        path = candidate.path.as_posix()
+        if isinstance(result, BaseException):
+            self.report.fail(path, _reason(result))
+            return
+        facts = result.facts
+        if facts.mtime_ns < 0:  # the plan could not stat it, yet it was read: stat again
+            facts = _restat(facts)
+        point_id = point_id_for(facts.content_hash)
+        previous = candidate.previous
+        if previous is not None and previous.point_id == point_id:
+            self._attach(point_id, facts)  # touched, same bytes: refresh size and mtime
+            self.report.unchanged += 1
+            return
+        if previous is not None:  # the file changed: its old point loses this path
+            self._detach(previous.point_id, path)
+        if point_id in self.batch_ids:
+            self.also_at.setdefault(point_id, []).append(facts)
+            self._count(previous, "duplicates")
+        elif point_id in self.index.point_ids:
+            moved = self._attach(point_id, facts)
+            self._count(previous, "moved" if moved else "duplicates")
+        elif result.pixels is None or result.image is None:
+            self._decode_late(candidate)  # its point was deleted after the worker looked
+        else:
+            self.batch_ids[point_id] = len(self.batch)
+            self.batch.append(Loaded(facts, result.image, result.pixels))
+            if len(self.batch) >= self.config.batch_size:
+                self.write_batch()
+
+    def _decode_late(self, candidate: Candidate) -> None:
         try:
-            stat = path.stat()
-            entry = known.get(path.as_posix())
-            if entry and entry[1] == stat.st_size and entry[2] == stat.st_mtime_ns:
-                report.unchanged += 1
-                continue
-            facts = FileFacts(path, stat.st_size, stat.st_mtime_ns, content_hash(path))
-        except OSError as error:
-            report.failed.append({"path": str(path), "reason": f"cannot read file: {error}"})
-            continue
-        point_id = point_id_for(facts.content_hash)
-        if entry and entry[0] != point_id:  # the file changed: its old point loses this path
-            _drop_path(store, entry[0], path.as_posix())
-        existing = store.get_payloads([point_id]).get(point_id)
-        if existing is not None:  # same bytes already stored: a new name, not a new image
-            store.set_payload(point_id, add_path(existing, facts))
-            report.moved += 1
-        elif point_id in queued:  # identical file twice in this run: embedded once
-            plan.also_at.setdefault(point_id, []).append(facts)
+            result = self.load(candidate)
+        except Exception as error:  # noqa: BLE001  (reported, never fatal)
+            self.report.fail(candidate.path.as_posix(), _reason(error))
+            return
+        self.handle(candidate, result)
+
+    def write_batch(self) -> None:
+        if not self.batch:
+            return
+        began = time.perf_counter()
+        vectors, tokens = self.embedder.embed_arrays(
+            [item.pixels for item in self.batch if item.pixels is not None]
+        )
+        embedded = time.perf_counter()
+        records: list[PointRecord] = []
+        for item, vector, token in zip(self.batch, vectors, tokens, strict=True):
+            point_id = point_id_for(item.facts.content_hash)
+            assert item.image is not None
+            payload = build_payload(item.facts, item.image)
+            for other in self.also_at.pop(point_id, []):
+                payload = add_path(payload, other)
+            records.append(make_record(point_id, vector, token, payload))
+            known = self.index.files.get(item.facts.path.as_posix())
+            self._count(known, "added")
+        self.store.upsert(records)
+        if time.monotonic() - self.flushed_at > self.config.flush_every_s:
+            self.store.flush()
+            self.flushed_at = time.monotonic()
+        self.index.point_ids.update(self.batch_ids)
+        self.report.embedded += len(records)
+        self.batch, self.batch_ids = [], {}
+        self.report.add_time("embed", embedded - began)
+        self.report.add_time("write", time.perf_counter() - embedded)
+
+    def _count(self, previous: object | None, outcome: str) -> None:
+        """``outcome`` for a new path; a path the store knew with other content is updated."""
+        if previous is not None:
+            self.report.updated += 1
         else:
-            queued[point_id] = facts
-            plan.to_embed.append(facts)
-    return plan
+            setattr(self.report, outcome, getattr(self.report, outcome) + 1)
 
+    def _attach(self, point_id: str, facts: FileFacts) -> bool:
+        """Add (or refresh) a path on a stored point; drop its paths that are gone.
 
-def _drop_path(store: VectorStore, point_id: str, path: str) -> None:
-    payload = store.get_payloads([point_id]).get(point_id)
-    if payload is None:
-        return
-    remaining = remove_paths(payload, {path})
-    if remaining is None:
-        store.delete([point_id])
-    else:
-        store.set_payload(point_id, remaining)
+        Returns True when some old path was gone: the file was moved, not copied.
+        """
+        payload = self.store.get_payloads([point_id]).get(point_id)
+        if payload is None:
+            return False
+        path = facts.path.as_posix()
+        gone = {p for p in payload.get("paths", []) if p != path and not os.path.lexists(p)}
+        updated = add_path(payload, facts)
+        self.store.set_payload(point_id, remove_paths(updated, gone) or updated)
+        return bool(gone)
 
-
-def _batches(
-    items: Sequence[FileFacts], size: int, progress: bool
-) -> Iterator[list[FileFacts]]:
-    bar = tqdm(total=len(items), unit="img", desc="ingest", disable=not progress)
-    for start in range(0, len(items), size):
-        batch = list(items[start : start + size])
-        yield batch
-        bar.update(len(batch))
-    bar.close()
-
-
-def _embed_and_write(
-    batch: list[FileFacts],
-    config: IngestConfig,
-    embedder: ImageEmbedder,
-    store: VectorStore,
-    report: IngestReport,
-    known: dict[str, tuple[str, int, int]],
-    also_at: dict[str, list[FileFacts]],
-) -> None:
-    target = embedder.model.config.image_size
-    with ThreadPoolExecutor(max_workers=max(1, config.workers)) as pool:
-        results = list(pool.map(lambda f: _decode(f, target), batch))
-    decoded = [(facts, image) for facts, image in zip(batch, results, strict=True)
-               if not isinstance(image, str)]
-    for facts, result in zip(batch, results, strict=True):
-        if isinstance(result, str):
-            report.failed.append({"path": str(facts.path), "reason": result})
-    if not decoded:
-        return
-    vectors, tokens = embedder.embed([image.image for _, image in decoded])
-    records = []
-    for (facts, image), vector, token in zip(decoded, vectors, tokens, strict=True):
-        point_id = point_id_for(facts.content_hash)
-        payload = build_payload(facts, image)
-        for other in also_at.get(point_id, []):
-            payload = add_path(payload, other)
-        records.append(make_record(point_id, vector, token, payload))
-        if facts.path.as_posix() in known:
-            report.updated += 1
+    def _detach(self, point_id: str, path: str) -> None:
+        payload = self.store.get_payloads([point_id]).get(point_id)
+        if payload is None:
+            return
+        remaining = remove_paths(payload, {path})
+        if remaining is None:
+            self.store.delete([point_id])
+            self.index.point_ids.discard(point_id)
         else:
-            report.added += 1
-    store.upsert(records)
-    store.flush()
+            self.store.set_payload(point_id, remaining)
 
 
-def _decode(facts: FileFacts, target_size: int) -> DecodedImage | str:
+def _restat(facts: FileFacts) -> FileFacts:
     try:
-        return decode_image(facts.path, target_size)
-    except DecodeError as error:
+        info = facts.path.stat()
+    except OSError:
+        return facts
+    return FileFacts(facts.path, info.st_size, info.st_mtime_ns, facts.content_hash)
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, DecodeError):
         return str(error)
+    if isinstance(error, TimeoutError):
+        return f"decoding took too long ({error}); skipped"
+    if isinstance(error, MemoryError):
+        return "not enough memory to decode it"
+    return f"unexpected error while reading: {type(error).__name__}: {error}"

@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from ingest.decode import DecodedImage
 from search.filters import ancestor_folders
 from search.store import PointRecord
 
@@ -28,7 +27,29 @@ class FileFacts:
         return self.mtime_ns / 1e9
 
 
-def build_payload(facts: FileFacts, decoded: DecodedImage) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ImageFacts:
+    """What decoding told us about an image (a ``DecodedImage`` has the same fields)."""
+
+    width: int
+    height: int
+    format: str
+    captured_at: str | None
+
+
+class _HasImageFacts(Protocol):
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
+    @property
+    def format(self) -> str: ...
+    @property
+    def captured_at(self) -> str | None: ...
+
+
+def build_payload(facts: FileFacts, decoded: _HasImageFacts) -> dict[str, Any]:
+    """The payload of a new point: its file, image facts, capture time and ingest time."""
     path = facts.path.as_posix()
     captured = decoded.captured_at or time.strftime(
         "%Y-%m-%dT%H:%M:%SZ", time.gmtime(facts.mtime)

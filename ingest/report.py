@@ -1,0 +1,71 @@
+"""What an ingest run did, for people (``summary``, ``lines``) and for tools (``to_json``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class IngestReport:
+    """Counts per outcome, every skipped file with its reason, and where the time went.
+
+    - ``added``: new images, embedded.
+    - ``updated``: known paths whose content changed (re-embedded unless the new content
+      was already stored).
+    - ``unchanged``: same size and mtime as stored, or touched but with the same bytes.
+    - ``moved``: content already stored, found at a new path while an old path is gone;
+      no model work.
+    - ``duplicates``: content already stored (or seen earlier in this run) at another
+      path that still exists: recorded as one more path of the same point.
+    - ``pruned``: paths whose files are gone, forgotten (``--prune``); a point with no
+      path left is deleted.
+    - ``failed``: files skipped, each with the reason (never fatal; retried next run).
+    """
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    moved: int = 0
+    duplicates: int = 0
+    pruned: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # walk, wait, embed, write
+    precision: str = ""
+    embedded: int = 0  # images that went through the model in this run
+    interrupted: bool = False
+
+
+    def fail(self, path: str, reason: str) -> None:
+        self.failed.append({"path": path, "reason": reason})
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
+
+    def summary(self) -> str:
+        rate = self.embedded / self.seconds if self.seconds else 0.0
+        return (
+            f"added {self.added}, updated {self.updated}, unchanged {self.unchanged}, "
+            f"moved {self.moved}, duplicates {self.duplicates}, pruned {self.pruned}, "
+            f"failed {len(self.failed)} in {self.seconds:.1f} s ({rate:.1f} images/s)"
+        )
+
+    def lines(self, limit: int = 20) -> list[str]:
+        """The summary, then notes and skipped files (at most ``limit`` of them)."""
+        out = [self.summary(), *self.notes]
+        for failure in self.failed[:limit]:
+            out.append(f"  skipped {failure['path']}: {failure['reason']}")
+        if len(self.failed) > limit:
+            out.append(f"  ... and {len(self.failed) - limit} more (write them all with --report)")
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        rate = self.embedded / self.seconds if self.seconds else 0.0
+        return data | {"images_per_s": round(rate, 2)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2)
