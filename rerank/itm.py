@@ -14,9 +14,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,14 +158,29 @@ def load_blip_itm(source: str) -> tuple[Any, Any]:
             )
         local_only = True
     try:
-        model = BlipForImageTextRetrieval.from_pretrained(source, local_files_only=local_only)
-        processor = BlipProcessor.from_pretrained(source, local_files_only=local_only)
+        with _quiet_progress():
+            model = BlipForImageTextRetrieval.from_pretrained(source, local_files_only=local_only)
+            processor = BlipProcessor.from_pretrained(source, local_files_only=local_only)
     except Exception as error:  # transformers raises many kinds; all mean "could not load"
         raise ModelLoadError(
             f"Could not load the BLIP reranker {source!r} ({type(error).__name__}: {error}); "
             f"pass a BLIP ITM checkpoint such as {DEFAULT_BLIP_ITM!r} or its folder."
         ) from error
     return model.eval(), processor
+
+
+@contextlib.contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """No "Loading weights" progress bar in the CLI's output."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
