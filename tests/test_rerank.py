@@ -217,3 +217,23 @@ def test_search_command_takes_reranker_and_bi_weight(model, indexed, tmp_path):
 def test_open_rgb_names_the_file(tmp_path):
     with pytest.raises(ImageReadError, match="missing.png"):
         open_rgb(tmp_path / "missing.png")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_reranking_uses_half_precision_and_agrees_with_cpu(model, indexed):
+    import copy
+
+    client, hits = indexed
+    on_cpu = FusedReranker(model, client.store).score(QUERY, hits)
+    cuda_model = copy.deepcopy(model).to(pick_device(None))
+    reranker = make_reranker("fused", cuda_model, client.store)
+    assert cuda_model.device.type == "cuda"
+    assert reranker.dtype in (torch.float16, torch.bfloat16)
+    on_cuda = reranker.score(QUERY, hits)
+    tolerance = 0.05 * (np.ptp(on_cpu) + 1e-3)
+    assert np.allclose(on_cuda, on_cpu, atol=tolerance)
+    image = open_rgb(hits[0].path)
+    captions = ["a red circle", "two blue squares"]
+    assert np.allclose(reranker.score_captions(image, captions),
+                       FusedReranker(model, None).score_captions(image, captions), atol=tolerance)
