@@ -177,9 +177,12 @@ def test_search_client_reranks_with_blip_by_spec(blip_folder, images, tmp_path, 
 def test_blip_on_cuda_agrees_with_cpu(blip_folder, images, reranker):
     pil = [open_rgb(p) for p in images]
     on_cpu = reranker.score_images("a red circle", pil)
-    on_cuda_reranker = make_reranker(f"blip-itm:{blip_folder}", device="cuda")
-    assert on_cuda_reranker.device.type == "cuda" and on_cuda_reranker is not reranker
-    on_cuda = on_cuda_reranker.score_images("a red circle", pil)
-    assert np.allclose(on_cuda, on_cpu, atol=0.05 * (np.ptp(on_cpu) + 1e-3))
-    captions = on_cuda_reranker.score_captions(pil[0], ["a red circle", "two green squares"])
+    exact = make_reranker(f"blip-itm:{blip_folder}", device="cuda", precision="fp32")
+    assert exact.device.type == "cuda" and exact is not reranker
+    assert np.allclose(exact.score_images("a red circle", pil), on_cpu,
+                       atol=1e-3 * (1 + np.ptp(on_cpu)))
+    half = make_reranker(f"blip-itm:{blip_folder}", device="cuda")  # bf16/fp16 autocast
+    assert half.dtype in (torch.float16, torch.bfloat16)
+    assert np.corrcoef(half.score_images("a red circle", pil), on_cpu)[0, 1] > 0.95
+    captions = half.score_captions(pil[0], ["a red circle", "two green squares"])
     assert captions.shape == (2,) and np.isfinite(captions).all()
