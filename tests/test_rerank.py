@@ -237,3 +237,22 @@ def test_cuda_reranking_agrees_with_cpu(model, indexed):
     assert np.allclose(exact.score_captions(image, captions),
                        FusedReranker(model, None).score_captions(image, captions),
                        atol=1e-3 * (1 + np.ptp(on_cpu)))
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_one_query_shortcut_gives_the_heads_own_logits(layers):
+    from models.config import FusionConfig
+    from models.fusion import FusionHead
+    from rerank.one_query import one_query_logits, supports_one_query
+
+    torch.manual_seed(layers)
+    head = FusionHead(FusionConfig(width=32, layers=layers, heads=4), 24, 40).eval()
+    text = torch.randn(1, 7, 24)
+    mask = torch.tensor([[True] * 5 + [False] * 2])  # a padded text
+    image_tokens = head.project_image(torch.randn(9, 6, 40))
+    with torch.no_grad():
+        expected = head(text.expand(9, -1, -1), mask.expand(9, -1), image_tokens)
+        fast = one_query_logits(head, text, mask, image_tokens)
+    assert supports_one_query(head) and not supports_one_query(head.train())
+    assert expected.std() > 1e-3
+    assert torch.allclose(fast, expected, atol=1e-5)
