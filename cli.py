@@ -3,6 +3,7 @@
     twinrank demo                        # offline: generated scenes, indexed, in the app
     twinrank ingest ~/Pictures           # embed a folder into the store
     twinrank search "a dog on a beach"   # bi-encoder top-k, reranked
+    twinrank rerank "a dog" a.jpg b.jpg  # order image files with a cross-encoder
     twinrank ui                          # the app: before / after reranking
 """
 
@@ -34,6 +35,10 @@ StoreOption = Annotated[
 DeviceOption = Annotated[
     str | None, typer.Option(help="cpu, cuda or cuda:N; default: CUDA when available.")
 ]
+RerankerOption = Annotated[str, typer.Option(
+    help="fused (cached tokens, default), blip-itm[:HF-ID-OR-FOLDER], or none.")]
+BiWeightOption = Annotated[float, typer.Option(
+    min=0.0, max=1.0, help="Blend in the bi-encoder score: 0 = reranker only, 1 = bi only.")]
 
 
 @contextlib.contextmanager
@@ -132,14 +137,16 @@ def search(
     rerank: Annotated[bool, typer.Option(help="Reorder the top candidates with the "
                                               "cross-encoder.")] = True,
     rerank_top_k: Annotated[int, typer.Option(min=1, help="Candidates the reranker sees.")] = 20,
+    reranker: RerankerOption = "fused",
+    bi_weight: BiWeightOption = 0.0,
     device: DeviceOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print hits as JSON.")] = False,
 ) -> None:
     """Search the store by text and print the best matches."""
     from search import SearchClient
 
-    with friendly_errors(), SearchClient(store.expanduser(), device=device,
-                                         rerank_top_k=rerank_top_k) as client:
+    with friendly_errors(), SearchClient(store.expanduser(), device=device, reranker=reranker,
+                                         rerank_top_k=rerank_top_k, bi_weight=bi_weight) as client:
         hits = client.search(query, k=k, rerank=rerank)
     if as_json:
         rows = [{"rank": i, "path": h.path, "score": h.score, "bi_score": h.bi_score,
@@ -151,6 +158,34 @@ def search(
         moved = "" if hit.moved is None else f" (bi #{hit.bi_rank})"
         typer.echo(f"{i:>3}  {hit.score:8.3f}  {hit.path}{moved}")
     typer.echo(" · ".join(f"{key} {value:.1f}" for key, value in hits.timings.items()))
+
+
+@app.command("rerank")
+def rerank_command(
+    query: Annotated[str, typer.Argument(help="What you are looking for, in words.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files to score and order.")],
+    reranker: RerankerOption = "fused",
+    model: Annotated[str | None, typer.Option(
+        help="twinrank model (name or folder) for the fused reranker.")] = None,
+    pretrained: Annotated[str | None, typer.Option(help="open_clip tag, with --model.")] = None,
+    store: Annotated[Path | None, typer.Option(
+        "--store", "-s", help="Use the model this collection was built with.")] = None,
+    device: DeviceOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the order as JSON.")] = False,
+) -> None:
+    """Score IMAGE files against QUERY with a cross-encoder and print them best first."""
+    from rerank.files import RerankFilesRequest, rerank_files
+
+    request = RerankFilesRequest(query, images, reranker, model, pretrained, store, device)
+    with friendly_errors():
+        hits = rerank_files(request)
+    if as_json:
+        typer.echo(json.dumps([{"rank": h.rerank_rank, "score": h.rerank_score, "path": h.path,
+                                "given": h.bi_rank} for h in hits], indent=2))
+        return
+    for hit in hits:
+        typer.echo(f"{hit.rerank_rank:>3}  {hit.rerank_score:8.3f}  {hit.path}  "
+                   f"(given #{hit.bi_rank})")
 
 
 @app.command()

@@ -3,41 +3,57 @@
 At query time only the query's text tokens are computed, once; the fusion head then scores
 all k candidates in one batch against their cached image tokens. No image is opened —
 except for points stored without tokens (an older collection), whose tokens are
-recomputed from the file, with one warning per process.
+recomputed from the file, with one warning per reranker.
+
+The other direction works the same way: an image query is encoded once (or its cached
+tokens are passed in) and the head scores all candidate captions in one batch.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from models import TwinModel
 from models.device import autocast, inference_dtype
+from rerank.base import open_rgb
+from rerank.one_query import one_query_logits, supports_one_query
 from search.hits import Hit
 from search.store import VectorStore
 
 log = logging.getLogger(__name__)
 
+ImageQuery = Image.Image | np.ndarray | torch.Tensor
+
 
 class FusedReranker:
     """Scores (query, image) pairs with the model's fusion head.
 
+    It runs on the model's device (CUDA with fp16/bf16 autocast when the model is there).
+
     Example:
         >>> reranker = FusedReranker(model, store)
         >>> reranker.score("a red circle left of a blue square", hits)  # (k,) logits
+        >>> reranker.score_captions(image, ["a red circle", "a blue circle"])  # (2,)
     """
 
     name = "fused"
 
-    def __init__(self, model: TwinModel, store: VectorStore | None, precision: str = "auto"):
+    def __init__(
+        self,
+        model: TwinModel,
+        store: VectorStore | None,
+        precision: str = "auto",
+        batch_size: int = 64,
+    ):
         self.model = model
         self.store = store
         self.dtype = inference_dtype(model.device, precision)
+        self.batch_size = batch_size
         self._warned_fallback = False
 
     @torch.inference_mode()
@@ -53,11 +69,47 @@ class FusedReranker:
         device = self.model.device
         with autocast(device, self.dtype):
             text = self.model.encode_text(self.model.tokenize([query]))
-            k = image_tokens.shape[0]
+            image_tokens = image_tokens.to(device, non_blocking=True)
+            if supports_one_query(self.model.head):  # same logits, a third of the work
+                logits = one_query_logits(
+                    self.model.head, text.text_tokens, text.text_mask, image_tokens
+                )
+            else:
+                k = image_tokens.shape[0]
+                logits = self.model.match_logit(
+                    text.text_tokens.expand(k, -1, -1), text.text_mask.expand(k, -1), image_tokens
+                )
+        return logits.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def score_images(self, query: str, images: Sequence[Image.Image]) -> np.ndarray:
+        """Scores for images that are not in a store: tokens computed here, then the head."""
+        if not images:
+            return np.zeros(0, dtype=np.float32)
+        return self.score_tokens(query, self.encode_tokens(images))
+
+    @torch.inference_mode()
+    def score_captions(self, image: ImageQuery, captions: Sequence[str]) -> np.ndarray:
+        """Scores for n captions of one image query, in one batch.
+
+        ``image`` is a PIL image (encoded once here) or its cached tokens (T, W), e.g. from
+        ``store.get_tokens``. Example:
+            >>> reranker.score_captions(tokens, ["a red circle", "a blue square"])
+        """
+        if not captions:
+            return np.zeros(0, dtype=np.float32)
+        if isinstance(image, Image.Image):
+            tokens = self.encode_tokens([image])[0]
+        else:
+            tokens = torch.as_tensor(np.asarray(image, dtype=np.float32))
+        if tokens.ndim != 2:
+            raise ValueError(f"Image tokens must be (tokens, width), got {tuple(tokens.shape)}.")
+        device = self.model.device
+        with autocast(device, self.dtype):
+            text = self.model.encode_text(self.model.tokenize(list(captions)))  # (n, L, width)
+            n = text.text_tokens.shape[0]
             logits = self.model.match_logit(
-                text.text_tokens.expand(k, -1, -1),
-                text.text_mask.expand(k, -1),
-                image_tokens.to(device),
+                text.text_tokens, text.text_mask, tokens.to(device).expand(n, -1, -1)
             )
         return logits.float().cpu().numpy()
 
@@ -77,14 +129,17 @@ class FusedReranker:
 
     def tokens_from_files(self, hits: Sequence[Hit]) -> dict[str, np.ndarray]:
         """Recompute image tokens from the files (the slow path a cache avoids)."""
-        images = [_open_rgb(Path(h.path)) for h in hits]
-        pixels = self.model.preprocess_images(images).to(self.model.device)
-        with torch.inference_mode(), autocast(self.model.device, self.dtype):
-            tokens = self.model.encode_image(pixels).image_tokens
-        as_stored = tokens.to(torch.float16).float().cpu().numpy()  # same rounding as the cache
-        return {h.id: t for h, t in zip(hits, as_stored, strict=True)}
+        tokens = self.encode_tokens([open_rgb(h.path) for h in hits]).numpy()
+        return {h.id: t for h, t in zip(hits, tokens, strict=True)}
 
-
-def _open_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as opened:
-        return ImageOps.exif_transpose(opened).convert("RGB")
+    @torch.inference_mode()
+    def encode_tokens(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Image tokens (n, T, W) on the CPU, rounded through fp16 as the store keeps them."""
+        device = self.model.device
+        chunks = []
+        for start in range(0, len(images), self.batch_size):
+            pixels = self.model.preprocess_images(images[start : start + self.batch_size])
+            with autocast(device, self.dtype):
+                tokens = self.model.encode_image(pixels.to(device)).image_tokens
+            chunks.append(tokens.to(torch.float16).float().cpu())
+        return torch.cat(chunks)

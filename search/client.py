@@ -94,11 +94,9 @@ class SearchClient:
     def _make_reranker(self, reranker: Reranker | str | None) -> Reranker | None:
         if reranker is None or not isinstance(reranker, str):
             return reranker
-        if reranker == "fused":
-            from rerank.fused import FusedReranker
+        from rerank.registry import make_reranker  # specs: "fused", "blip-itm:<id>", "none"
 
-            return FusedReranker(self.model, self.store)
-        raise ValueError(f"Unknown reranker {reranker!r}; use 'fused' or pass a Reranker.")
+        return make_reranker(reranker, self.model, self.store, device=str(self.model.device))
 
     @torch.inference_mode()
     def encode_query(self, text: str) -> np.ndarray:
