@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import time
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch
 from PIL import Image
 
 from models.device import autocast, inference_dtype
+from rerank.registry import available_rerankers
 from search import SearchClient, SearchFilter
 from search.hits import Hit, SearchResults
 
@@ -70,29 +70,21 @@ def source_payload(client: SearchClient, point_id: str) -> dict[str, Any]:
 
 
 def reranker_names() -> list[str]:
-    """The rerankers the app offers, "off" last. Uses ``rerank.available_rerankers``
-    when this version of twinrank has it."""
-    rerank = importlib.import_module("rerank")
-    available = getattr(rerank, "available_rerankers", None)
-    names = [str(n) for n in available()] if callable(available) else ["fused"]
-    return [*dict.fromkeys(names), RERANK_OFF]
+    """The rerankers the app offers (from the reranker registry), "off" last."""
+    names = [kind.name for kind in available_rerankers() if kind.name != "none"]
+    return [*names, RERANK_OFF]
 
 
 def client_with_reranker(client: SearchClient, name: str) -> SearchClient:
     """A client sharing ``client``'s model and store with reranker ``name``.
 
-    Nothing is loaded twice: the new client reuses the open store and the loaded model.
+    Nothing is loaded twice: the new client reuses the open store and the loaded model,
+    and the registry keeps loaded reranker weights once per process.
     """
     current = getattr(client.reranker, "name", None)
     if name in (RERANK_OFF, current):
         return client
-    rerank = importlib.import_module("rerank")
-    make = getattr(rerank, "make_reranker", None)
-    if name == "fused" or not callable(make):
-        reranker: Any = "fused"
-    else:
-        reranker = make(name, model=client.model, store=client.store)
-    return SearchClient(client.store, model=client.model, reranker=reranker,
+    return SearchClient(client.store, model=client.model, reranker=name,
                         rerank_top_k=client.rerank_top_k, bi_weight=client.bi_weight)
 
 
