@@ -14,6 +14,7 @@ qdrant-client's local mode stands in for the server in tests: ``url=":memory:"``
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from search.filters import INDEXED_FIELDS, SearchFilter, to_rfc3339
+from search.filters import INDEXED_FIELDS, SearchFilter, to_utc
 from search.schema import (
     CollectionInfo,
     PointRecord,
@@ -115,8 +116,9 @@ class RemoteStore:
         points = []
         for record in records:
             vectors: dict[str, Any] = {"image": record.image_vector.astype(np.float32).tolist()}
-            if record.image_tokens is not None:
-                vectors["tokens"] = record.image_tokens.astype(np.float32).tolist()
+            if record.image_tokens is not None:  # rounded as a server stores them
+                tokens = record.image_tokens.astype(np.float16).astype(np.float32)
+                vectors["tokens"] = tokens.tolist()
             points.append(models.PointStruct(id=record.id, vector=vectors,
                                              payload=record.payload))
         self._call(lambda: self._client.upsert(self.collection, points=points, wait=True))
@@ -176,8 +178,9 @@ class RemoteStore:
     def iter_payloads(self) -> Iterator[tuple[str, dict[str, Any]]]:
         offset = None
         while True:
-            records, offset = self._call(lambda o=offset: self._client.scroll(
-                self.collection, limit=1000, offset=o, with_payload=True, with_vectors=False))
+            page = functools.partial(self._client.scroll, self.collection, limit=1000,
+                                     offset=offset, with_payload=True, with_vectors=False)
+            records, offset = self._call(page)
             for record in records:
                 yield str(record.id), dict(record.payload or {})
             if offset is None:
@@ -267,8 +270,8 @@ def client_filter(search_filter: SearchFilter | None) -> Any:
             key="format", match=models.MatchAny(any=search_filter.normalised_formats())))
     if search_filter.after or search_filter.before:
         must.append(models.FieldCondition(key="captured_at", range=models.DatetimeRange(
-            gte=to_rfc3339(search_filter.after) if search_filter.after else None,
-            lt=to_rfc3339(search_filter.before) if search_filter.before else None)))
+            gte=to_utc(search_filter.after) if search_filter.after else None,
+            lt=to_utc(search_filter.before) if search_filter.before else None)))
     if search_filter.min_size is not None or search_filter.max_size is not None:
         must.append(models.FieldCondition(key="size", range=models.Range(
             gte=search_filter.min_size, lte=search_filter.max_size)))
