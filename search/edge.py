@@ -72,18 +72,14 @@ class EdgeStore:
                     f"`twinrank ingest IMAGES --store {folder}`."
                 )
             folder.mkdir(parents=True, exist_ok=True)
-            try:
-                shard = EdgeShard.create(shard_path, _edge_config(info))
-            except Exception as error:
-                raise StoreError(f"Could not create a store at {folder}: {error}") from error
-            lease = ShardLease(folder, lambda: EdgeShard.load(shard_path), shard, wait_s)
-            store = cls(folder, lease, info)
+            config = _edge_config(info)
+            store = cls(folder, ShardLease(folder, lambda: _create_or_load(shard_path, config),
+                                           wait_s), info)
             store._create_indexes()
             (folder / META_FILE).write_text(json.dumps(asdict(info), indent=2))
             return store
         check_info(found, info, str(folder))
-        lease = ShardLease(folder, lambda: EdgeShard.load(shard_path), wait_s=wait_s)
-        store = cls(folder, lease, found)
+        store = cls(folder, ShardLease(folder, lambda: EdgeShard.load(shard_path), wait_s), found)
         store.count()  # open now, so a busy or broken folder fails here, not mid-query
         return store
 
@@ -196,6 +192,14 @@ class EdgeStore:
         with self._lease.hold() as shard:
             for name, kind in INDEXED_FIELDS.items():
                 shard.update(UpdateOperation.create_field_index(name, kinds[kind]))
+
+
+def _create_or_load(shard_path: str, config: Any) -> Any:
+    from qdrant_edge import EdgeShard
+
+    if Path(shard_path).exists():
+        return EdgeShard.load(shard_path)
+    return EdgeShard.create(shard_path, config)
 
 
 def _count(shard: Any) -> int:

@@ -4,6 +4,12 @@ Qdrant Edge lets one process at a time open a shard folder (a second open fails 
 ``WouldBlock``). The UI keeps its store open for hours while ``twinrank ingest`` writes to
 the same folder, so each ``EdgeStore`` holds its shard on a *lease*:
 
+- only the process holding an exclusive ``flock`` on ``FOLDER/.lock`` may open the shard.
+  This matters: a failed ``EdgeShard.load`` of a folder another process has open is not
+  harmless -- it truncates the holder's payload-index journal (measured with
+  qdrant-edge-py 0.9: the holder's next flush fails with "Tracker journal ... is shorter
+  than expected"). So a process never even tries to open a shard it does not hold the
+  lock for;
 - an operation that finds the shard closed opens it; if another process holds it, it drops
   a request file in ``FOLDER/.requests/`` and retries until ``wait_s`` passes, then raises
   ``StoreBusyError`` (a clear message, never a hang);
@@ -12,13 +18,13 @@ the same folder, so each ``EdgeStore`` holds its shard on a *lease*:
   for it again. Requests are served oldest first, so neither side starves.
 
 Every operation therefore sees everything flushed before it; a UI query during an ingest
-costs one reopen (~0.1-0.2 s) and sees the images written so far. Qdrant's own file lock
-still guarantees a single writer, so a bug here can cost time but never corrupt data.
+costs one reopen (~0.1-0.2 s) and sees the images written so far.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import threading
@@ -30,6 +36,7 @@ from typing import Any
 from search.schema import StoreBusyError, StoreError
 
 REQUESTS_DIR = ".requests"
+LOCK_FILE = ".lock"
 log = logging.getLogger(__name__)
 
 
@@ -43,18 +50,14 @@ class ShardLease:
     """
 
     def __init__(
-        self,
-        folder: Path,
-        opener: Callable[[], Any],
-        shard: Any = None,
-        wait_s: float = 15.0,
-        poll_s: float = 0.05,
+        self, folder: Path, opener: Callable[[], Any], wait_s: float = 15.0, poll_s: float = 0.05
     ) -> None:
         self.folder = folder
         self.wait_s = wait_s
         self.poll_s = poll_s
         self._opener = opener
-        self._shard = shard
+        self._shard: Any = None
+        self._lock_fd: int | None = None
         self._users = 0
         self._closed = False
         self._lock = threading.Lock()
@@ -86,8 +89,7 @@ class ShardLease:
             if self._shard is None or self._users:
                 return False
             shard, self._shard = self._shard, None
-            shard.flush()
-            shard.close()
+            self._close_shard(shard)
             return True
 
     def close(self) -> None:
@@ -95,9 +97,15 @@ class ShardLease:
         with self._lock:
             self._closed = True
             shard, self._shard = self._shard, None
-        if shard is not None:
+            if shard is not None:
+                self._close_shard(shard)
+
+    def _close_shard(self, shard: Any) -> None:
+        try:
             shard.flush()
             shard.close()
+        finally:
+            self._unlock()
 
     @property
     def is_open(self) -> bool:
@@ -127,12 +135,30 @@ class ShardLease:
                 mine.unlink(missing_ok=True)
 
     def _try_open(self) -> Any:
+        """The opened shard, or None when another process holds the folder's lock."""
+        fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        self._lock_fd = fd
         try:
             return self._opener()
         except Exception as error:
-            if "WouldBlock" in str(error) or "lock" in str(error).lower():
-                return None
+            self._unlock()
+            if "WouldBlock" in str(error):  # a process that does not take our lock
+                raise StoreBusyError(
+                    f"The store at {self.folder} is open in a program that does not share "
+                    f"it (an older twinrank?). Close that program, then try again."
+                ) from error
             raise StoreError(f"Could not open the store at {self.folder}: {error}") from error
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _waiting_before(self, mine: Path | None) -> bool:
         """Whether another live process asked for the shard before ``mine`` (or at all)."""

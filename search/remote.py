@@ -42,9 +42,6 @@ TIMEOUT_S = 5  # a server that does not answer in this long is reported, not wai
 COUNT_TTL_S = 30.0  # how stale the point count that picks exact vs HNSW search may be
 METADATA_KEY = "twinrank"
 
-warnings.filterwarnings("ignore", message="Payload indexes have no effect in the local Qdrant")
-warnings.filterwarnings("ignore", message="Local mode performs exact")
-warnings.filterwarnings("ignore", message="Api key is used with an insecure connection")
 
 T = TypeVar("T")
 
@@ -70,7 +67,8 @@ class RemoteStore:
         self.where = where
         self._client = client
         local = where == ":memory:" or where.startswith("path:")
-        self._serial = threading.Lock() if local else None  # local mode is not thread-safe
+        self._local = local  # qdrant-client's local mode: exact only, and not thread-safe
+        self._serial = threading.Lock() if local else None
         self._count: tuple[int, float] | None = None
 
     @classmethod
@@ -142,13 +140,15 @@ class RemoteStore:
         from qdrant_client import models
 
         plan = search_plan(self._cached_count(), limit)
+        params = None if self._local else models.SearchParams(exact=plan.exact,
+                                                              hnsw_ef=plan.hnsw_ef)
         response = self._call(lambda: self._client.query_points(
             self.collection,
             query=np.asarray(vector, dtype=np.float32).tolist(),
             using="image",
             limit=limit,
             query_filter=client_filter(search_filter),
-            search_params=models.SearchParams(exact=plan.exact, hnsw_ef=plan.hnsw_ef),
+            search_params=params,
             with_payload=True,
         ))
         return [StoredHit(str(p.id), float(p.score), dict(p.payload or {}))
@@ -251,8 +251,10 @@ def _create_collection(client: Any, collection: str, info: CollectionInfo) -> No
     kinds = {"keyword": models.PayloadSchemaType.KEYWORD,
              "integer": models.PayloadSchemaType.INTEGER,
              "datetime": models.PayloadSchemaType.DATETIME}
-    for name, kind in INDEXED_FIELDS.items():
-        client.create_payload_index(collection, name, kinds[kind], wait=True)
+    with warnings.catch_warnings():  # local mode: "payload indexes have no effect"
+        warnings.simplefilter("ignore", UserWarning)
+        for name, kind in INDEXED_FIELDS.items():
+            client.create_payload_index(collection, name, kinds[kind], wait=True)
 
 
 def client_filter(search_filter: SearchFilter | None) -> Any:
