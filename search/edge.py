@@ -20,10 +20,11 @@ from search.lease import ShardLease
 from search.schema import (
     CollectionInfo,
     PointRecord,
+    SearchPlan,
     StoredHit,
     StoreError,
     check_info,
-    search_plan,
+    planned_search,
 )
 
 META_FILE = "twinrank.json"
@@ -50,6 +51,7 @@ class EdgeStore:
         self.folder = folder
         self.info = info
         self._lease = lease
+        self._count: tuple[int, int] | None = None  # (lease generation, points)
 
     @classmethod
     def open(
@@ -96,6 +98,7 @@ class EdgeStore:
             points.append(Point(record.id, vectors, record.payload))
         with self._lease.hold() as shard:
             shard.update(UpdateOperation.upsert_points(points))
+            self._count = None
 
     def set_payload(self, point_id: str, payload: dict[str, Any]) -> None:
         from qdrant_edge import UpdateOperation
@@ -109,23 +112,30 @@ class EdgeStore:
         if ids:
             with self._lease.hold() as shard:
                 shard.update(UpdateOperation.delete_points(list(ids)))
+                self._count = None
 
     def search(
-        self, vector: np.ndarray, limit: int, search_filter: SearchFilter | None = None
+        self,
+        vector: np.ndarray,
+        limit: int,
+        search_filter: SearchFilter | None = None,
+        plan: SearchPlan | None = None,
     ) -> list[StoredHit]:
+        """The ``limit`` nearest images; ``plan`` overrides the exact/HNSW policy."""
         from qdrant_edge import Query, QueryRequest, SearchParams
 
+        query = Query.Nearest(np.asarray(vector, dtype=np.float32).tolist(), using="image")
+        condition = edge_filter(search_filter)
         with self._lease.hold() as shard:
-            plan = search_plan(_count(shard), limit)
-            request = QueryRequest(
-                limit=limit,
-                query=Query.Nearest(np.asarray(vector, dtype=np.float32).tolist(), using="image"),
-                filter=edge_filter(search_filter),
-                with_payload=True,
-                params=SearchParams(exact=plan.exact, hnsw_ef=plan.hnsw_ef),
-            )
-            points = shard.query(request)
-        return [StoredHit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
+
+            def run(chosen: SearchPlan) -> list[StoredHit]:
+                request = QueryRequest(
+                    limit=limit, query=query, filter=condition, with_payload=True,
+                    params=SearchParams(exact=chosen.exact, hnsw_ef=chosen.hnsw_ef))
+                return [StoredHit(str(p.id), float(p.score), dict(p.payload or {}))
+                        for p in shard.query(request)]
+
+            return planned_search(run, self._points(shard), limit, plan)
 
     def get_tokens(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         return self._named_vectors(ids, "tokens")
@@ -160,7 +170,15 @@ class EdgeStore:
 
     def count(self) -> int:
         with self._lease.hold() as shard:
-            return _count(shard)
+            return self._points(shard, fresh=True)
+
+    def _points(self, shard: Any, fresh: bool = False) -> int:
+        """The point count, cached until this process writes or the shard is reopened."""
+        cached = self._count
+        if fresh or cached is None or cached[0] != self._lease.generation:
+            cached = (self._lease.generation, _count(shard))
+            self._count = cached
+        return cached[1]
 
     def flush(self) -> None:
         with self._lease.hold() as shard:

@@ -58,6 +58,7 @@ class ShardLease:
         self._opener = opener
         self._shard: Any = None
         self._lock_fd: int | None = None
+        self.generation = 0  # counts opens: another process may have written in between
         self._users = 0
         self._closed = False
         self._lock = threading.Lock()
@@ -75,6 +76,7 @@ class ShardLease:
                 raise StoreError(f"The store at {self.folder} is closed; open it again.")
             if self._shard is None:
                 self._shard = self._acquire()
+                self.generation += 1
             self._users += 1
             shard = self._shard
         try:

@@ -29,11 +29,12 @@ from search.filters import INDEXED_FIELDS, SearchFilter, to_utc
 from search.schema import (
     CollectionInfo,
     PointRecord,
+    SearchPlan,
     StoreBusyError,
     StoredHit,
     StoreError,
     check_info,
-    search_plan,
+    planned_search,
 )
 
 API_KEY_ENV = "TWINRANK_QDRANT_API_KEY"
@@ -135,24 +136,28 @@ class RemoteStore:
             self._count = None
 
     def search(
-        self, vector: np.ndarray, limit: int, search_filter: SearchFilter | None = None
+        self,
+        vector: np.ndarray,
+        limit: int,
+        search_filter: SearchFilter | None = None,
+        plan: SearchPlan | None = None,
     ) -> list[StoredHit]:
+        """The ``limit`` nearest images; ``plan`` overrides the exact/HNSW policy."""
         from qdrant_client import models
 
-        plan = search_plan(self._cached_count(), limit)
-        params = None if self._local else models.SearchParams(exact=plan.exact,
-                                                              hnsw_ef=plan.hnsw_ef)
-        response = self._call(lambda: self._client.query_points(
-            self.collection,
-            query=np.asarray(vector, dtype=np.float32).tolist(),
-            using="image",
-            limit=limit,
-            query_filter=client_filter(search_filter),
-            search_params=params,
-            with_payload=True,
-        ))
-        return [StoredHit(str(p.id), float(p.score), dict(p.payload or {}))
-                for p in response.points]
+        query = np.asarray(vector, dtype=np.float32).tolist()
+        condition = client_filter(search_filter)
+
+        def run(chosen: SearchPlan) -> list[StoredHit]:
+            params = None if self._local else models.SearchParams(exact=chosen.exact,
+                                                                  hnsw_ef=chosen.hnsw_ef)
+            response = self._call(lambda: self._client.query_points(
+                self.collection, query=query, using="image", limit=limit,
+                query_filter=condition, search_params=params, with_payload=True))
+            return [StoredHit(str(p.id), float(p.score), dict(p.payload or {}))
+                    for p in response.points]
+
+        return planned_search(run, self._cached_count(), limit, plan)
 
     def get_tokens(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         return self._named_vectors(ids, "tokens")

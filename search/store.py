@@ -28,6 +28,7 @@ from search.schema import (
     StoreError,
     VectorStore,
     check_info,
+    planned_search,
     point_id_for,
     search_plan,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "VectorStore",
     "check_info",
     "open_store",
+    "planned_search",
     "point_id_for",
     "read_info",
     "search_plan",

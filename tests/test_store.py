@@ -203,3 +203,24 @@ def test_wrong_api_key_is_a_clear_error_that_never_shows_the_key(monkeypatch):
     assert "very-secret-key" not in str(caught.value)
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
     assert all(line.startswith("GET") for line in _Refuses.seen)  # nothing was written
+
+
+def test_a_far_query_is_searched_again_exactly():
+    from search.schema import FAR_QUERY_COSINE, SearchPlan, StoredHit, planned_search
+
+    plans: list[SearchPlan] = []
+
+    def run(best: float):
+        def search(plan: SearchPlan) -> list[StoredHit]:
+            plans.append(plan)
+            return [StoredHit("a", best, {})]
+        return search
+
+    planned_search(run(FAR_QUERY_COSINE + 0.2), 100_000, 20)  # near: HNSW only
+    assert [p.exact for p in plans] == [False]
+    plans.clear()
+    planned_search(run(FAR_QUERY_COSINE - 0.2), 100_000, 20)  # far: HNSW, then exact
+    assert [p.exact for p in plans] == [False, True]
+    plans.clear()
+    planned_search(run(0.1), 5_000, 20)  # small: exact at once
+    assert [p.exact for p in plans] == [True]
