@@ -7,7 +7,9 @@ The collection's identity (``CollectionInfo``) is written beside the data in
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -29,6 +31,8 @@ from search.schema import (
 
 META_FILE = "twinrank.json"
 SHARD_DIR = "shard"
+WAIT_ENV = "TWINRANK_STORE_WAIT_S"
+DEFAULT_WAIT_S = 15.0
 
 
 def read_info(folder: Path) -> CollectionInfo | None:
@@ -55,15 +59,18 @@ class EdgeStore:
 
     @classmethod
     def open(
-        cls, folder: str | Path, info: CollectionInfo | None = None, wait_s: float = 15.0
+        cls, folder: str | Path, info: CollectionInfo | None = None, wait_s: float | None = None
     ) -> EdgeStore:
         """Open the collection at ``folder``; create it when ``info`` is given and it is new.
 
         ``wait_s`` bounds how long an operation waits for another process (an ingest, the
-        UI) to hand the folder over before it raises ``StoreBusyError``.
+        UI) to hand the folder over before it raises ``StoreBusyError`` (default
+        ``$TWINRANK_STORE_WAIT_S`` or 15 s).
         """
         from qdrant_edge import EdgeShard
 
+        if wait_s is None:
+            wait_s = float(os.environ.get(WAIT_ENV, DEFAULT_WAIT_S))
         folder = Path(folder).expanduser()
         found = read_info(folder)
         shard_path = str(folder / SHARD_DIR)
@@ -188,6 +195,18 @@ class EdgeStore:
         """Build the HNSW index and merge segments (minutes at 100k+ points)."""
         with self._lease.hold() as shard:
             shard.optimize()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[EdgeStore]:
+        """Keep the folder for this block: other processes wait (up to their ``wait_s``).
+
+        Example:
+            >>> with store.exclusive():  # a multi-step change no reader should see half of
+            ...     store.delete(old_ids)
+            ...     store.upsert(new_records)
+        """
+        with self._lease.hold():
+            yield self
 
     def release(self) -> bool:
         """Hand the folder back now (flushed) without closing the store; it reopens on use."""

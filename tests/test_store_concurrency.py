@@ -66,7 +66,7 @@ def test_a_holder_that_never_hands_over_gives_a_clear_busy_error(tmp_path):
     entered, leave = threading.Event(), threading.Event()
 
     def long_operation() -> None:
-        with holder._lease.hold():  # e.g. an optimise that takes minutes
+        with holder.exclusive():  # e.g. an optimise that takes minutes
             entered.set()
             leave.wait(10)
 
