@@ -46,6 +46,7 @@ class BenchConfig:
     local_cap: int = 2_000  # local mode upserts ~50 points/s here; more does not finish
     local_queries: int = 30
     tokens_only: bool = False
+    real_vectors: Path | None = None  # an .npz from bench/demo_text_vectors.py
     efs: tuple[int, ...] = (64, 128, 256, 512, 1024)
     seed: int = 0
     out: Path = Path("bench/results/store_bench.json")
@@ -221,6 +222,10 @@ def main(config: BenchConfig) -> dict[str, Any]:
                    f"load average at start {os.getloadavg()[0]:.1f})",
         "results": [],
     }
+    if config.real_vectors is not None:
+        report["real_text_queries"] = real_text_queries(config.real_vectors, work, config.efs)
+        config.out.write_text(json.dumps(report, indent=2))
+        return report
     report["token_cache"] = token_cache(work)
     if config.tokens_only:
         config.out.write_text(json.dumps(report, indent=2))
@@ -239,6 +244,37 @@ def main(config: BenchConfig) -> dict[str, Any]:
     config.out.parent.mkdir(parents=True, exist_ok=True)
     config.out.write_text(json.dumps(report, indent=2))
     return report
+
+
+def real_text_queries(npz: Path, work: Path, efs: tuple[int, ...]) -> dict[str, Any]:
+    """HNSW recall for a trained model's own text queries over its own image vectors.
+
+    The vectors come from ``bench/demo_text_vectors.py`` (the demo model on generated
+    scenes); the store is built at that size and searched with the default policy, exactly,
+    and over the ``hnsw_ef`` sweep.
+    """
+    data = np.load(npz)
+    images, texts = _unit(data["images"]), _unit(data["texts"])
+    n, dim = images.shape
+    corpus = Corpus(images, images[:0], texts, np.zeros(n, dtype=int), np.ones(n, dtype=bool))
+    info = CollectionInfo("bench-real", dim, 16, 256)
+    store = open_store(work / "real", info)
+    for start in range(0, n, 1000):
+        store.upsert(records(corpus, start, min(start + 1000, n)))
+    started = time.perf_counter()
+    store.optimize()
+    result: dict[str, Any] = {"points": n, "dim": dim, "queries": len(texts),
+                              "optimize_s": round(time.perf_counter() - started, 1),
+                              "text_top1_cosine": float(np.mean((texts @ images.T).max(1)))}
+    expected = truth(corpus, texts)
+    plans = [("exact", SearchPlan(exact=True, hnsw_ef=None)), ("default", None)]
+    plans += [(f"hnsw_ef={ef}", SearchPlan(exact=False, hnsw_ef=ef)) for ef in efs]
+    for label, plan in plans:
+        found, times = run_queries(store, texts, None, plan)
+        result[label] = {**latency(times), "recall@20": recall(found, expected)}
+    store.close()
+    shutil.rmtree(work / "real", ignore_errors=True)
+    return result
 
 
 def local_mode_vs_edge(config: BenchConfig, work: Path) -> list[dict[str, Any]]:
@@ -268,9 +304,12 @@ def parse(argv: list[str] | None = None) -> BenchConfig:
     parser.add_argument("--efs", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
     parser.add_argument("--out", type=Path, default=BenchConfig.out)
     parser.add_argument("--tokens-only", action="store_true", help="Only the token cache size.")
+    parser.add_argument("--real-vectors", type=Path, default=None,
+                        help="Only recall for a model's text queries (bench/demo_text_vectors.py).")
     args = parser.parse_args(argv)
     return BenchConfig(sizes=tuple(args.sizes), queries=args.queries, local_cap=args.local_cap,
-                       efs=tuple(args.efs), out=args.out, tokens_only=args.tokens_only)
+                       efs=tuple(args.efs), out=args.out, tokens_only=args.tokens_only,
+                       real_vectors=args.real_vectors)
 
 
 if __name__ == "__main__":
