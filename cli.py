@@ -141,19 +141,43 @@ def search(
     bi_weight: BiWeightOption = 0.0,
     device: DeviceOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print hits as JSON.")] = False,
+    folder: Annotated[str | None, typer.Option(
+        help="Only images under this folder (and its sub-folders).")] = None,
+    after: Annotated[str | None, typer.Option(
+        help="Only images captured on or after this date, e.g. 2021-01-01.")] = None,
+    before: Annotated[str | None, typer.Option(
+        help="Only images captured before this date, e.g. 2022-01-01.")] = None,
+    file_type: Annotated[list[str] | None, typer.Option(
+        "--type", help="Only this file type (jpeg, png, ...); repeat for several.")] = None,
+    min_size: Annotated[str | None, typer.Option(help="Only files of at least this "
+                                                      "size, e.g. 500kB.")] = None,
+    max_size: Annotated[str | None, typer.Option(help="Only files of at most this "
+                                                      "size, e.g. 5MB.")] = None,
+    url: Annotated[str | None, typer.Option(
+        help="Search a Qdrant server instead of --store (API key from "
+             "TWINRANK_QDRANT_API_KEY).", envvar="TWINRANK_QDRANT_URL")] = None,
+    collection: Annotated[str | None, typer.Option(
+        help="Collection name on the Qdrant server (with --url).")] = None,
 ) -> None:
     """Search the store by text and print the best matches."""
     from search import SearchClient
+    from search.filters import filter_from_text
 
-    with friendly_errors(), SearchClient(store.expanduser(), device=device, reranker=reranker,
-                                         rerank_top_k=rerank_top_k, bi_weight=bi_weight) as client:
-        hits = client.search(query, k=k, rerank=rerank)
+    location = url or store.expanduser()
+    with friendly_errors():
+        filters = filter_from_text(folder, after, before, file_type or (), min_size, max_size)
+        with SearchClient(location, device=device, reranker=reranker,
+                          rerank_top_k=rerank_top_k, bi_weight=bi_weight,
+                          collection=collection) as client:
+            hits = client.search(query, k=k, rerank=rerank, filters=filters)
     if as_json:
         rows = [{"rank": i, "path": h.path, "score": h.score, "bi_score": h.bi_score,
                  "bi_rank": h.bi_rank, "rerank_score": h.rerank_score,
                  "rerank_rank": h.rerank_rank, "id": h.id} for i, h in enumerate(hits, 1)]
         typer.echo(json.dumps(rows, indent=2))
         return
+    if not hits:
+        typer.echo("No images match." + (" Try fewer filters." if filters else ""))
     for i, hit in enumerate(hits, start=1):
         moved = "" if hit.moved is None else f" (bi #{hit.bi_rank})"
         typer.echo(f"{i:>3}  {hit.score:8.3f}  {hit.path}{moved}")

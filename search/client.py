@@ -1,7 +1,8 @@
 """SearchClient: the Python client people script against.
 
-It opens a collection, loads the model the collection was built with (or checks the one
-you pass), and runs text -> vector -> kNN -> (optional) rerank, timing each stage.
+It opens a collection (embedded folder or Qdrant server URL), loads the model the
+collection was built with (or checks the one you pass), and runs query -> vector -> kNN ->
+(optional) rerank, timing each stage. Queries are text, image files or PIL images.
 
 Example:
     >>> with SearchClient("~/.twinrank/photos") as client:
@@ -11,19 +12,30 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps
 
 from models import TwinModel, create_model, model_id
 from models.device import autocast, inference_dtype
 from rerank.base import Reranker, rerank_hits
 from search.filters import SearchFilter
 from search.hits import Hit, SearchResults
-from search.store import CollectionInfo, CollectionMismatchError, VectorStore, open_store
+from search.store import (
+    CollectionInfo,
+    CollectionMismatchError,
+    VectorStore,
+    open_store,
+    point_id_for,
+)
 
 DEFAULT_RERANK_TOP_K = 20
 
@@ -60,12 +72,24 @@ def load_collection_model(info: CollectionInfo, device: str | None = None) -> Tw
     return model
 
 
-class SearchClient:
-    """Search one collection by text, with optional reranking.
+Query = str | Path | Image.Image  # text, an image file, or an image
 
-    ``store`` is a store location (a folder for the embedded engine) or an open store;
-    ``model`` defaults to the one the collection records; ``reranker`` defaults to the
-    model's own fusion head over cached tokens ("fused"); pass None to disable it.
+
+class SearchClient:
+    """Search one collection by text or by image, with optional reranking.
+
+    ``store`` is a store location (a folder for the embedded engine, an ``http(s)://`` URL
+    for a Qdrant server; see ``open_store``) or an open store; ``model`` defaults to the
+    one the collection records; ``reranker`` defaults to the model's own fusion head over
+    cached tokens ("fused"); pass None to disable it. Safe to share between threads.
+
+    Example:
+        >>> with SearchClient("~/.twinrank/store") as client:
+        ...     hits = client.search("a red circle left of a blue square", k=5)
+        ...     same_look = client.similar(hits[0].id, k=5)
+        ...     by_photo = client.search(Path("holiday/beach.jpg"), k=5)
+        ...     in_2021 = client.search("a beach", filters=SearchFilter(
+        ...         after=date(2021, 1, 1), before=date(2022, 1, 1), formats=("jpeg",)))
     """
 
     def __init__(
@@ -76,8 +100,13 @@ class SearchClient:
         device: str | None = None,
         rerank_top_k: int = DEFAULT_RERANK_TOP_K,
         bi_weight: float = 0.0,
+        collection: str | None = None,
+        api_key: str | None = None,
     ) -> None:
-        self.store = open_store(store) if isinstance(store, str | Path) else store
+        if isinstance(store, str | Path):
+            self.store = open_store(store, collection=collection, api_key=api_key)
+        else:
+            self.store = store
         if model is None:
             model = load_collection_model(self.store.info, device)
         elif model_id(model) != self.store.info.model_id:
@@ -101,31 +130,133 @@ class SearchClient:
     @torch.inference_mode()
     def encode_query(self, text: str) -> np.ndarray:
         """The normalised query vector (D,) for ``text``."""
+        return self.encode_texts([text])[0]
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Normalised text vectors (B, D), one forward pass for the batch."""
         with autocast(self.model.device, self._dtype):
-            encoded = self.model.encode_text(self.model.tokenize([text]))
-        vector: np.ndarray = encoded.text_vector[0].float().cpu().numpy()
-        return vector
+            encoded = self.model.encode_text(self.model.tokenize(list(texts)))
+        vectors: np.ndarray = encoded.text_vector.float().cpu().numpy()
+        return vectors
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[Image.Image | Path]) -> np.ndarray:
+        """Normalised image vectors (B, D) for PIL images or image files."""
+        pixels = self.model.preprocess_images([_as_rgb(i) for i in images])
+        with autocast(self.model.device, self._dtype):
+            encoded = self.model.encode_image(pixels.to(self.model.device))
+        vectors: np.ndarray = encoded.image_vector.float().cpu().numpy()
+        return vectors
 
     def search(
         self,
-        text: str,
+        query: Query,
         k: int = 10,
         rerank: bool = True,
         filters: SearchFilter | None = None,
         rerank_top_k: int | None = None,
     ) -> SearchResults:
-        """The best ``k`` images for ``text``: bi-encoder top-k, then reranked.
+        """The best ``k`` images for a text (``str``) or an image (a ``Path`` or PIL image).
 
-        The reranker sees ``max(k, rerank_top_k)`` candidates and the best ``k`` are kept.
+        Text: bi-encoder top-k, then reranked; the reranker sees ``max(k, rerank_top_k)``
+        candidates and the best ``k`` are kept. Images are never reranked: the fusion head
+        scores *text* against image tokens, while image-to-image cosine has no modality
+        gap and is already the right similarity, so image hits keep ``rerank_rank=None``.
+        A ``str`` is always text; pass ``Path("x.jpg")`` to search by an image file.
         """
-        query = _clean_query(text)
-        if k < 1:
-            raise QueryError(f"k must be at least 1, got {k}.")
-        timings: dict[str, float] = {}
+        return self.search_batch([query], k, rerank, filters, rerank_top_k)[0]
+
+    def search_batch(
+        self,
+        queries: Sequence[Query],
+        k: int = 10,
+        rerank: bool = True,
+        filters: SearchFilter | None = None,
+        rerank_top_k: int | None = None,
+    ) -> list[SearchResults]:
+        """``search`` for many queries; texts (and images) are encoded in one batch each.
+
+        Example:
+            >>> for results in client.search_batch(["a red circle", "a blue square"], k=3):
+            ...     print([h.path for h in results])
+        """
+        _check_k(k)
         started = time.perf_counter()
-        vector = self.encode_query(query)
-        timings["encode_ms"] = _ms_since(started)
-        do_rerank = rerank and self.reranker is not None
+        vectors, texts = self._encode_queries(queries)
+        encode_ms = _ms_since(started) / max(len(queries), 1)
+        return [
+            self._retrieve(vector, text, k, rerank, filters, rerank_top_k, {"encode_ms": encode_ms})
+            for vector, text in zip(vectors, texts, strict=True)
+        ]
+
+    def similar(
+        self, point: str | Path, k: int = 10, filters: SearchFilter | None = None
+    ) -> SearchResults:
+        """Images that look like one in the collection (a point id) or any image file.
+
+        The image itself is left out of its own results.
+
+        Example:
+            >>> client.similar(hits[0].id, k=5)
+            >>> client.similar(Path("~/Pictures/cat.jpg").expanduser(), k=5)
+        """
+        _check_k(k)
+        started = time.perf_counter()
+        point_id = self._point_for(point)
+        if point_id is not None:
+            vector = self.store.get_vectors([point_id])[point_id]
+        else:
+            vector = self.encode_images([Path(point)])[0]
+        timings = {"encode_ms": _ms_since(started)}
+        results = self._retrieve(vector, None, k + 1, False, filters, None, timings)
+        own = str(Path(point).expanduser().resolve()) if point_id is None else None
+        kept = [h for h in results if h.id != point_id and own not in h.payload.get("paths", [])]
+        return SearchResults(_renumber(kept[:k]), results.timings)
+
+    def _point_for(self, point: str | Path) -> str | None:
+        """The stored point an id or a file (by content) refers to; None when not stored."""
+        if isinstance(point, str) and _is_uuid(point):
+            if self.store.get_payloads([point]):
+                return point
+            raise QueryError(f"No image with id {point} in this collection.")
+        path = Path(point).expanduser()
+        if not path.is_file():
+            raise QueryError(f"No such image file: {path}. Pass a point id or an image file.")
+        point_id = point_id_for(_sha256(path))
+        return point_id if self.store.get_payloads([point_id]) else None
+
+    def _encode_queries(
+        self, queries: Sequence[Query]
+    ) -> tuple[list[np.ndarray], list[str | None]]:
+        texts: list[str | None] = [
+            _clean_query(q) if isinstance(q, str) else None for q in queries
+        ]
+        vectors: list[np.ndarray | None] = [None] * len(queries)
+        text_at = [i for i, t in enumerate(texts) if t is not None]
+        image_at = [i for i, t in enumerate(texts) if t is None]
+        if text_at:
+            for i, v in zip(text_at, self.encode_texts([texts[i] or "" for i in text_at]),
+                            strict=True):
+                vectors[i] = v
+        if image_at:
+            images = [cast(Image.Image | Path, queries[i]) for i in image_at]
+            for i, v in zip(image_at, self.encode_images(images), strict=True):
+                vectors[i] = v
+        return [v for v in vectors if v is not None], texts
+
+    def _retrieve(
+        self,
+        vector: np.ndarray,
+        text: str | None,
+        k: int,
+        rerank: bool,
+        filters: SearchFilter | None,
+        rerank_top_k: int | None,
+        timings: dict[str, float],
+    ) -> SearchResults:
+        timings = dict(timings)
+        do_rerank = rerank and text is not None and self.reranker is not None
         depth = max(k, rerank_top_k or self.rerank_top_k) if do_rerank else k
         started = time.perf_counter()
         stored = self.store.search(vector, depth, filters)
@@ -135,9 +266,9 @@ class SearchClient:
                 bi_rank=rank, payload=s.payload)
             for rank, s in enumerate(stored, start=1)
         ]
-        if do_rerank and self.reranker is not None:
+        if do_rerank and self.reranker is not None and text is not None:
             started = time.perf_counter()
-            hits = rerank_hits(self.reranker, query, hits, self.bi_weight)
+            hits = rerank_hits(self.reranker, text, hits, self.bi_weight)
             timings["rerank_ms"] = _ms_since(started)
         return SearchResults(hits[:k], timings)
 
@@ -155,12 +286,22 @@ class SearchClient:
         return before, after
 
     def stats(self) -> dict[str, Any]:
+        """What the collection holds and how it is stored.
+
+        Example:
+            >>> client.stats()["token_bytes_per_image"]
+            8192
+        """
         info = self.store.info
         return {
             "images": self.store.count(),
             "model_id": info.model_id,
             "vector_size": info.vector_size,
+            "token_shape": [info.token_count, info.token_width],
+            "token_dtype": info.token_dtype,
             "token_bytes_per_image": info.bytes_per_image(),
+            "schema_version": info.schema_version,
+            "backend": type(self.store).__name__,
             "reranker": getattr(self.reranker, "name", None),
         }
 
@@ -179,6 +320,45 @@ def _clean_query(text: str) -> str:
     if not query:
         raise QueryError("The query is empty; type what you are looking for.")
     return query
+
+
+def _check_k(k: int) -> None:
+    if k < 1:
+        raise QueryError(f"k must be at least 1, got {k}.")
+
+
+def _as_rgb(image: Image.Image | Path) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    path = Path(image).expanduser()
+    try:
+        with Image.open(path) as opened:
+            return ImageOps.exif_transpose(opened).convert("RGB")
+    except FileNotFoundError:
+        raise QueryError(f"No such image file: {path}.") from None
+    except OSError as error:
+        raise QueryError(f"Cannot read the image {path}: {error}.") from None
+
+
+def _sha256(path: Path) -> str:
+    """The content hash ingest derives point ids from (``ingest.decode.content_hash``)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return len(text) == 36
+
+
+def _renumber(hits: list[Hit]) -> list[Hit]:
+    return [replace(h, bi_rank=rank) for rank, h in enumerate(hits, start=1)]
 
 
 def _first_path(payload: dict[str, Any]) -> str:

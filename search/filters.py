@@ -6,9 +6,11 @@ translates it to its own condition objects.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 # payload field -> kind of payload index; every field a filter touches is indexed.
 INDEXED_FIELDS: dict[str, str] = {
@@ -65,9 +67,76 @@ def ancestor_folders(path: str) -> list[str]:
     return [folder_key(str(p)) for p in reversed(list(parents)) if str(p) != "."]
 
 
-def to_rfc3339(moment: date | datetime) -> str:
+def to_utc(moment: date | datetime) -> datetime:
+    """A date (midnight) or datetime as an aware UTC datetime; naive times are taken as UTC."""
     if not isinstance(moment, datetime):
         moment = datetime.combine(moment, time.min)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(timezone.utc)
+
+
+def to_rfc3339(moment: date | datetime) -> str:
+    return to_utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+               "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """A file size in bytes from ``"2MB"``, ``"500k"``, ``"1.5 MiB"`` or ``"1234"``.
+
+    Example:
+        >>> parse_size("2MB"), parse_size("1KiB")
+        (2000000, 1024)
+    """
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _SIZE_UNITS:
+        raise ValueError(f"Cannot read the size {text!r}; write it like 500kB, 2MB or 1234.")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def parse_date(text: str) -> date | datetime:
+    """A capture-time bound from ``"2021-01-01"`` or ``"2021-01-01T12:00:00"`` (UTC if naive).
+
+    Example:
+        >>> parse_date("2021-01-01")
+        datetime.date(2021, 1, 1)
+    """
+    try:
+        if len(text.strip()) == 10:
+            return date.fromisoformat(text.strip())
+        return datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"Cannot read the date {text!r}; write it like 2021-01-31 or 2021-01-31T18:00."
+        ) from None
+
+
+def filter_from_text(
+    folder: str | None = None,
+    after: str | None = None,
+    before: str | None = None,
+    types: Sequence[str] = (),
+    min_size: str | None = None,
+    max_size: str | None = None,
+) -> SearchFilter | None:
+    """A ``SearchFilter`` from command-line text; a relative folder is taken from the cwd.
+
+    Example:
+        >>> filter_from_text(folder="/photos/2021", after="2021-06-01", types=["jpg"])
+        SearchFilter(folder='/photos/2021', after=datetime.date(2021, 6, 1), ...)
+    """
+    if folder:
+        folder = Path(folder).expanduser().absolute().as_posix()
+    built = SearchFilter(
+        folder=folder or None,
+        after=parse_date(after) if after else None,
+        before=parse_date(before) if before else None,
+        formats=tuple(types),
+        min_size=parse_size(min_size) if min_size else None,
+        max_size=parse_size(max_size) if max_size else None,
+    )
+    return None if built.is_empty() else built

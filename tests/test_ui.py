@@ -179,10 +179,25 @@ def test_no_collection_shows_how_to_ingest(tmp_path, monkeypatch):
 
 def test_busy_store_is_a_clear_message(tmp_path, monkeypatch):
     path = build_store(tmp_path / "photos", tmp_path / "store")
-    holder = open_store(path)  # an ingest, say, holds the store
+    monkeypatch.setenv("TWINRANK_STORE_WAIT_S", "0.5")
+    holder = open_store(path)  # an ingest, say, in the middle of a multi-step change
+    try:
+        with holder.exclusive():
+            at = run_app(path, monkeypatch)
+        assert "busy" in at.warning[0].value and "another process" in at.warning[0].value
+    finally:
+        holder.close()
+
+
+def test_app_works_while_another_handle_holds_the_store(tmp_path, monkeypatch):
+    path = build_store(tmp_path / "photos", tmp_path / "store")
+    holder = open_store(path)  # open, but between operations: it hands the folder over
     try:
         at = run_app(path, monkeypatch)
-        assert "busy" in at.warning[0].value and "another process" in at.warning[0].value
+        assert not at.exception and not at.warning
+        at.text_input(key="query").input("a red block").run()
+        assert not at.exception
+        assert len(at.get("image")) >= 2
     finally:
         holder.close()
 

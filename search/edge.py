@@ -1,0 +1,289 @@
+"""Qdrant Edge in-process on a folder: the default, embedded back end.
+
+The collection's identity (``CollectionInfo``) is written beside the data in
+``twinrank.json`` and checked on every open. The shard itself is held on a
+``ShardLease``, so the UI and an ingest can share the folder (see ``search.lease``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search.filters import INDEXED_FIELDS, SearchFilter, to_rfc3339
+from search.lease import ShardLease
+from search.schema import (
+    CollectionInfo,
+    PointRecord,
+    SearchPlan,
+    StoredHit,
+    StoreError,
+    check_info,
+    planned_search,
+)
+
+META_FILE = "twinrank.json"
+SHARD_DIR = "shard"
+WAIT_ENV = "TWINRANK_STORE_WAIT_S"
+DEFAULT_WAIT_S = 15.0
+
+
+def read_info(folder: Path) -> CollectionInfo | None:
+    """The identity recorded in an embedded collection folder, or None when there is none."""
+    meta = Path(folder).expanduser() / META_FILE
+    if not meta.is_file():
+        return None
+    return CollectionInfo.from_dict(json.loads(meta.read_text()))
+
+
+class EdgeStore:
+    """Qdrant Edge in-process on a folder: the default, embedded back end.
+
+    Example:
+        >>> store = EdgeStore.open("photos.twinrank", info)  # creates it if missing
+        >>> store.search(query_vector, limit=20)
+    """
+
+    def __init__(self, folder: Path, lease: ShardLease, info: CollectionInfo) -> None:
+        self.folder = folder
+        self.info = info
+        self._lease = lease
+        self._count: tuple[int, int] | None = None  # (lease generation, points)
+
+    @classmethod
+    def open(
+        cls, folder: str | Path, info: CollectionInfo | None = None, wait_s: float | None = None
+    ) -> EdgeStore:
+        """Open the collection at ``folder``; create it when ``info`` is given and it is new.
+
+        ``wait_s`` bounds how long an operation waits for another process (an ingest, the
+        UI) to hand the folder over before it raises ``StoreBusyError`` (default
+        ``$TWINRANK_STORE_WAIT_S`` or 15 s).
+        """
+        from qdrant_edge import EdgeShard
+
+        if wait_s is None:
+            wait_s = float(os.environ.get(WAIT_ENV, DEFAULT_WAIT_S))
+        folder = Path(folder).expanduser()
+        found = read_info(folder)
+        shard_path = str(folder / SHARD_DIR)
+        if found is None:
+            if info is None:
+                raise StoreError(
+                    f"No twinrank collection at {folder}. Create one with "
+                    f"`twinrank ingest IMAGES --store {folder}`."
+                )
+            folder.mkdir(parents=True, exist_ok=True)
+            config = _edge_config(info)
+            store = cls(folder, ShardLease(folder, lambda: _create_or_load(shard_path, config),
+                                           wait_s), info)
+            store._create_indexes()
+            (folder / META_FILE).write_text(json.dumps(asdict(info), indent=2))
+            return store
+        check_info(found, info, str(folder))
+        store = cls(folder, ShardLease(folder, lambda: EdgeShard.load(shard_path), wait_s), found)
+        store.count()  # open now, so a busy or broken folder fails here, not mid-query
+        return store
+
+    def upsert(self, records: Sequence[PointRecord]) -> None:
+        from qdrant_edge import Point, UpdateOperation
+
+        if not records:
+            return
+        points = []
+        for record in records:
+            vectors: dict[str, Any] = {"image": record.image_vector.astype(np.float32).tolist()}
+            if record.image_tokens is not None:
+                vectors["tokens"] = record.image_tokens.astype(np.float32).tolist()
+            points.append(Point(record.id, vectors, record.payload))
+        with self._lease.hold() as shard:
+            shard.update(UpdateOperation.upsert_points(points))
+            self._count = None
+
+    def set_payload(self, point_id: str, payload: dict[str, Any]) -> None:
+        from qdrant_edge import UpdateOperation
+
+        with self._lease.hold() as shard:
+            shard.update(UpdateOperation.overwrite_payload([point_id], payload))
+
+    def delete(self, ids: Sequence[str]) -> None:
+        from qdrant_edge import UpdateOperation
+
+        if ids:
+            with self._lease.hold() as shard:
+                shard.update(UpdateOperation.delete_points(list(ids)))
+                self._count = None
+
+    def search(
+        self,
+        vector: np.ndarray,
+        limit: int,
+        search_filter: SearchFilter | None = None,
+        plan: SearchPlan | None = None,
+    ) -> list[StoredHit]:
+        """The ``limit`` nearest images; ``plan`` overrides the exact/HNSW policy."""
+        from qdrant_edge import Query, QueryRequest, SearchParams
+
+        query = Query.Nearest(np.asarray(vector, dtype=np.float32).tolist(), using="image")
+        condition = edge_filter(search_filter)
+        with self._lease.hold() as shard:
+
+            def run(chosen: SearchPlan) -> list[StoredHit]:
+                request = QueryRequest(
+                    limit=limit, query=query, filter=condition, with_payload=True,
+                    params=SearchParams(exact=chosen.exact, hnsw_ef=chosen.hnsw_ef))
+                return [StoredHit(str(p.id), float(p.score), dict(p.payload or {}))
+                        for p in shard.query(request)]
+
+            return planned_search(run, self._points(shard), limit, plan)
+
+    def get_tokens(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        return self._named_vectors(ids, "tokens")
+
+    def get_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        return self._named_vectors(ids, "image")
+
+    def _named_vectors(self, ids: Sequence[str], name: str) -> dict[str, np.ndarray]:
+        with self._lease.hold() as shard:
+            records = shard.retrieve(list(ids), False, [name])
+        return {str(r.id): np.asarray(r.vector[name], dtype=np.float32)
+                for r in records if r.vector and name in r.vector}
+
+    def get_payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        with self._lease.hold() as shard:
+            records = shard.retrieve(list(ids), True, False)
+        return {str(r.id): dict(r.payload or {}) for r in records}
+
+    def iter_payloads(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        from qdrant_edge import ScrollRequest
+
+        offset = None
+        while True:
+            with self._lease.hold() as shard:
+                records, offset = shard.scroll(
+                    ScrollRequest(offset=offset, limit=1000, with_payload=True, with_vector=False)
+                )
+            for record in records:
+                yield str(record.id), dict(record.payload or {})
+            if offset is None:
+                return
+
+    def count(self) -> int:
+        with self._lease.hold() as shard:
+            return self._points(shard, fresh=True)
+
+    def _points(self, shard: Any, fresh: bool = False) -> int:
+        """The point count, cached until this process writes or the shard is reopened."""
+        cached = self._count
+        if fresh or cached is None or cached[0] != self._lease.generation:
+            cached = (self._lease.generation, _count(shard))
+            self._count = cached
+        return cached[1]
+
+    def flush(self) -> None:
+        with self._lease.hold() as shard:
+            shard.flush()
+
+    def optimize(self) -> None:
+        """Build the HNSW index and merge segments (minutes at 100k+ points)."""
+        with self._lease.hold() as shard:
+            shard.optimize()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[EdgeStore]:
+        """Keep the folder for this block: other processes wait (up to their ``wait_s``).
+
+        Example:
+            >>> with store.exclusive():  # a multi-step change no reader should see half of
+            ...     store.delete(old_ids)
+            ...     store.upsert(new_records)
+        """
+        with self._lease.hold():
+            yield self
+
+    def release(self) -> bool:
+        """Hand the folder back now (flushed) without closing the store; it reopens on use."""
+        return self._lease.release()
+
+    def close(self) -> None:
+        self._lease.close()
+
+    def __enter__(self) -> EdgeStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _create_indexes(self) -> None:
+        from qdrant_edge import PayloadSchemaType, UpdateOperation
+
+        kinds = {"keyword": PayloadSchemaType.Keyword, "integer": PayloadSchemaType.Integer,
+                 "datetime": PayloadSchemaType.Datetime}
+        with self._lease.hold() as shard:
+            for name, kind in INDEXED_FIELDS.items():
+                shard.update(UpdateOperation.create_field_index(name, kinds[kind]))
+
+
+def _create_or_load(shard_path: str, config: Any) -> Any:
+    from qdrant_edge import EdgeShard
+
+    if Path(shard_path).exists():
+        return EdgeShard.load(shard_path)
+    return EdgeShard.create(shard_path, config)
+
+
+def _count(shard: Any) -> int:
+    from qdrant_edge import CountRequest
+
+    return int(shard.count(CountRequest(exact=True)))
+
+
+def _edge_config(info: CollectionInfo) -> Any:
+    from qdrant_edge import (
+        Distance,
+        EdgeConfig,
+        EdgeVectorParams,
+        HnswIndexConfig,
+        MultiVectorComparator,
+        MultiVectorConfig,
+        VectorStorageDatatype,
+    )
+
+    tokens = EdgeVectorParams(
+        size=info.token_width,
+        distance=Distance.Dot,
+        multivector_config=MultiVectorConfig(MultiVectorComparator.MaxSim),
+        datatype=VectorStorageDatatype.Float16,
+        hnsw_config=HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000),
+    )
+    image = EdgeVectorParams(size=info.vector_size, distance=Distance.Cosine)
+    return EdgeConfig(vectors={"image": image, "tokens": tokens})
+
+
+def edge_filter(search_filter: SearchFilter | None) -> Any:
+    """``SearchFilter`` as a Qdrant Edge filter (None for no filter)."""
+    from qdrant_edge import FieldCondition, Filter, MatchAny, MatchValue, RangeDateTime, RangeFloat
+
+    if search_filter is None or search_filter.is_empty():
+        return None
+    must: list[Any] = []
+    folder = search_filter.normalised_folder()
+    if folder:
+        must.append(FieldCondition("folders", match=MatchValue(folder)))
+    if search_filter.formats:
+        must.append(FieldCondition("format", match=MatchAny(search_filter.normalised_formats())))
+    if search_filter.after or search_filter.before:
+        must.append(FieldCondition("captured_at", range=RangeDateTime(
+            gte=to_rfc3339(search_filter.after) if search_filter.after else None,
+            lt=to_rfc3339(search_filter.before) if search_filter.before else None)))
+    if search_filter.min_size is not None or search_filter.max_size is not None:
+        must.append(FieldCondition("size", range=RangeFloat(
+            gte=search_filter.min_size, lte=search_filter.max_size)))
+    return Filter(must=must)

@@ -1,0 +1,328 @@
+"""A Qdrant server, cluster or Qdrant Cloud through qdrant-client: the back end by URL.
+
+Same schema as the embedded store: named vectors ``image`` (cosine, HNSW) and ``tokens``
+(float16 multivector, no index), the same payload indexes, and the collection's identity
+stored *with the collection* (Qdrant collection metadata, server 1.16+), so a server
+collection is as self-describing as an embedded folder.
+
+The API key comes from the ``api_key`` argument or the ``TWINRANK_QDRANT_API_KEY``
+environment variable; it is never printed, logged or put in an error message.
+
+qdrant-client's local mode stands in for the server in tests: ``url=":memory:"`` or
+``url="path:DIR"``. It is a brute-force test double (see bench/store_bench.py), not an engine.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
+from typing import Any, TypeVar
+
+import numpy as np
+
+from search.filters import INDEXED_FIELDS, SearchFilter, to_utc
+from search.schema import (
+    CollectionInfo,
+    PointRecord,
+    SearchPlan,
+    StoreBusyError,
+    StoredHit,
+    StoreError,
+    check_info,
+    planned_search,
+)
+
+API_KEY_ENV = "TWINRANK_QDRANT_API_KEY"
+DEFAULT_COLLECTION = "twinrank"
+TIMEOUT_S = 5  # a server that does not answer in this long is reported, not waited for
+COUNT_TTL_S = 30.0  # how stale the point count that picks exact vs HNSW search may be
+METADATA_KEY = "twinrank"
+
+
+T = TypeVar("T")
+
+
+def is_remote_location(location: object) -> bool:
+    """Whether a store location names the qdrant-client back end rather than a folder."""
+    text = str(location)
+    return text.startswith(("http://", "https://", "path:")) or text == ":memory:"
+
+
+class RemoteStore:
+    """One collection on a Qdrant server (or qdrant-client's local mode in tests).
+
+    Example:
+        >>> store = RemoteStore.open("https://xyz.cloud.qdrant.io:6333", info,
+        ...                          collection="photos")  # key from TWINRANK_QDRANT_API_KEY
+        >>> store.search(query_vector, limit=20)
+    """
+
+    def __init__(self, client: Any, collection: str, info: CollectionInfo, where: str) -> None:
+        self.info = info
+        self.collection = collection
+        self.where = where
+        self._client = client
+        local = where == ":memory:" or where.startswith("path:")
+        self._local = local  # qdrant-client's local mode: exact only, and not thread-safe
+        self._serial = threading.Lock() if local else None
+        self._count: tuple[int, float] | None = None
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        info: CollectionInfo | None = None,
+        collection: str | None = None,
+        api_key: str | None = None,
+    ) -> RemoteStore:
+        """Open ``collection`` at ``url``; create it when ``info`` is given and it is new.
+
+        Nothing is written before the server has answered and accepted the key.
+        """
+        collection = collection or DEFAULT_COLLECTION
+        client = make_client(url, api_key)
+        where = f"{_safe_url(url)} (collection {collection!r})"
+        exists = _guard(url, lambda: client.collection_exists(collection))
+        if not exists:
+            if info is None:
+                raise StoreError(
+                    f"No collection {collection!r} at {_safe_url(url)}. Create it with "
+                    f"`twinrank ingest IMAGES --url {_safe_url(url)} --collection {collection}`."
+                )
+            _guard(url, lambda: _create_collection(client, collection, info))
+            return cls(client, collection, info, url)
+        metadata = _guard(url, lambda: client.get_collection(collection).config.metadata) or {}
+        if METADATA_KEY not in metadata:
+            raise StoreError(
+                f"The collection {collection!r} at {_safe_url(url)} has no twinrank metadata "
+                f"(made by another tool, or a Qdrant server older than 1.16). Use another "
+                f"--collection."
+            )
+        found = CollectionInfo.from_dict(metadata[METADATA_KEY])
+        check_info(found, info, where)
+        return cls(client, collection, found, url)
+
+    def upsert(self, records: Sequence[PointRecord]) -> None:
+        from qdrant_client import models
+
+        if not records:
+            return
+        points = []
+        for record in records:
+            vectors: dict[str, Any] = {"image": record.image_vector.astype(np.float32).tolist()}
+            if record.image_tokens is not None:  # rounded as a server stores them
+                tokens = record.image_tokens.astype(np.float16).astype(np.float32)
+                vectors["tokens"] = tokens.tolist()
+            points.append(models.PointStruct(id=record.id, vector=vectors,
+                                             payload=record.payload))
+        self._call(lambda: self._client.upsert(self.collection, points=points, wait=True))
+        self._count = None
+
+    def set_payload(self, point_id: str, payload: dict[str, Any]) -> None:
+        self._call(lambda: self._client.overwrite_payload(
+            self.collection, payload=payload, points=[point_id], wait=True))
+
+    def delete(self, ids: Sequence[str]) -> None:
+        from qdrant_client import models
+
+        if ids:
+            selector = models.PointIdsList(points=list(ids))
+            self._call(lambda: self._client.delete(self.collection, selector, wait=True))
+            self._count = None
+
+    def search(
+        self,
+        vector: np.ndarray,
+        limit: int,
+        search_filter: SearchFilter | None = None,
+        plan: SearchPlan | None = None,
+    ) -> list[StoredHit]:
+        """The ``limit`` nearest images; ``plan`` overrides the exact/HNSW policy."""
+        from qdrant_client import models
+
+        query = np.asarray(vector, dtype=np.float32).tolist()
+        condition = client_filter(search_filter)
+
+        def run(chosen: SearchPlan) -> list[StoredHit]:
+            params = None if self._local else models.SearchParams(exact=chosen.exact,
+                                                                  hnsw_ef=chosen.hnsw_ef)
+            response = self._call(lambda: self._client.query_points(
+                self.collection, query=query, using="image", limit=limit,
+                query_filter=condition, search_params=params, with_payload=True))
+            return [StoredHit(str(p.id), float(p.score), dict(p.payload or {}))
+                    for p in response.points]
+
+        return planned_search(run, self._cached_count(), limit, plan)
+
+    def get_tokens(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        return self._named_vectors(ids, "tokens")
+
+    def get_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        return self._named_vectors(ids, "image")
+
+    def _named_vectors(self, ids: Sequence[str], name: str) -> dict[str, np.ndarray]:
+        records = self._call(lambda: self._client.retrieve(
+            self.collection, ids=list(ids), with_payload=False, with_vectors=[name]))
+        out = {}
+        for record in records:
+            vectors = record.vector if isinstance(record.vector, dict) else {}
+            if name in vectors:
+                out[str(record.id)] = np.asarray(vectors[name], dtype=np.float32)
+        return out
+
+    def get_payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        records = self._call(lambda: self._client.retrieve(
+            self.collection, ids=list(ids), with_payload=True, with_vectors=False))
+        return {str(r.id): dict(r.payload or {}) for r in records}
+
+    def iter_payloads(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        offset = None
+        while True:
+            page = functools.partial(self._client.scroll, self.collection, limit=1000,
+                                     offset=offset, with_payload=True, with_vectors=False)
+            records, offset = self._call(page)
+            for record in records:
+                yield str(record.id), dict(record.payload or {})
+            if offset is None:
+                return
+
+    def count(self) -> int:
+        total = int(self._call(lambda: self._client.count(self.collection, exact=True)).count)
+        self._count = (total, time.monotonic())
+        return total
+
+    def flush(self) -> None:
+        """Writes are acknowledged durable (``wait=True``); nothing to flush."""
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> RemoteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _cached_count(self) -> int:
+        cached = self._count
+        if cached is None or time.monotonic() - cached[1] > COUNT_TTL_S:
+            return self.count()
+        return cached[0]
+
+    def _call(self, request: Callable[[], T]) -> T:
+        if self._serial is None:
+            return _guard(self.where, request)
+        with self._serial:
+            return _guard(self.where, request)
+
+
+def make_client(url: str, api_key: str | None = None) -> Any:
+    """A QdrantClient for a server URL, ``:memory:`` or ``path:DIR`` (local mode)."""
+    from qdrant_client import QdrantClient
+
+    if url == ":memory:":
+        return QdrantClient(location=":memory:")
+    if url.startswith("path:"):
+        try:
+            return QdrantClient(path=url[len("path:"):], force_disable_check_same_thread=True)
+        except RuntimeError as error:
+            raise StoreBusyError(
+                f"The local Qdrant folder {url[5:]} is open in another process; close it "
+                f"and try again."
+            ) from error
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+    return QdrantClient(url=url, api_key=key, timeout=TIMEOUT_S, check_compatibility=False)
+
+
+def _create_collection(client: Any, collection: str, info: CollectionInfo) -> None:
+    from qdrant_client import models
+
+    tokens = models.VectorParams(
+        size=info.token_width,
+        distance=models.Distance.DOT,
+        datatype=models.Datatype.FLOAT16,
+        multivector_config=models.MultiVectorConfig(
+            comparator=models.MultiVectorComparator.MAX_SIM),
+        hnsw_config=models.HnswConfigDiff(m=0),
+    )
+    image = models.VectorParams(size=info.vector_size, distance=models.Distance.COSINE)
+    client.create_collection(collection, vectors_config={"image": image, "tokens": tokens},
+                             metadata={METADATA_KEY: asdict(info)})
+    kinds = {"keyword": models.PayloadSchemaType.KEYWORD,
+             "integer": models.PayloadSchemaType.INTEGER,
+             "datetime": models.PayloadSchemaType.DATETIME}
+    with warnings.catch_warnings():  # local mode: "payload indexes have no effect"
+        warnings.simplefilter("ignore", UserWarning)
+        for name, kind in INDEXED_FIELDS.items():
+            client.create_payload_index(collection, name, kinds[kind], wait=True)
+
+
+def client_filter(search_filter: SearchFilter | None) -> Any:
+    """``SearchFilter`` as a qdrant-client filter (None for no filter)."""
+    from qdrant_client import models
+
+    if search_filter is None or search_filter.is_empty():
+        return None
+    must: list[Any] = []
+    folder = search_filter.normalised_folder()
+    if folder:
+        must.append(models.FieldCondition(key="folders", match=models.MatchValue(value=folder)))
+    if search_filter.formats:
+        must.append(models.FieldCondition(
+            key="format", match=models.MatchAny(any=search_filter.normalised_formats())))
+    if search_filter.after or search_filter.before:
+        must.append(models.FieldCondition(key="captured_at", range=models.DatetimeRange(
+            gte=to_utc(search_filter.after) if search_filter.after else None,
+            lt=to_utc(search_filter.before) if search_filter.before else None)))
+    if search_filter.min_size is not None or search_filter.max_size is not None:
+        must.append(models.FieldCondition(key="size", range=models.Range(
+            gte=search_filter.min_size, lte=search_filter.max_size)))
+    return models.Filter(must=must)
+
+
+def _guard(where: str, request: Callable[[], T]) -> T:
+    """Run one request; connection and auth failures become one clear ``StoreError``."""
+    from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+    try:
+        return request()
+    except UnexpectedResponse as error:
+        if error.status_code in (401, 403):
+            raise StoreError(
+                f"The Qdrant server at {_safe_url(where)} refused the API key "
+                f"(HTTP {error.status_code}). Set {API_KEY_ENV} to a valid key."
+            ) from None
+        raise StoreError(
+            f"The Qdrant server at {_safe_url(where)} answered HTTP {error.status_code}: "
+            f"{_short(error.content)}"
+        ) from None
+    except (ResponseHandlingException, ConnectionError, TimeoutError, OSError) as error:
+        raise StoreError(
+            f"Could not reach the Qdrant server at {_safe_url(where)} ({_reason(error)}). "
+            f"Check the URL and that the server is running."
+        ) from None
+
+
+def _reason(error: BaseException) -> str:
+    inner = getattr(error, "source", None) or error.__cause__ or error
+    return type(inner).__name__
+
+
+def _short(content: bytes | str) -> str:
+    text = content.decode(errors="replace") if isinstance(content, bytes) else str(content)
+    return text[:200]
+
+
+def _safe_url(url: str) -> str:
+    """The URL without credentials, in case someone put a key in it."""
+    from urllib.parse import urlsplit
+
+    if "@" not in url:
+        return url
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.hostname or "").geturl()
