@@ -171,5 +171,68 @@ def demo(
         ui(store=home / "store", host="127.0.0.1", port=port)
 
 
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Option(help="Model: a twinrank model folder, an open_clip "
+                                            "name (with --pretrained) or twinrank-tiny.")],
+    data: Annotated[list[str], typer.Option(
+        help="Test split, repeatable: PATH.jsonl, scenes:DIR:SPLIT[:LANG], "
+             "karpathy:JSON:IMAGE_ROOT:SPLIT, multi30k:LIST:CAPTIONS:IMAGE_ROOT:LANG; "
+             "prefix LABEL= to name it.")],
+    pretrained: Annotated[str | None, typer.Option(
+        help="open_clip pretrained tag or local checkpoint, with an architecture name.")] = None,
+    modes: Annotated[str, typer.Option(help="Comma list of bi, cross-all, coop.")] =
+        "bi,cross-all,coop",
+    k_sweep: Annotated[str, typer.Option(help="COOP candidate counts, comma list.")] =
+        "5,10,20,50,100",
+    bi_weight: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Blend in the bi-encoder score when reranking (0 = pure "
+                               "reranker order).")] = 0.0,
+    split_protocol: Annotated[str, typer.Option(
+        help="full, coco5k, coco1k (mean of 5 folds), f30k or multi30k.")] = "full",
+    allow_ce_all: Annotated[bool, typer.Option(
+        help="Run the cross-encoder over all pairs even above --ce-all-limit.")] = False,
+    ce_all_limit: Annotated[int, typer.Option(min=0, help="Most pairs cross-all may score "
+                                                          "without --allow-ce-all.")] = 2_000_000,
+    ce_queries: Annotated[int | None, typer.Option(
+        min=1, help="Run cross-all on a random sample of this many queries per direction "
+                    "(all pairs each); every mode is also reported on that sample.")] = None,
+    latency_queries: Annotated[int, typer.Option(min=0, help="Queries timed per stage "
+                                                             "(0: no latency).")] = 30,
+    search_backend: Annotated[str, typer.Option(
+        help="First stage for latency: numpy (exact) or qdrant-edge.")] = "numpy",
+    out: Annotated[Path | None, typer.Option(help="Folder for evaluation.json and "
+                                                  "the sweep plots.")] = None,
+    device: DeviceOption = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Pairs per fusion-head "
+                                                        "forward.")] = 512,
+    seed: Annotated[int, typer.Option(help="Seed for query samples.")] = 0,
+) -> None:
+    """Recall@K (both directions) and cost per query: bi-encoder, cross-encoder, COOP@k."""
+    from evaluation.harness import HarnessConfig
+    from evaluation.run import EvaluateJob, run_evaluation
+
+    with friendly_errors():
+        harness = HarnessConfig(
+            modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
+            ks=_int_list(k_sweep, "--k-sweep"), bi_weight=bi_weight,
+            ce_all_limit=ce_all_limit, allow_ce_all=allow_ce_all, ce_queries=ce_queries,
+            batch_size=batch_size, latency_queries=latency_queries,
+            search_backend=search_backend, seed=seed)
+        job = EvaluateJob(model=model, datasets=tuple(data), harness=harness,
+                          protocol=split_protocol, pretrained=pretrained, device=device,
+                          out_dir=out.expanduser() if out else None)
+        text, _ = run_evaluation(job)
+    typer.echo(text)
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"{option} takes whole numbers separated by commas, "
+                         f"got {text!r}") from None
+
+
 if __name__ == "__main__":
     app()
