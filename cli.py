@@ -194,9 +194,14 @@ def evaluate(
         help="Run the cross-encoder over all pairs even above --ce-all-limit.")] = False,
     ce_all_limit: Annotated[int, typer.Option(min=0, help="Most pairs cross-all may score "
                                                           "without --allow-ce-all.")] = 2_000_000,
+    query_sample: Annotated[int | None, typer.Option(
+        min=1, help="Evaluate every mode on a random sample of this many queries per "
+                    "direction; the corpus stays whole.")] = None,
     ce_queries: Annotated[int | None, typer.Option(
-        min=1, help="Run cross-all on a random sample of this many queries per direction "
-                    "(all pairs each); every mode is also reported on that sample.")] = None,
+        min=1, help="Run cross-all on a random sample of this many caption queries (all "
+                    "pairs each); every mode is also reported on that sample.")] = None,
+    ce_image_queries: Annotated[int | None, typer.Option(
+        min=1, help="Image queries for cross-all (default: --ce-queries).")] = None,
     latency_queries: Annotated[int, typer.Option(min=0, help="Queries timed per stage "
                                                              "(0: no latency).")] = 30,
     search_backend: Annotated[str, typer.Option(
@@ -216,7 +221,8 @@ def evaluate(
         harness = HarnessConfig(
             modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
             ks=_int_list(k_sweep, "--k-sweep"), bi_weight=bi_weight,
-            ce_all_limit=ce_all_limit, allow_ce_all=allow_ce_all, ce_queries=ce_queries,
+            ce_all_limit=ce_all_limit, allow_ce_all=allow_ce_all, query_sample=query_sample,
+            ce_queries=ce_queries, ce_image_queries=ce_image_queries,
             batch_size=batch_size, latency_queries=latency_queries,
             search_backend=search_backend, seed=seed)
         job = EvaluateJob(model=model, datasets=tuple(data), harness=harness,

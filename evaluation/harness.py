@@ -32,6 +32,7 @@ from evaluation.metrics import (
 )
 from evaluation.scoring import (
     PairScorer,
+    PairScoring,
     best_positive_ranks,
     i2t_positive,
     recall_from_ranks,
@@ -55,7 +56,9 @@ class HarnessConfig:
     bi_weight: float = 0.0
     ce_all_limit: int = DEFAULT_CE_ALL_LIMIT
     allow_ce_all: bool = False
-    ce_queries: int | None = None  # per direction; None = every query
+    query_sample: int | None = None  # evaluate a random sample of queries per direction
+    ce_queries: int | None = None  # CE-all on a sample of the captions; None = all of them
+    ce_image_queries: int | None = None  # ... and of the images; None = same as ce_queries
     batch_size: int = 512  # pairs per fusion-head forward
     latency_queries: int = 30  # queries timed per stage; 0 skips latency
     ce_latency_queries: int = 5  # of those, how many also time CE over all images
@@ -77,8 +80,10 @@ class HarnessConfig:
             raise ValueError(f"k values must be positive, got sweep {self.ks}")
         if not 0.0 <= self.bi_weight <= 1.0:
             raise ValueError(f"bi_weight must be in [0, 1], got {self.bi_weight}")
-        if self.ce_queries is not None and self.ce_queries < 1:
-            raise ValueError(f"ce_queries must be at least 1, got {self.ce_queries}")
+        for name in ("query_sample", "ce_queries", "ce_image_queries"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
         if self.search_backend not in SEARCH_BACKENDS:
             raise ValueError(f"unknown search backend {self.search_backend!r}; use one of "
                              f"{', '.join(SEARCH_BACKENDS)}")
@@ -117,6 +122,21 @@ def ce_all_pairs(n_t2i_queries: int, n_images: int, n_i2t_queries: int, n_texts:
     return pairs
 
 
+def planned_ce_pairs(config: HarnessConfig, n_texts: int, n_images: int,
+                     n_captioned_images: int) -> int:
+    """Check the CE-all guard from corpus sizes alone, before anything is encoded."""
+    if "cross-all" not in config.modes:
+        return 0
+
+    def cap(count: int, *limits: int | None) -> int:
+        return min([count, *(limit for limit in limits if limit is not None)])
+
+    t2i = cap(n_texts, config.query_sample, config.ce_queries)
+    i2t = cap(n_captioned_images, config.query_sample,
+              config.ce_image_queries or config.ce_queries)
+    return ce_all_pairs(t2i, n_images, i2t, n_texts, config.ce_all_limit, config.allow_ce_all)
+
+
 def _recalls(ranks: _Ranks, ks: tuple[int, ...], t2i_rows: np.ndarray,
              i2t_rows: np.ndarray) -> dict[str, float]:
     metrics = (recall_from_ranks(ranks.t2i[t2i_rows], ks, "t2i")
@@ -135,7 +155,7 @@ def _coop_rows(first: np.ndarray, top: np.ndarray, rerank: np.ndarray, k: int,
     return best_positive_ranks(coop_ranking(first, second, k), positive)
 
 
-def _coop_direction(scorer: PairScorer, first: np.ndarray, queries: np.ndarray,
+def _coop_direction(scorer: PairScoring, first: np.ndarray, queries: np.ndarray,
                     k_max: int, ks: tuple[int, ...], config: HarnessConfig,
                     t2i: bool, text_to_image: np.ndarray) -> dict[int, np.ndarray]:
     """COOP ranks of ``queries`` (rows of ``first``) at each k, one rerank pass at k_max."""
@@ -155,7 +175,7 @@ def _coop_direction(scorer: PairScorer, first: np.ndarray, queries: np.ndarray,
     return out
 
 
-def _cross_all_direction(scorer: PairScorer, queries: np.ndarray, n_candidates: int,
+def _cross_all_direction(scorer: PairScoring, queries: np.ndarray, n_candidates: int,
                          t2i: bool, text_to_image: np.ndarray) -> np.ndarray:
     ranks = np.empty(queries.size, dtype=np.int64)
     candidates = np.arange(n_candidates)
@@ -179,8 +199,11 @@ def _sample(ids: np.ndarray, count: int | None, rng: np.random.Generator) -> np.
 
 
 def evaluate_corpus(model: TwinModel, corpus: EncodedCorpus,
-                    config: HarnessConfig | None = None) -> CorpusResult:
+                    config: HarnessConfig | None = None,
+                    scorer: PairScoring | None = None) -> CorpusResult:
     """Every requested mode on one corpus: recall tables, COOP sweep, latency.
+
+    ``scorer`` defaults to the model's fusion head (``PairScorer``); tests pass a fake.
 
     >>> result = evaluate_corpus(model, encode_corpus(model, records))  # doctest: +SKIP
     >>> result.tables["all"]["coop@20"]["t2i_recall@1"]  # doctest: +SKIP
@@ -190,27 +213,30 @@ def evaluate_corpus(model: TwinModel, corpus: EncodedCorpus,
     rng = np.random.default_rng(config.seed)
     bi = corpus.bi_scores()  # (M, N)
     tti = corpus.text_to_image
-    texts = np.arange(corpus.n_texts)
-    images = np.unique(tti)  # images with a caption: the i2t queries
+    texts = _sample(np.arange(corpus.n_texts), config.query_sample, rng)  # t2i queries
+    images = _sample(np.unique(tti), config.query_sample, rng)  # i2t queries: captioned images
     ranks = {"bi": _Ranks(t2i_ranks(bi, tti), i2t_ranks(bi, tti))}
-    scorer = PairScorer(model, corpus, config.batch_size, config.precision)
+    scorer = scorer or PairScorer(model, corpus, config.batch_size, config.precision)
     info: dict[str, Any] = {"n_images": corpus.n_images, "n_texts": corpus.n_texts,
+                            "n_text_queries": int(texts.size),
                             "n_image_queries": int(images.size), "bi_weight": config.bi_weight}
+    ce_texts, ce_images = texts, images
+    if "cross-all" in config.modes:  # refuse before any work is done
+        ce_texts = _sample(texts, config.ce_queries, rng)
+        ce_images = _sample(images, config.ce_image_queries or config.ce_queries, rng)
+        info["ce_all_pairs"] = ce_all_pairs(ce_texts.size, corpus.n_images, ce_images.size,
+                                            corpus.n_texts, config.ce_all_limit,
+                                            config.allow_ce_all)
     ks = tuple(sorted(set(config.ks)))
     if "coop" in config.modes:
         t2i = _coop_direction(scorer, bi, texts, max(ks), ks, config, True, tti)
         i2t = _coop_direction(scorer, bi.T, images, max(ks), ks, config, False, tti)
         for k in ks:
-            ranks[f"coop@{k}"] = _Ranks(t2i[k], np.full(corpus.n_images, -1))
+            ranks[f"coop@{k}"] = _Ranks(np.full(corpus.n_texts, -1), np.full(corpus.n_images, -1))
+            ranks[f"coop@{k}"].t2i[texts] = t2i[k]
             ranks[f"coop@{k}"].i2t[images] = i2t[k]
         info["coop_pairs_scored"] = scorer.pairs_scored
-    ce_texts, ce_images = texts, images
     if "cross-all" in config.modes:
-        ce_texts = _sample(texts, config.ce_queries, rng)
-        ce_images = _sample(images, config.ce_queries, rng)
-        info["ce_all_pairs"] = ce_all_pairs(ce_texts.size, corpus.n_images, ce_images.size,
-                                            corpus.n_texts, config.ce_all_limit,
-                                            config.allow_ce_all)
         ce = _Ranks(np.full(corpus.n_texts, -1), np.full(corpus.n_images, -1))
         ce.t2i[ce_texts] = _cross_all_direction(scorer, ce_texts, corpus.n_images, True, tti)
         ce.i2t[ce_images] = _cross_all_direction(scorer, ce_images, corpus.n_texts, False, tti)
@@ -268,4 +294,4 @@ def evaluate_folds(model: TwinModel, corpus: EncodedCorpus, folds: int,
 
 
 __all__ = ["CorpusResult", "DEFAULT_CE_ALL_LIMIT", "DEFAULT_SWEEP", "HarnessConfig", "MODES",
-           "ce_all_pairs", "evaluate_corpus", "evaluate_folds"]
+           "ce_all_pairs", "evaluate_corpus", "evaluate_folds", "planned_ce_pairs"]

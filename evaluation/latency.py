@@ -22,7 +22,7 @@ import torch
 
 from evaluation.encode import EncodedCorpus
 from evaluation.metrics import latency_summary
-from evaluation.scoring import PairScorer
+from evaluation.scoring import PairScoring
 from models import TwinModel
 from models.device import autocast, inference_dtype
 
@@ -131,7 +131,7 @@ def _encode_query(model: TwinModel, text: str, dtype: torch.dtype) -> np.ndarray
     return vector
 
 
-def _time_query(model: TwinModel, corpus: EncodedCorpus, scorer: PairScorer,
+def _time_query(model: TwinModel, corpus: EncodedCorpus, scorer: PairScoring,
                 search: SearchBackend, query: int, plan: LatencyPlan, with_ce: bool,
                 timer: _Timer) -> np.ndarray:
     dtype = inference_dtype(model.device, plan.precision)
@@ -176,7 +176,7 @@ def _mode_costs(samples: dict[str, list[float]], plan: LatencyPlan,
     return modes
 
 
-def measure_latency(model: TwinModel, corpus: EncodedCorpus, scorer: PairScorer,
+def measure_latency(model: TwinModel, corpus: EncodedCorpus, scorer: PairScoring,
                     plan: LatencyPlan, with_ce_all: bool) -> dict[str, object]:
     """Stage timings and per-mode costs in milliseconds per query (p50/p95/mean).
 

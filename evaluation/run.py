@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.encode import encode_corpus, limit_captions
-from evaluation.harness import CorpusResult, HarnessConfig, evaluate_corpus, evaluate_folds
+from evaluation.harness import (
+    CorpusResult,
+    HarnessConfig,
+    evaluate_corpus,
+    evaluate_folds,
+    planned_ce_pairs,
+)
 from evaluation.report import format_table, plot_sweep
 from models import TwinModel, create_model, model_id
 from train.data import load_dataset
@@ -92,6 +98,9 @@ def evaluate_dataset(model: TwinModel, spec: str, protocol: Protocol, job: Evalu
         raise ValueError(f"protocol {protocol.name} needs exactly {protocol.n_images} test "
                          f"images but {spec!r} has {len(records)}; check the split, or use "
                          "--split-protocol full")
+    folds = protocol.folds
+    planned_ce_pairs(job.harness, sum(len(r.captions) for r in records) // folds,
+                     len(records) // folds, sum(1 for r in records if r.captions) // folds)
     started = time.perf_counter()
     corpus = encode_corpus(model, records, job.encode_batch_size, job.harness.precision)
     encoded = time.perf_counter()

@@ -12,6 +12,8 @@ rank is the number of *negative* candidates scoring at least as high as its best
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import torch
 
@@ -20,6 +22,17 @@ from models import TwinModel
 from models.device import autocast, inference_dtype
 
 _RANK_CHUNK = 512  # query rows per block when ranking, bounding the boolean temporaries
+
+
+class PairScoring(Protocol):
+    """What the harness needs from a cross-encoder: scores for pairs, counted."""
+
+    batch_size: int
+    pairs_scored: int
+
+    def score(self, text_ids: np.ndarray, image_ids: np.ndarray) -> np.ndarray: ...
+
+    def score_query(self, text_id: int, image_ids: np.ndarray) -> np.ndarray: ...
 
 
 class PairScorer:
@@ -139,6 +152,7 @@ def recall_from_ranks(ranks: np.ndarray, ks: tuple[int, ...], prefix: str) -> di
 
 __all__ = [
     "PairScorer",
+    "PairScoring",
     "best_positive_ranks",
     "i2t_positive",
     "recall_from_ranks",
