@@ -145,6 +145,62 @@ def make_scenes_command(
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "config"}, default=str))
 
 
+@app.command("train")
+def train_command(
+    data: Annotated[list[str], typer.Option(
+        "--data", "-d", help="Training data, repeatable: scenes:DIR:train:en, PATH.jsonl, "
+                             "karpathy:JSON:ROOT:train, multi30k:LIST:CAPS:ROOT:LANG.")],
+    out: Annotated[Path, typer.Option(help="Model folder to write (config.json + "
+                                           "model.safetensors, metrics.jsonl, checkpoints/).")],
+    model: Annotated[str, typer.Option(help="Start from: an architecture (twinrank-scenes, "
+                                            "ViT-B-32) or a model folder.")] = "twinrank-scenes",
+    pretrained: Annotated[str | None, typer.Option(
+        help="open_clip pretrained tag or checkpoint file, with --model.")] = None,
+    mode: Annotated[str, typer.Option(help="joint (shared towers, both losses), sep (two "
+                                           "models), bi or cross.")] = "joint",
+    epochs: Annotated[float, typer.Option(min=0.0)] = 10.0,
+    steps: Annotated[int, typer.Option(min=0, help="Optimiser steps; overrides --epochs.")] = 0,
+    batch_size: Annotated[int, typer.Option(min=2)] = 64,
+    accum_steps: Annotated[int, typer.Option(min=1, help="Micro-batches per step.")] = 1,
+    lr: Annotated[float, typer.Option(min=0.0)] = 5e-4,
+    weight_decay: Annotated[float, typer.Option(min=0.0)] = 0.05,
+    warmup_steps: Annotated[int, typer.Option(min=0)] = 100,
+    contrastive_weight: Annotated[float, typer.Option(min=0.0)] = 1.0,
+    match_weight: Annotated[float, typer.Option(min=0.0)] = 1.0,
+    freeze_layers: Annotated[int, typer.Option(min=0, help="Freeze embeddings + first N "
+                                                          "blocks of both towers.")] = 0,
+    group_lookalikes: Annotated[bool, typer.Option(help="Batch look-alike scenes "
+                                                        "together.")] = True,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    device: DeviceOption = None,
+    checkpoint_every: Annotated[int, typer.Option(min=0, help="Steps between "
+                                                             "checkpoints; 0: none.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in "
+                                              "--out.")] = False,
+    log_every: Annotated[int, typer.Option(min=1)] = 10,
+    save_dtype: Annotated[str, typer.Option(help="fp32, or fp16 for half-size "
+                                                 "files.")] = "fp32",
+) -> None:
+    """Fine-tune a model as bi-encoder and cross-encoder (JOINT), or SEP / one of them."""
+    import sys
+
+    from train.trainer import TrainConfig, train
+
+    with friendly_errors():
+        config = TrainConfig(
+            data=tuple(data), out=out.expanduser(), model=model, pretrained=pretrained,
+            mode=mode, epochs=epochs, steps=steps, batch_size=batch_size,
+            accum_steps=accum_steps, lr=lr, weight_decay=weight_decay,
+            warmup_steps=warmup_steps, contrastive_weight=contrastive_weight,
+            match_weight=match_weight, freeze_layers=freeze_layers,
+            group_lookalikes=group_lookalikes, seed=seed, device=device,
+            checkpoint_every=checkpoint_every, resume=resume, log_every=log_every,
+            save_dtype=save_dtype, command=" ".join(["twinrank", *sys.argv[1:]]))
+        result = train(config)
+    typer.echo(f"trained {result.steps} steps in {result.seconds:.0f} s; model folder: "
+               f"{result.model_dir}")
+
+
 @app.command()
 def demo(
     home: Annotated[Path, typer.Option(help="Where the demo's images and store go.")] =
