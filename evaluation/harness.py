@@ -58,7 +58,7 @@ class HarnessConfig:
     allow_ce_all: bool = False
     query_sample: int | None = None  # evaluate a random sample of queries per direction
     ce_queries: int | None = None  # CE-all on a sample of the captions; None = all of them
-    ce_image_queries: int | None = None  # ... and of the images; None = same as ce_queries
+    ce_image_queries: int | None = None  # ... and of the images (0: none); None = ce_queries
     batch_size: int = 512  # pairs per fusion-head forward
     latency_queries: int = 30  # queries timed per stage; 0 skips latency
     ce_latency_queries: int = 5  # of those, how many also time CE over all images
@@ -82,8 +82,12 @@ class HarnessConfig:
             raise ValueError(f"bi_weight must be in [0, 1], got {self.bi_weight}")
         for name in ("query_sample", "ce_queries", "ce_image_queries"):
             value = getattr(self, name)
-            if value is not None and value < 1:
+            if value is not None and value < (0 if name == "ce_image_queries" else 1):
                 raise ValueError(f"{name} must be at least 1, got {value}")
+
+    @property
+    def ce_i2t_queries(self) -> int | None:
+        return self.ce_queries if self.ce_image_queries is None else self.ce_image_queries
         if self.search_backend not in SEARCH_BACKENDS:
             raise ValueError(f"unknown search backend {self.search_backend!r}; use one of "
                              f"{', '.join(SEARCH_BACKENDS)}")
@@ -132,8 +136,7 @@ def planned_ce_pairs(config: HarnessConfig, n_texts: int, n_images: int,
         return min([count, *(limit for limit in limits if limit is not None)])
 
     t2i = cap(n_texts, config.query_sample, config.ce_queries)
-    i2t = cap(n_captioned_images, config.query_sample,
-              config.ce_image_queries or config.ce_queries)
+    i2t = cap(n_captioned_images, config.query_sample, config.ce_i2t_queries)
     return ce_all_pairs(t2i, n_images, i2t, n_texts, config.ce_all_limit, config.allow_ce_all)
 
 
@@ -141,7 +144,8 @@ def _recalls(ranks: _Ranks, ks: tuple[int, ...], t2i_rows: np.ndarray,
              i2t_rows: np.ndarray) -> dict[str, float]:
     metrics = (recall_from_ranks(ranks.t2i[t2i_rows], ks, "t2i")
                | recall_from_ranks(ranks.i2t[i2t_rows], ks, "i2t"))
-    metrics["mean_recall"] = float(np.mean(list(metrics.values())))
+    values = [value for value in metrics.values() if np.isfinite(value)]
+    metrics["mean_recall"] = float(np.mean(values)) if values else float("nan")
     return metrics
 
 
@@ -223,7 +227,7 @@ def evaluate_corpus(model: TwinModel, corpus: EncodedCorpus,
     ce_texts, ce_images = texts, images
     if "cross-all" in config.modes:  # refuse before any work is done
         ce_texts = _sample(texts, config.ce_queries, rng)
-        ce_images = _sample(images, config.ce_image_queries or config.ce_queries, rng)
+        ce_images = _sample(images, config.ce_i2t_queries, rng)
         info["ce_all_pairs"] = ce_all_pairs(ce_texts.size, corpus.n_images, ce_images.size,
                                             corpus.n_texts, config.ce_all_limit,
                                             config.allow_ce_all)

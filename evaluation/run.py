@@ -138,13 +138,15 @@ def report_payload(job: EvaluateJob, model: TwinModel,
     })
 
 
-def write_outputs(out_dir: Path, payload: dict[str, Any],
+def write_outputs(out_dir: Path, payload: dict[str, Any] | None,
                   reports: Sequence[DatasetReport]) -> list[Path]:
-    """``evaluation.json`` plus, per dataset, recall-vs-k and cost-vs-k PNGs."""
+    """``evaluation.json`` (unless ``payload`` is None) plus recall-vs-k and cost-vs-k PNGs."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "evaluation.json"
-    path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    written = [path]
+    written: list[Path] = []
+    if payload is not None:
+        path = out_dir / "evaluation.json"
+        path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        written.append(path)
     for index, report in enumerate(reports):
         sweep = report.result.sweep
         if not sweep:
