@@ -202,6 +202,31 @@ def _sample(ids: np.ndarray, count: int | None, rng: np.random.Generator) -> np.
     return np.sort(rng.choice(ids, size=count, replace=False))
 
 
+def _coop_ranks(scorer: PairScoring, corpus: EncodedCorpus, bi: np.ndarray,
+                texts: np.ndarray, images: np.ndarray,
+                config: HarnessConfig) -> dict[str, _Ranks]:
+    """COOP@k ranks for every k of the sweep, both directions, from one rerank at max k."""
+    ks = tuple(sorted(set(config.ks)))
+    tti = corpus.text_to_image
+    t2i = _coop_direction(scorer, bi, texts, max(ks), ks, config, True, tti)
+    i2t = _coop_direction(scorer, bi.T, images, max(ks), ks, config, False, tti)
+    ranks: dict[str, _Ranks] = {}
+    for k in ks:
+        ranks[f"coop@{k}"] = _Ranks(np.full(corpus.n_texts, -1), np.full(corpus.n_images, -1))
+        ranks[f"coop@{k}"].t2i[texts] = t2i[k]
+        ranks[f"coop@{k}"].i2t[images] = i2t[k]
+    return ranks
+
+
+def _cross_all_ranks(scorer: PairScoring, corpus: EncodedCorpus, texts: np.ndarray,
+                     images: np.ndarray) -> _Ranks:
+    tti = corpus.text_to_image
+    ranks = _Ranks(np.full(corpus.n_texts, -1), np.full(corpus.n_images, -1))
+    ranks.t2i[texts] = _cross_all_direction(scorer, texts, corpus.n_images, True, tti)
+    ranks.i2t[images] = _cross_all_direction(scorer, images, corpus.n_texts, False, tti)
+    return ranks
+
+
 def evaluate_corpus(model: TwinModel, corpus: EncodedCorpus,
                     config: HarnessConfig | None = None,
                     scorer: PairScoring | None = None) -> CorpusResult:
@@ -219,8 +244,6 @@ def evaluate_corpus(model: TwinModel, corpus: EncodedCorpus,
     tti = corpus.text_to_image
     texts = _sample(np.arange(corpus.n_texts), config.query_sample, rng)  # t2i queries
     images = _sample(np.unique(tti), config.query_sample, rng)  # i2t queries: captioned images
-    ranks = {"bi": _Ranks(t2i_ranks(bi, tti), i2t_ranks(bi, tti))}
-    scorer = scorer or PairScorer(model, corpus, config.batch_size, config.precision)
     info: dict[str, Any] = {"n_images": corpus.n_images, "n_texts": corpus.n_texts,
                             "n_text_queries": int(texts.size),
                             "n_image_queries": int(images.size), "bi_weight": config.bi_weight}
@@ -231,31 +254,24 @@ def evaluate_corpus(model: TwinModel, corpus: EncodedCorpus,
         info["ce_all_pairs"] = ce_all_pairs(ce_texts.size, corpus.n_images, ce_images.size,
                                             corpus.n_texts, config.ce_all_limit,
                                             config.allow_ce_all)
-    ks = tuple(sorted(set(config.ks)))
+    scorer = scorer or PairScorer(model, corpus, config.batch_size, config.precision)
+    ranks = {"bi": _Ranks(t2i_ranks(bi, tti), i2t_ranks(bi, tti))}
     if "coop" in config.modes:
-        t2i = _coop_direction(scorer, bi, texts, max(ks), ks, config, True, tti)
-        i2t = _coop_direction(scorer, bi.T, images, max(ks), ks, config, False, tti)
-        for k in ks:
-            ranks[f"coop@{k}"] = _Ranks(np.full(corpus.n_texts, -1), np.full(corpus.n_images, -1))
-            ranks[f"coop@{k}"].t2i[texts] = t2i[k]
-            ranks[f"coop@{k}"].i2t[images] = i2t[k]
+        ranks.update(_coop_ranks(scorer, corpus, bi, texts, images, config))
         info["coop_pairs_scored"] = scorer.pairs_scored
     if "cross-all" in config.modes:
-        ce = _Ranks(np.full(corpus.n_texts, -1), np.full(corpus.n_images, -1))
-        ce.t2i[ce_texts] = _cross_all_direction(scorer, ce_texts, corpus.n_images, True, tti)
-        ce.i2t[ce_images] = _cross_all_direction(scorer, ce_images, corpus.n_texts, False, tti)
-        ranks["cross-all"] = ce
+        ranks["cross-all"] = _cross_all_ranks(scorer, corpus, ce_texts, ce_images)
         info.update(ce_t2i_queries=int(ce_texts.size), ce_i2t_queries=int(ce_images.size))
+    sampled = ce_texts.size < texts.size or ce_images.size < images.size
     tables = {"all": {mode: _recalls(r, config.recall_ks, texts, images)
-                      for mode, r in ranks.items()
-                      if mode != "cross-all" or (ce_texts.size == texts.size
-                                                 and ce_images.size == images.size)}}
-    if "cross-all" in config.modes and "cross-all" not in tables["all"]:
+                      for mode, r in ranks.items() if not (mode == "cross-all" and sampled)}}
+    if "cross-all" in ranks and sampled:
         tables["ce_subset"] = {mode: _recalls(r, config.recall_ks, ce_texts, ce_images)
                                for mode, r in ranks.items()}
     latency = (measure_latency(model, corpus, scorer, config.latency_plan(),
                                with_ce_all="cross-all" in config.modes)
                if config.latency_queries > 0 else {})
+    ks = tuple(sorted(set(config.ks)))
     return CorpusResult(tables, _sweep(tables["all"], latency, ks), latency, info)
 
 
