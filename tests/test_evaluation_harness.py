@@ -106,7 +106,7 @@ def test_cli_writes_table_json_and_plots(scenes_dir: Path, tmp_path: Path) -> No
     result = CliRunner().invoke(app, [
         "evaluate", "--model", "twinrank-tiny", "--data", f"en=scenes:{scenes_dir}:test:en",
         "--data", f"de=scenes:{scenes_dir}:test:de", "--k-sweep", "2,5", "--ce-queries", "8",
-        "--latency-queries", "2", "--out", str(out)])
+        "--latency-queries", "1", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "== en: 16 images, 32 captions" in result.output and "== de:" in result.output
     assert "cross-all" in result.output and "cost per query" in result.output
