@@ -249,6 +249,62 @@ def make_scenes_command(
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "config"}, default=str))
 
 
+@app.command("train")
+def train_command(
+    data: Annotated[list[str], typer.Option(
+        "--data", "-d", help="Training data, repeatable: scenes:DIR:train:en, PATH.jsonl, "
+                             "karpathy:JSON:ROOT:train, multi30k:LIST:CAPS:ROOT:LANG.")],
+    out: Annotated[Path, typer.Option(help="Model folder to write (config.json + "
+                                           "model.safetensors, metrics.jsonl, checkpoints/).")],
+    model: Annotated[str, typer.Option(help="Start from: an architecture (twinrank-scenes, "
+                                            "ViT-B-32) or a model folder.")] = "twinrank-scenes",
+    pretrained: Annotated[str | None, typer.Option(
+        help="open_clip pretrained tag or checkpoint file, with --model.")] = None,
+    mode: Annotated[str, typer.Option(help="joint (shared towers, both losses), sep (two "
+                                           "models), bi or cross.")] = "joint",
+    epochs: Annotated[float, typer.Option(min=0.0)] = 10.0,
+    steps: Annotated[int, typer.Option(min=0, help="Optimiser steps; overrides --epochs.")] = 0,
+    batch_size: Annotated[int, typer.Option(min=2)] = 64,
+    accum_steps: Annotated[int, typer.Option(min=1, help="Micro-batches per step.")] = 1,
+    lr: Annotated[float, typer.Option(min=0.0)] = 5e-4,
+    weight_decay: Annotated[float, typer.Option(min=0.0)] = 0.05,
+    warmup_steps: Annotated[int, typer.Option(min=0)] = 100,
+    contrastive_weight: Annotated[float, typer.Option(min=0.0)] = 1.0,
+    match_weight: Annotated[float, typer.Option(min=0.0)] = 1.0,
+    freeze_layers: Annotated[int, typer.Option(min=0, help="Freeze embeddings + first N "
+                                                          "blocks of both towers.")] = 0,
+    group_lookalikes: Annotated[bool, typer.Option(help="Batch look-alike scenes "
+                                                        "together.")] = True,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    device: DeviceOption = None,
+    checkpoint_every: Annotated[int, typer.Option(min=0, help="Steps between "
+                                                             "checkpoints; 0: none.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in "
+                                              "--out.")] = False,
+    log_every: Annotated[int, typer.Option(min=1)] = 10,
+    save_dtype: Annotated[str, typer.Option(help="fp32, or fp16 for half-size "
+                                                 "files.")] = "fp32",
+) -> None:
+    """Fine-tune a model as bi-encoder and cross-encoder (JOINT), or SEP / one of them."""
+    import sys
+
+    from train.trainer import TrainConfig, train
+
+    with friendly_errors():
+        config = TrainConfig(
+            data=tuple(data), out=out.expanduser(), model=model, pretrained=pretrained,
+            mode=mode, epochs=epochs, steps=steps, batch_size=batch_size,
+            accum_steps=accum_steps, lr=lr, weight_decay=weight_decay,
+            warmup_steps=warmup_steps, contrastive_weight=contrastive_weight,
+            match_weight=match_weight, freeze_layers=freeze_layers,
+            group_lookalikes=group_lookalikes, seed=seed, device=device,
+            checkpoint_every=checkpoint_every, resume=resume, log_every=log_every,
+            save_dtype=save_dtype, command=" ".join(["twinrank", *sys.argv[1:]]))
+        result = train(config)
+    typer.echo(f"trained {result.steps} steps in {result.seconds:.0f} s; model folder: "
+               f"{result.model_dir}")
+
+
 @app.command()
 def demo(
     home: Annotated[Path, typer.Option(help="Where the demo's images and store go.")] =
@@ -273,6 +329,75 @@ def demo(
     typer.echo('Try: "a small red circle left of a large blue square"')
     if not no_ui:
         ui(store=home / "store", host="127.0.0.1", port=port)
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Option(help="Model: a twinrank model folder, an open_clip "
+                                            "name (with --pretrained) or twinrank-tiny.")],
+    data: Annotated[list[str], typer.Option(
+        help="Test split, repeatable: PATH.jsonl, scenes:DIR:SPLIT[:LANG], "
+             "karpathy:JSON:IMAGE_ROOT:SPLIT, multi30k:LIST:CAPTIONS:IMAGE_ROOT:LANG; "
+             "prefix LABEL= to name it.")],
+    pretrained: Annotated[str | None, typer.Option(
+        help="open_clip pretrained tag or local checkpoint, with an architecture name.")] = None,
+    modes: Annotated[str, typer.Option(help="Comma list of bi, cross-all, coop.")] =
+        "bi,cross-all,coop",
+    k_sweep: Annotated[str, typer.Option(help="COOP candidate counts, comma list.")] =
+        "5,10,20,50,100",
+    bi_weight: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Blend in the bi-encoder score when reranking (0 = pure "
+                               "reranker order).")] = 0.0,
+    split_protocol: Annotated[str, typer.Option(
+        help="full, coco5k, coco1k (mean of 5 folds), f30k or multi30k.")] = "full",
+    allow_ce_all: Annotated[bool, typer.Option(
+        help="Run the cross-encoder over all pairs even above --ce-all-limit.")] = False,
+    ce_all_limit: Annotated[int, typer.Option(min=0, help="Most pairs cross-all may score "
+                                                          "without --allow-ce-all.")] = 2_000_000,
+    query_sample: Annotated[int | None, typer.Option(
+        min=1, help="Evaluate every mode on a random sample of this many queries per "
+                    "direction; the corpus stays whole.")] = None,
+    ce_queries: Annotated[int | None, typer.Option(
+        min=1, help="Run cross-all on a random sample of this many caption queries (all "
+                    "pairs each); every mode is also reported on that sample.")] = None,
+    ce_image_queries: Annotated[int | None, typer.Option(
+        min=1, help="Image queries for cross-all (default: --ce-queries).")] = None,
+    latency_queries: Annotated[int, typer.Option(min=0, help="Queries timed per stage "
+                                                             "(0: no latency).")] = 30,
+    search_backend: Annotated[str, typer.Option(
+        help="First stage for latency: numpy (exact) or qdrant-edge.")] = "numpy",
+    out: Annotated[Path | None, typer.Option(help="Folder for evaluation.json and "
+                                                  "the sweep plots.")] = None,
+    device: DeviceOption = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Pairs per fusion-head "
+                                                        "forward.")] = 512,
+    seed: Annotated[int, typer.Option(help="Seed for query samples.")] = 0,
+) -> None:
+    """Recall@K (both directions) and cost per query: bi-encoder, cross-encoder, COOP@k."""
+    from evaluation.harness import HarnessConfig
+    from evaluation.run import EvaluateJob, run_evaluation
+
+    with friendly_errors():
+        harness = HarnessConfig(
+            modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
+            ks=_int_list(k_sweep, "--k-sweep"), bi_weight=bi_weight,
+            ce_all_limit=ce_all_limit, allow_ce_all=allow_ce_all, query_sample=query_sample,
+            ce_queries=ce_queries, ce_image_queries=ce_image_queries,
+            batch_size=batch_size, latency_queries=latency_queries,
+            search_backend=search_backend, seed=seed)
+        job = EvaluateJob(model=model, datasets=tuple(data), harness=harness,
+                          protocol=split_protocol, pretrained=pretrained, device=device,
+                          out_dir=out.expanduser() if out else None)
+        text, _ = run_evaluation(job)
+    typer.echo(text)
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"{option} takes whole numbers separated by commas, "
+                         f"got {text!r}") from None
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ class TwinConfig:
 
 # Settings per known architecture: larger models pool their 7x7 patch grid to 4x4 so the
 # cached tokens stay small (16 x 256 x 2 bytes = 8 kB per image).
-DEFAULT_TOKEN_GRID = {"twinrank-tiny": 0, "twinrank-demo": 0}
+DEFAULT_TOKEN_GRID = {"twinrank-tiny": 0, "twinrank-demo": 0, "twinrank-scenes": 0}
 
 
 def load_clip_config(name: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from models.config import TwinConfig, twin_config
 from models.device import pick_device
+from models.pair import SEP_LAYOUT, SepTwinModel
 from models.twin import TwinModel, build_clip
 
 CONFIG_FILE = "config.json"
@@ -115,14 +116,23 @@ def _in_hub_cache(name: str, tag: str) -> bool:
     return any(isinstance(try_to_load_from_cache(repo, f), str) for f in files)
 
 
-def save_model(model: TwinModel, folder: str | Path) -> Path:
-    """Write ``config.json`` + ``model.safetensors``; the folder loads with ``create_model``."""
+def save_model(model: TwinModel, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write ``config.json`` + ``model.safetensors``; the folder loads with ``create_model``.
+
+    ``dtype=torch.float16`` halves the file (floating-point weights only); loading casts
+    the weights back to the model's fp32 parameters. A ``SepTwinModel`` (SEP's bi-encoder
+    + cross-encoder pair) is recorded as such and loads back as one.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     save_file(state, str(folder / WEIGHTS_FILE))
     digest = _file_digest(folder / WEIGHTS_FILE)
     data = model.config.to_dict() | {"model_id": f"{model.config.name}@{digest}"}
+    if isinstance(model, SepTwinModel):
+        data["layout"] = SEP_LAYOUT
     (folder / CONFIG_FILE).write_text(json.dumps(data, indent=2))
     return folder
 
@@ -132,8 +142,9 @@ def load_model(folder: str | Path) -> TwinModel:
     try:
         data = json.loads((folder / CONFIG_FILE).read_text())
         recorded_id = data.pop("model_id", None)
+        layout = data.pop("layout", None)
         config = TwinConfig.from_dict(data).with_pretrained(None)
-        model = TwinModel(config)
+        model = SepTwinModel(config) if layout == SEP_LAYOUT else TwinModel(config)
         model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
         raise ModelLoadError(f"Could not load the model folder {str(folder)!r}: {error}") from error

@@ -157,27 +157,31 @@ class TwinModel(nn.Module):
         return pooled.flatten(2).transpose(1, 2)
 
     def _text_forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        text: Any = self.clip.text
-        plain_clip_text = (
-            hasattr(text, "token_embedding")
-            and getattr(text, "cls_emb", None) is None
-            and not getattr(text, "use_pad_mask", False)
-            and getattr(text, "pool_type", "argmax") == "argmax"
-        )
-        if not plain_clip_text:  # HF towers and CoCa-style towers take the full context
-            pooled, tokens = text(ids)
-            return pooled, tokens
-        # open_clip's own forward uses the full-context causal mask; slice it to the input.
-        length = ids.shape[1]
-        cast_dtype = text.transformer.get_cast_dtype()
-        x = text.token_embedding(ids).to(cast_dtype)
-        x = x + text.positional_embedding[:length].to(cast_dtype)
-        mask = text.attn_mask[:length, :length] if text.attn_mask is not None else None
-        x = text.ln_final(text.transformer(x, attn_mask=mask))  # (B, L, width)
-        pooled = x[torch.arange(x.shape[0], device=x.device), ids.argmax(dim=-1)]
-        projection = text.text_projection
-        if isinstance(projection, nn.Linear):
-            pooled = projection(pooled)
-        elif projection is not None:
-            pooled = pooled @ projection
-        return pooled, x
+        return text_forward(self.clip.text, ids)
+
+
+def text_forward(text: Any, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled text features and token states (B, L, width) of an open_clip text tower."""
+    plain_clip_text = (
+        hasattr(text, "token_embedding")
+        and getattr(text, "cls_emb", None) is None
+        and not getattr(text, "use_pad_mask", False)
+        and getattr(text, "pool_type", "argmax") == "argmax"
+    )
+    if not plain_clip_text:  # HF towers and CoCa-style towers take the full context
+        pooled, tokens = text(ids)
+        return pooled, tokens
+    # open_clip's own forward uses the full-context causal mask; slice it to the input.
+    length = ids.shape[1]
+    cast_dtype = text.transformer.get_cast_dtype()
+    x = text.token_embedding(ids).to(cast_dtype)
+    x = x + text.positional_embedding[:length].to(cast_dtype)
+    mask = text.attn_mask[:length, :length] if text.attn_mask is not None else None
+    x = text.ln_final(text.transformer(x, attn_mask=mask))  # (B, L, width)
+    pooled = x[torch.arange(x.shape[0], device=x.device), ids.argmax(dim=-1)]
+    projection = text.text_projection
+    if isinstance(projection, nn.Linear):
+        pooled = projection(pooled)
+    elif projection is not None:
+        pooled = pooled @ projection
+    return pooled, x

@@ -27,12 +27,18 @@ ACCEPTED_SPECS = (
 
 @dataclass(frozen=True)
 class CaptionedImage:
-    """One image with every caption it has in one language."""
+    """One image with every caption it has in one language.
+
+    ``lookalike_key`` is shared by images that differ only in binding or order (the scenes'
+    swapped colours, sizes and positions); training batches such images together so the
+    hard negatives it mines are the confusions that matter. Empty when unknown.
+    """
 
     image_path: Path
     captions: tuple[str, ...]
     language: str = "en"
     image_id: str = ""
+    lookalike_key: str = ""
 
 
 def _read_text(path: Path, what: str) -> str:
@@ -82,6 +88,7 @@ def read_captions_jsonl(path: Path, root: Path | None = None,
     path = Path(path)
     base = Path(root) if root is not None else path.parent
     merged: dict[tuple[str, str], tuple[str, list[str]]] = {}
+    keys: dict[tuple[str, str], str] = {}
     for lineno, line in enumerate(_read_lines(path, "captions file"), start=1):
         if not line.strip():
             continue
@@ -100,8 +107,27 @@ def read_captions_jsonl(path: Path, root: Path | None = None,
         captions = _jsonl_captions(row, where)
         image_id = str(row.get("image_id", row.get("id", image)))
         merged.setdefault((image, language), (image_id, []))[1].extend(captions)
-    return [CaptionedImage(base / image, tuple(captions), language, image_id)
+        if isinstance(row.get("scene"), dict):
+            keys[(image, language)] = scene_lookalike_key(row["scene"])
+    return [CaptionedImage(base / image, tuple(captions), language, image_id,
+                           keys.get((image, language), ""))
             for (image, language), (image_id, captions) in merged.items()]
+
+
+def scene_lookalike_key(scene: dict[str, Any]) -> str:
+    """The scene's bag of words: relation plus sorted shapes, colours and sizes.
+
+    Swapping colours, sizes or positions keeps it, so every look-alike shares it.
+
+    >>> scene_lookalike_key({"relation": "above", "objects": [
+    ...     {"shape": "star", "colour": "red", "size": "small"},
+    ...     {"shape": "circle", "colour": "blue", "size": "small"}]})
+    'above|circle,star|blue,red|small,small'
+    """
+    objects = scene.get("objects") or []
+    parts = [sorted(str(obj.get(attr, "")) for obj in objects)
+             for attr in ("shape", "colour", "size")]
+    return "|".join([str(scene.get("relation", ""))] + [",".join(part) for part in parts])
 
 
 def _karpathy_record(entry: dict[str, Any], image_root: Path, where: str) -> CaptionedImage:

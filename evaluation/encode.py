@@ -1,0 +1,171 @@
+"""Encode an evaluation corpus once: image vectors + cached tokens, caption vectors + tokens.
+
+Every mode the harness compares (bi-encoder, cross-encoder over all pairs, retrieve-and-
+rerank) reads from the same ``EncodedCorpus``, so differences between modes come from how
+many pairs each one scores, never from encoding twice. Image tokens are produced by
+ingest's own ``ImageEmbedder`` and kept in float16, exactly as a store caches them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ingest.decode import DecodeError, decode_image
+from ingest.embed import ImageEmbedder
+from models import TwinModel
+from models.device import autocast, inference_dtype
+from train.data import CaptionedImage, flatten_captions
+
+
+@dataclass(frozen=True)
+class EncodedCorpus:
+    """A test split as the harness sees it: one row per image, one row per caption."""
+
+    image_vectors: np.ndarray  # (N, D) float32, L2-normalised
+    image_tokens: np.ndarray  # (N, T, W) float16, as cached at ingest
+    text_vectors: np.ndarray  # (M, D) float32, L2-normalised
+    text_tokens: np.ndarray  # (M, L, text_width) float32, zero-padded to the longest caption
+    text_mask: np.ndarray  # (M, L) bool, True on real tokens
+    text_to_image: np.ndarray  # (M,) int64, the image each caption describes
+    captions: tuple[str, ...]
+
+    @property
+    def n_images(self) -> int:
+        return int(self.image_vectors.shape[0])
+
+    @property
+    def n_texts(self) -> int:
+        return int(self.text_vectors.shape[0])
+
+    def bi_scores(self) -> np.ndarray:
+        """Cosine similarities (M, N): every caption against every image."""
+        scores: np.ndarray = self.text_vectors @ self.image_vectors.T
+        return scores
+
+    def select_images(self, image_ids: Sequence[int] | np.ndarray) -> EncodedCorpus:
+        """The corpus restricted to ``image_ids`` and their captions (an MSCOCO 1k fold).
+
+        >>> fold = corpus.select_images(range(1000, 2000))  # doctest: +SKIP
+        """
+        image_ids = np.asarray(image_ids, dtype=np.int64)
+        new_index = np.full(self.n_images, -1, dtype=np.int64)
+        new_index[image_ids] = np.arange(image_ids.size)
+        rows = np.flatnonzero(new_index[self.text_to_image] >= 0)
+        return EncodedCorpus(
+            image_vectors=self.image_vectors[image_ids],
+            image_tokens=self.image_tokens[image_ids],
+            text_vectors=self.text_vectors[rows],
+            text_tokens=self.text_tokens[rows],
+            text_mask=self.text_mask[rows],
+            text_to_image=new_index[self.text_to_image[rows]],
+            captions=tuple(self.captions[int(i)] for i in rows),
+        )
+
+
+def limit_captions(
+    records: Sequence[CaptionedImage], max_captions: int | None
+) -> list[CaptionedImage]:
+    """Keep at most ``max_captions`` per image (MSCOCO has a few images with 6 or 7)."""
+    if max_captions is None:
+        return list(records)
+    if max_captions < 1:
+        raise ValueError(f"max_captions must be at least 1, got {max_captions}")
+    return [CaptionedImage(r.image_path, r.captions[:max_captions], r.language, r.image_id)
+            for r in records]
+
+
+def _open_image(path: Path, target_size: int) -> Image.Image:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"evaluation image not found: {path}; check the dataset's image root"
+        )
+    try:
+        return decode_image(path, target_size).image
+    except DecodeError as error:
+        raise ValueError(f"cannot evaluate on {path}: {error}; remove it from the split") from None
+
+
+def encode_images(
+    model: TwinModel, paths: Sequence[Path], batch_size: int = 64, precision: str = "auto",
+    workers: int = 2,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Image vectors (N, D) float32 and cached tokens (N, T, W) float16, ingest's way."""
+    embedder = ImageEmbedder(model, precision)
+    vectors: list[np.ndarray] = []
+    tokens: list[np.ndarray] = []
+    size = model.config.image_size
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for start in range(0, len(paths), batch_size):
+            batch = list(pool.map(lambda p: _open_image(Path(p), size),
+                                  paths[start : start + batch_size]))
+            batch_vectors, batch_tokens = embedder.embed(batch)
+            vectors.append(batch_vectors)
+            tokens.append(batch_tokens)
+    return np.concatenate(vectors), np.concatenate(tokens)
+
+
+@torch.inference_mode()
+def encode_texts(
+    model: TwinModel, texts: Sequence[str], batch_size: int = 256, precision: str = "auto"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Caption vectors (M, D), token states (M, L, width) and masks (M, L), zero-padded."""
+    dtype = inference_dtype(model.device, precision)
+    vectors: list[np.ndarray] = []
+    token_batches: list[np.ndarray] = []
+    mask_batches: list[np.ndarray] = []
+    for start in range(0, len(texts), batch_size):
+        with autocast(model.device, dtype):
+            encoded = model.encode_text(model.tokenize(list(texts[start : start + batch_size])))
+        vectors.append(encoded.text_vector.float().cpu().numpy())
+        token_batches.append(encoded.text_tokens.float().cpu().numpy())
+        mask_batches.append(encoded.text_mask.cpu().numpy())
+    length = max(batch.shape[1] for batch in token_batches)
+    width = token_batches[0].shape[2]
+    tokens = np.zeros((len(texts), length, width), dtype=np.float32)
+    mask = np.zeros((len(texts), length), dtype=bool)
+    row = 0
+    for batch_tokens, batch_mask in zip(token_batches, mask_batches, strict=True):
+        tokens[row : row + len(batch_tokens), : batch_tokens.shape[1]] = batch_tokens
+        mask[row : row + len(batch_mask), : batch_mask.shape[1]] = batch_mask
+        row += len(batch_tokens)
+    return np.concatenate(vectors), tokens, mask
+
+
+def encode_corpus(
+    model: TwinModel, records: Sequence[CaptionedImage], batch_size: int = 64,
+    precision: str = "auto",
+) -> EncodedCorpus:
+    """Encode every image and every caption of ``records`` once.
+
+    >>> corpus = encode_corpus(model, load_dataset("scenes:data/scenes:test"))  # doctest: +SKIP
+    >>> corpus.bi_scores().shape  # doctest: +SKIP
+    (1500, 500)
+    """
+    if not records:
+        raise ValueError("the evaluation split holds no images")
+    captions, owners = flatten_captions(records)
+    if not captions:
+        raise ValueError("the evaluation split holds no captions; text queries need them")
+    image_vectors, image_tokens = encode_images(
+        model, [r.image_path for r in records], batch_size, precision)
+    text_vectors, text_tokens, text_mask = encode_texts(
+        model, captions, max(batch_size, 256), precision)
+    return EncodedCorpus(
+        image_vectors=image_vectors,
+        image_tokens=image_tokens,
+        text_vectors=text_vectors,
+        text_tokens=text_tokens,
+        text_mask=text_mask,
+        text_to_image=np.asarray(owners, dtype=np.int64),
+        captions=tuple(captions),
+    )
+
+
+__all__ = ["EncodedCorpus", "encode_corpus", "encode_images", "encode_texts", "limit_captions"]

@@ -1,0 +1,113 @@
+"""Training batches: images decoded once, captions redrawn, look-alikes side by side.
+
+A ``TrainingSet`` merges caption records of the same image (the scenes ship one file per
+language for the same pictures), so one picture is one row with every caption it has in
+every language. Images are decoded and preprocessed once into one tensor: the scenes are
+tiny, and decoding PNGs every epoch would cost more than the model on a CPU.
+
+Each epoch's order depends only on ``(seed, epoch)``, so a resumed run sees exactly the
+batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from train.data import CaptionedImage
+
+Preprocess = Callable[[Image.Image], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    """One batch: pixels (B, 3, H, W), captions (B,), and which image each row shows."""
+
+    pixels: torch.Tensor
+    captions: list[str]
+    image_ids: torch.Tensor  # (B,) index into the TrainingSet's images
+
+
+class TrainingSet:
+    """Unique images with all their captions, and the batches of each epoch.
+
+    Example:
+        >>> data = TrainingSet(load_dataset("scenes:data/scenes:train:en"), model.preprocess)
+        >>> batch = data.batches(epoch=0, batch_size=64)[0]  # doctest: +SKIP
+    """
+
+    def __init__(self, records: Sequence[CaptionedImage], preprocess: Preprocess,
+                 seed: int = 0, group_lookalikes: bool = True) -> None:
+        if not records:
+            raise ValueError("the training data holds no images; check the --data specs")
+        merged: dict[Path, tuple[list[str], str]] = {}
+        for record in records:
+            captions, key = merged.setdefault(Path(record.image_path), ([], ""))
+            captions.extend(record.captions)
+            if record.lookalike_key and not key:
+                merged[Path(record.image_path)] = (captions, record.lookalike_key)
+        self.paths = list(merged)
+        self.captions = [tuple(captions) for captions, _ in merged.values()]
+        self.lookalike_keys = [key for _, key in merged.values()]
+        if any(not captions for captions in self.captions):
+            raise ValueError("every training image needs at least one caption")
+        self.seed = seed
+        self.group_lookalikes = group_lookalikes and any(self.lookalike_keys)
+        self.pixels = decode_all(self.paths, preprocess)  # (N, 3, H, W) fp16
+        self._orders: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        return max(1, len(self) // batch_size)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Image indices in this epoch's order: shuffled look-alike groups, kept together."""
+        if epoch not in self._orders:
+            self._orders = {epoch: self._shuffle(epoch)}
+        return self._orders[epoch]
+
+    def _shuffle(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch, 0])
+        if not self.group_lookalikes:
+            return rng.permutation(len(self))
+        groups: dict[str, list[int]] = {}
+        for index, key in enumerate(self.lookalike_keys):
+            groups.setdefault(key or f"#{index}", []).append(index)
+        members = list(groups.values())
+        order: list[int] = []
+        for group in rng.permutation(len(members)):
+            order.extend(int(i) for i in rng.permutation(members[int(group)]))
+        return np.asarray(order)
+
+    def batch(self, epoch: int, index: int, batch_size: int) -> TrainBatch:
+        """Batch ``index`` of ``epoch``; every image gets one caption, drawn anew each epoch."""
+        order = self.epoch_order(epoch)
+        if len(order) < batch_size:
+            rows = order
+        else:
+            rows = order[index * batch_size : (index + 1) * batch_size]
+        rng = np.random.default_rng([self.seed, epoch, 1])
+        picks = rng.random(len(self))  # one draw per image and epoch
+        captions = [self.captions[i][int(picks[i] * len(self.captions[i]))] for i in rows]
+        image_ids = torch.as_tensor(rows, dtype=torch.long)
+        return TrainBatch(self.pixels[image_ids].float(), captions, image_ids)
+
+
+def decode_all(paths: Sequence[Path], preprocess: Preprocess) -> torch.Tensor:
+    """Every image through the model's preprocessing once: (N, 3, H, W) in fp16."""
+    tensors = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                tensors.append(preprocess(ImageOps.exif_transpose(image).convert("RGB")))
+        except (OSError, ValueError) as error:
+            raise ValueError(f"cannot read training image {path}: {error}; remove it from "
+                             f"the captions file or fix the path") from error
+    return torch.stack(tensors).half()

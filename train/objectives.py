@@ -1,0 +1,130 @@
+"""What each training mode optimises, as a dict of named losses (open_clip's ``clip_task``).
+
+- ``joint``: one TwinModel; contrastive loss on its vectors *and* match loss on its fusion
+  head, so both reach the shared towers. Hard negatives come from its own similarities.
+- ``sep``: two independent TwinModels. ``bi`` learns only the contrastive loss; ``cross``
+  only the match loss, with hard negatives mined from the bi-encoder's similarities
+  (detached: an index choice, no gradient crosses between the two).
+- ``bi``: contrastive loss alone. ``cross``: match loss alone, negatives from its own
+  (untrained) similarities.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models import ImageEncoding, TextEncoding, TwinModel
+from models.pair import SepTwinModel
+from train.losses import (
+    CONTRASTIVE,
+    MATCH,
+    HardNegatives,
+    contrastive_loss,
+    match_loss,
+    mine_hard_negatives,
+)
+
+MODES = ("joint", "sep", "bi", "cross")
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    contrastive: float = 1.0
+    match: float = 1.0
+
+
+def build_models(mode: str, base: TwinModel) -> nn.ModuleDict:
+    """The trainable models of a mode: ``{"twin": m}``, or ``{"bi": m, "cross": copy}`` (SEP).
+
+    SEP's two models start from the same weights (the same pretrained checkpoint, or the
+    same seeded random initialisation), then never share anything.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown training mode {mode!r}; use one of {', '.join(MODES)}")
+    if mode == "sep":
+        return nn.ModuleDict({"bi": base, "cross": copy.deepcopy(base)})
+    return nn.ModuleDict({"twin": base})
+
+
+def twins(models: nn.ModuleDict) -> dict[str, TwinModel]:
+    """The ModuleDict's models, typed."""
+    found = {name: model for name, model in models.items() if isinstance(model, TwinModel)}
+    if len(found) != len(models):
+        raise TypeError("training holds only TwinModels")
+    return found
+
+
+def exported_model(mode: str, models: nn.ModuleDict) -> TwinModel:
+    """The one model the rest of twinrank loads: SEP's pair is packaged as a SepTwinModel."""
+    found = twins(models)
+    if mode == "sep":
+        return SepTwinModel.from_pair(found["bi"], found["cross"])
+    return found["twin"]
+
+
+def compute_losses(mode: str, models: nn.ModuleDict, pixels: torch.Tensor, ids: torch.Tensor,
+                   image_ids: torch.Tensor, weights: LossWeights,
+                   generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Named, weighted losses of one batch; the training loss is their sum.
+
+    ``pixels`` (B, 3, H, W), token ``ids`` (B, L) and ``image_ids`` (B,) are aligned rows.
+    """
+    losses: dict[str, torch.Tensor] = {}
+    found = twins(models)
+    bi = found["bi"] if mode == "sep" else found["twin"]
+    image, text = bi.encode_image(pixels), bi.encode_text(ids)
+    if mode != "cross":
+        losses[CONTRASTIVE] = weights.contrastive * contrastive_loss(
+            image.image_vector, text.text_vector, bi.logit_scale, image_ids)
+    if mode == "bi":
+        return losses
+    similarity = image.image_vector.detach() @ text.text_vector.detach().T  # (B, B)
+    negatives = mine_hard_negatives(similarity, image_ids, generator)
+    cross = bi
+    if mode == "sep":
+        cross = found["cross"]
+        image, text = cross.encode_image(pixels), cross.encode_text(ids)
+    losses[MATCH] = weights.match * pair_match_loss(cross, image, text, negatives)
+    return losses
+
+
+def pair_match_loss(model: TwinModel, image: ImageEncoding, text: TextEncoding,
+                    negatives: HardNegatives) -> torch.Tensor:
+    """Match loss over B positives, B (image, wrong caption) and B (wrong image, caption)."""
+    batch = image.image_tokens.shape[0]
+    rows = torch.arange(batch, device=image.image_tokens.device)
+    text_rows = torch.cat([rows, negatives.text_for_image, rows])  # (3B,)
+    image_rows = torch.cat([rows, rows, negatives.image_for_text])  # (3B,)
+    logits = model.match_logit(text.text_tokens[text_rows], text.text_mask[text_rows],
+                               image.image_tokens[image_rows])  # (3B,)
+    return match_loss(logits[:batch], logits[batch:])
+
+
+def freeze_layers(model: TwinModel, count: int) -> int:
+    """Freeze the embeddings and the first ``count`` blocks of both towers; returns how
+    many parameters were frozen. Useful when fine-tuning a large pretrained model on little
+    data; ``count=0`` trains everything."""
+    if count <= 0:
+        return 0
+    frozen: list[nn.Parameter] = []
+    for tower in (model.clip.visual, model.clip.text):
+        blocks = getattr(getattr(tower, "transformer", None), "resblocks", None)
+        if blocks is None:
+            raise ValueError("--freeze-layers needs open_clip transformer towers "
+                             f"(found {type(tower).__name__}); use --freeze-layers 0")
+        for name in ("conv1", "class_embedding", "positional_embedding", "ln_pre",
+                     "token_embedding"):
+            part = getattr(tower, name, None)
+            if isinstance(part, nn.Module):
+                frozen.extend(part.parameters())
+            elif isinstance(part, nn.Parameter):
+                frozen.append(part)
+        for block in list(blocks)[:count]:
+            frozen.extend(block.parameters())
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    return sum(p.numel() for p in frozen)
