@@ -173,6 +173,8 @@ def train_command(
                                                         "together.")] = True,
     seed: Annotated[int, typer.Option(min=0)] = 0,
     device: DeviceOption = None,
+    threads: Annotated[int, typer.Option(min=0, help="CPU threads; 0: torch's default. 1 is "
+                                                     "fastest on a CPU others use too.")] = 0,
     checkpoint_every: Annotated[int, typer.Option(min=0, help="Steps between "
                                                              "checkpoints; 0: none.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in "
@@ -193,7 +195,7 @@ def train_command(
             accum_steps=accum_steps, lr=lr, weight_decay=weight_decay,
             warmup_steps=warmup_steps, contrastive_weight=contrastive_weight,
             match_weight=match_weight, freeze_layers=freeze_layers,
-            group_lookalikes=group_lookalikes, seed=seed, device=device,
+            group_lookalikes=group_lookalikes, seed=seed, device=device, threads=threads,
             checkpoint_every=checkpoint_every, resume=resume, log_every=log_every,
             save_dtype=save_dtype, command=" ".join(["twinrank", *sys.argv[1:]]))
         result = train(config)
