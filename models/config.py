@@ -29,6 +29,7 @@ class FusionConfig:
     layers: int = 2
     heads: int = 4
     mlp_ratio: float = 4.0
+    pooled_match: bool = False  # add a bilinear match of mean-pooled text and image tokens
 
 
 @dataclass(frozen=True)
