@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -43,12 +44,18 @@ def _outputs(model, pixels: torch.Tensor, texts: list[str]) -> list[torch.Tensor
     return [image.image_vector, image.image_tokens, text.text_vector, logits]
 
 
-def test_training_writes_a_model_folder_that_loads_and_logs_metrics(scenes, tmp_path) -> None:
-    result = train(_config(scenes, tmp_path / "joint"))
-    model = create_model(result.model_dir, device="cpu")
-    assert type(model).__name__ == "TwinModel" and result.steps == 4
-    rows = [json.loads(line) for line in (tmp_path / "joint" / METRICS_FILE).read_text()
-            .splitlines()]
+@pytest.fixture(scope="module")
+def joint_run(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One 4-step JOINT run with a checkpoint at step 2, shared by the tests below."""
+    out = tmp_path_factory.mktemp("runs") / "joint"
+    train(_config(scenes, out, checkpoint_every=2))
+    return out
+
+
+def test_training_writes_a_model_folder_that_loads_and_logs_metrics(joint_run) -> None:
+    model = create_model(joint_run, device="cpu")
+    assert type(model).__name__ == "TwinModel"
+    rows = [json.loads(line) for line in (joint_run / METRICS_FILE).read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2, 3, 4]
     assert {"contrastive_loss", "match_loss", "lr", "samples_per_s"} <= set(rows[0])
     assert rows[1]["lr"] > rows[0]["lr"] and rows[3]["lr"] < rows[1]["lr"]  # warmup, cosine
@@ -87,16 +94,16 @@ def test_fp16_files_are_half_the_size_and_load_close(tiny_model, tmp_path) -> No
 
 
 def test_sep_training_exports_a_pair(scenes, tmp_path) -> None:
-    train(_config(scenes, tmp_path / "sep", mode="sep", steps=2))
+    train(_config(scenes, tmp_path / "sep", mode="sep", steps=1))
     assert isinstance(create_model(tmp_path / "sep"), SepTwinModel)
 
 
-def test_resume_continues_where_it_stopped(scenes, tmp_path) -> None:
-    whole = train(_config(scenes, tmp_path / "whole", checkpoint_every=2))
-    reference = load_file(str(whole.model_dir / "model.safetensors"))
-    assert latest_checkpoint(tmp_path / "whole").name == "step-0000002.pt"
-    (whole.model_dir / "model.safetensors").unlink()  # as if the run died after step 2
-    resumed = train(_config(scenes, tmp_path / "whole", checkpoint_every=2, resume=True))
+def test_resume_continues_where_it_stopped(scenes, joint_run, tmp_path) -> None:
+    reference = load_file(str(joint_run / "model.safetensors"))
+    assert latest_checkpoint(joint_run).name == "step-0000002.pt"
+    died = tmp_path / "died"  # as if the run had died after its step-2 checkpoint
+    shutil.copytree(joint_run / "checkpoints", died / "checkpoints")
+    resumed = train(_config(scenes, died, checkpoint_every=2, resume=True))
     assert resumed.resumed_from == 2
     weights = load_file(str(resumed.model_dir / "model.safetensors"))
     assert all(torch.equal(reference[name], weights[name]) for name in reference)

@@ -70,8 +70,9 @@ def test_hard_negatives_never_include_the_positive_or_its_other_captions(seed: i
     similarity.fill_diagonal_(10.0)  # the positive is by far the most similar
     same = same_image_mask(image_ids)
     rows = torch.arange(16)
-    for sampler in (None, torch.Generator().manual_seed(seed)):
-        negatives = mine_hard_negatives(similarity, image_ids, sampler)
+    for sampler, easy in ((None, 0.0), (torch.Generator().manual_seed(seed), 0.0),
+                          (torch.Generator().manual_seed(seed), 0.5)):
+        negatives = mine_hard_negatives(similarity, image_ids, sampler, easy_share=easy)
         assert not same[rows, negatives.text_for_image].any()
         assert not same[negatives.image_for_text, rows].any()
 
