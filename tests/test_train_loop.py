@@ -143,3 +143,14 @@ def test_train_command_trains_and_reports(scenes, tmp_path) -> None:
     assert (out / "config.json").is_file() and "model folder" in result.output
     bad = CliRunner().invoke(app, ["train", "--data", "nowhere.jsonl", "--out", str(out)])
     assert bad.exit_code == 1 and "not found" in bad.output
+
+
+def test_scenes_config_carries_its_head_and_the_pooled_term_counts() -> None:
+    model = create_model("twinrank-scenes")
+    assert model.config.fusion.width == 128 and model.config.fusion.pooled_match
+    assert model.config.token_grid == 0 and model.config.image_token_count == 36
+    pixels = torch.randn(2, 3, 48, 48)
+    before = _outputs(model, pixels, ["a red circle", "a blue star"])[3]
+    torch.nn.init.eye_(model.head.pooled.weight)
+    after = _outputs(model, pixels, ["a red circle", "a blue star"])[3]
+    assert not torch.allclose(before, after)
