@@ -271,12 +271,16 @@ def train_command(
     warmup_steps: Annotated[int, typer.Option(min=0)] = 100,
     contrastive_weight: Annotated[float, typer.Option(min=0.0)] = 1.0,
     match_weight: Annotated[float, typer.Option(min=0.0)] = 1.0,
+    easy_negatives: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Share of match negatives drawn at random, not mined.")] = 0.5,
     freeze_layers: Annotated[int, typer.Option(min=0, help="Freeze embeddings + first N "
                                                           "blocks of both towers.")] = 0,
     group_lookalikes: Annotated[bool, typer.Option(help="Batch look-alike scenes "
                                                         "together.")] = True,
     seed: Annotated[int, typer.Option(min=0)] = 0,
     device: DeviceOption = None,
+    threads: Annotated[int, typer.Option(min=0, help="CPU threads; 0: torch's default. 1 is "
+                                                     "fastest on a CPU others use too.")] = 0,
     checkpoint_every: Annotated[int, typer.Option(min=0, help="Steps between "
                                                              "checkpoints; 0: none.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in "
@@ -296,8 +300,8 @@ def train_command(
             mode=mode, epochs=epochs, steps=steps, batch_size=batch_size,
             accum_steps=accum_steps, lr=lr, weight_decay=weight_decay,
             warmup_steps=warmup_steps, contrastive_weight=contrastive_weight,
-            match_weight=match_weight, freeze_layers=freeze_layers,
-            group_lookalikes=group_lookalikes, seed=seed, device=device,
+            match_weight=match_weight, easy_negatives=easy_negatives, freeze_layers=freeze_layers,
+            group_lookalikes=group_lookalikes, seed=seed, device=device, threads=threads,
             checkpoint_every=checkpoint_every, resume=resume, log_every=log_every,
             save_dtype=save_dtype, command=" ".join(["twinrank", *sys.argv[1:]]))
         result = train(config)

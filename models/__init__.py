@@ -5,6 +5,7 @@ from pathlib import Path
 from models.config import FusionConfig, TwinConfig, twin_config
 from models.device import pick_device
 from models.factory import ModelLoadError, create_model, load_model, model_id, save_model
+from models.pair import SepTwinModel
 from models.twin import ImageEncoding, TextEncoding, TwinModel
 
 _SHIPPED_DEMO = Path(__file__).parent / "demo"
@@ -16,6 +17,7 @@ __all__ = [
     "FusionConfig",
     "ImageEncoding",
     "ModelLoadError",
+    "SepTwinModel",
     "TextEncoding",
     "TwinConfig",
     "TwinModel",

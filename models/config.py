@@ -29,6 +29,7 @@ class FusionConfig:
     layers: int = 2
     heads: int = 4
     mlp_ratio: float = 4.0
+    pooled_match: bool = False  # add a bilinear match of mean-pooled text and image tokens
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class TwinConfig:
 
 # Settings per known architecture: larger models pool their 7x7 patch grid to 4x4 so the
 # cached tokens stay small (16 x 256 x 2 bytes = 8 kB per image).
-DEFAULT_TOKEN_GRID = {"twinrank-tiny": 0, "twinrank-demo": 0, "twinrank-scenes": 0}
+DEFAULT_TOKEN_GRID = {"twinrank-tiny": 0, "twinrank-demo": 0}
 
 
 def load_clip_config(name: str) -> dict[str, Any]:
@@ -112,12 +113,19 @@ def load_clip_config(name: str) -> dict[str, Any]:
 
 
 def twin_config(name: str, pretrained: str | None = None) -> TwinConfig:
-    """Default TwinConfig for an architecture name."""
+    """Default TwinConfig for an architecture name.
+
+    Our JSON configs may carry a ``"twinrank"`` section next to open_clip's keys, with the
+    fusion head's size and the token grid: ``{"fusion": {"width": 128}, "token_grid": 0}``.
+    """
     clip_cfg = load_clip_config(name)
-    grid = DEFAULT_TOKEN_GRID.get(name)
+    ours = clip_cfg.pop("twinrank", {})
+    fusion = FusionConfig(**ours.get("fusion", {}))
+    grid = ours.get("token_grid", DEFAULT_TOKEN_GRID.get(name))
     if grid is None:
         patches = clip_cfg["vision_cfg"]["image_size"] // clip_cfg["vision_cfg"].get(
             "patch_size", 32
         )
         grid = 4 if patches > 4 else 0
-    return TwinConfig(name=name, clip_cfg=clip_cfg, pretrained=pretrained, token_grid=grid)
+    return TwinConfig(name=name, clip_cfg=clip_cfg, pretrained=pretrained, fusion=fusion,
+                      token_grid=grid)

@@ -46,6 +46,12 @@ class FusionHead(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, 1)
         nn.init.normal_(self.cls, std=0.02)
+        # A from-scratch head sits on the match prior for thousands of steps before its
+        # attention finds the text-image interaction; a bilinear term on pooled tokens gives
+        # it that interaction at once, and the attention layers learn binding on top.
+        self.pooled = nn.Linear(width, width, bias=False) if config.pooled_match else None
+        if self.pooled is not None:
+            nn.init.zeros_(self.pooled.weight)
 
     def project_image(self, patch_tokens: torch.Tensor) -> torch.Tensor:
         """Patch tokens from the image tower (B, T, vision_width) -> cached tokens (B, T, W)."""
@@ -60,10 +66,16 @@ class FusionHead(nn.Module):
         ``text_mask`` is True where a text token is real, False on padding.
         """
         batch = text_tokens.shape[0]
-        x = torch.cat([self.cls.expand(batch, -1, -1), self.text_in(text_tokens)], dim=1)
+        text_in = self.text_in(text_tokens)  # (B, L, W)
+        x = torch.cat([self.cls.expand(batch, -1, -1), text_in], dim=1)
         keep = torch.cat([text_mask.new_ones(batch, 1), text_mask.bool()], dim=1)  # (B, 1 + L)
         memory = image_tokens.to(x.dtype)
         for layer in self.layers:
             x = layer(x, memory, tgt_key_padding_mask=~keep)
         logits: torch.Tensor = self.out(self.norm(x[:, 0])).squeeze(-1)
+        if self.pooled is not None:
+            weights = text_mask.to(text_in.dtype).unsqueeze(-1)  # (B, L, 1)
+            text_mean = (text_in * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, W)
+            image_mean = memory.mean(dim=1)  # (B, W)
+            logits = logits + (self.pooled(text_mean) * image_mean).sum(-1)
         return logits

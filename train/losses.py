@@ -74,6 +74,7 @@ def mine_hard_negatives(
     image_ids: torch.Tensor,
     generator: torch.Generator | None = None,
     temperature: float = 0.05,
+    easy_share: float = 0.0,
 ) -> HardNegatives:
     """Draw one hard negative per row in each direction from bi-encoder similarities.
 
@@ -82,6 +83,10 @@ def mine_hard_negatives(
     (as in ALBEF): mostly the closest look-alike, sometimes another, so the cross-encoder
     does not only ever see one kind of mistake. With ``generator=None`` the argmax is taken.
     The positive, and every other caption of the same image, has probability zero.
+
+    ``easy_share`` of the rows (drawn with ``generator``) get a uniformly random wrong pair
+    instead: a head trained from scratch only on look-alikes the bi-encoder cannot tell
+    apart never leaves the match prior, while a share of easy pairs lets it start.
 
     >>> sim = torch.tensor([[0.9, 0.8, 0.1], [0.2, 0.9, 0.7], [0.1, 0.6, 0.9]])
     >>> negatives = mine_hard_negatives(sim, torch.tensor([0, 1, 2]))
@@ -94,9 +99,17 @@ def mine_hard_negatives(
         raise ValueError("a batch needs at least two different images to mine negatives from; "
                          "use a larger batch or a dataset with more than one image")
     masked = (similarity / temperature).masked_fill(same, float("-inf"))  # (B, B)
+    if easy_share > 0 and generator is not None:
+        easy = torch.rand(masked.shape[0], 1, generator=generator) < easy_share  # (B, 1)
+        uniform = torch.zeros_like(masked).masked_fill(same, float("-inf"))
+        masked = torch.where(easy.to(masked.device), uniform, masked)
+        masked_t = torch.where(easy.to(masked.device), uniform.T, (similarity.T / temperature)
+                               .masked_fill(same.T, float("-inf")))
+    else:
+        masked_t = masked.T
     return HardNegatives(
         text_for_image=_draw(masked, generator),
-        image_for_text=_draw(masked.T, generator),
+        image_for_text=_draw(masked_t, generator),
     )
 
 

@@ -35,6 +35,7 @@ MODES = ("joint", "sep", "bi", "cross")
 class LossWeights:
     contrastive: float = 1.0
     match: float = 1.0
+    easy_negatives: float = 0.0  # share of match negatives drawn at random, not mined
 
 
 def build_models(mode: str, base: TwinModel) -> nn.ModuleDict:
@@ -83,7 +84,8 @@ def compute_losses(mode: str, models: nn.ModuleDict, pixels: torch.Tensor, ids: 
     if mode == "bi":
         return losses
     similarity = image.image_vector.detach() @ text.text_vector.detach().T  # (B, B)
-    negatives = mine_hard_negatives(similarity, image_ids, generator)
+    negatives = mine_hard_negatives(similarity, image_ids, generator,
+                                    easy_share=weights.easy_negatives)
     cross = bi
     if mode == "sep":
         cross = found["cross"]

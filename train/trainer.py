@@ -56,10 +56,12 @@ class TrainConfig:
     warmup_steps: int = 100
     contrastive_weight: float = 1.0
     match_weight: float = 1.0
+    easy_negatives: float = 0.5  # share of match negatives drawn at random instead of mined
     freeze_layers: int = 0
     group_lookalikes: bool = True
     seed: int = 0
     device: str | None = None
+    threads: int = 0  # CPU threads; 0 keeps torch's default. 1 is fastest on a busy CPU
     checkpoint_every: int = 0
     resume: bool = False
     log_every: int = 10
@@ -82,23 +84,30 @@ class TrainResult:
     steps: int
     seconds: float
     last_losses: dict[str, float] = field(default_factory=dict)
+    resumed_from: int = 0  # the checkpoint step a resumed run started at
 
 
 def train(config: TrainConfig) -> TrainResult:
     """Fine-tune a model as ``config`` says and save it as a model folder in ``config.out``."""
     device = pick_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     with _deterministic(device):
-        torch.manual_seed(config.seed)
-        base = create_model(config.model, config.pretrained, device=device, seed=config.seed)
-        models = build_models(config.mode, base).train()
-        for model in twins(models).values():
-            freeze_tower_layers(model, config.freeze_layers)
-        records = [record for spec in config.data for record in load_dataset(spec)]
-        data = TrainingSet(records, base.preprocess, config.seed, config.group_lookalikes)
-        total_steps = config.steps or max(1, math.ceil(
-            config.epochs * data.batches_per_epoch(config.batch_size) / config.accum_steps))
-        loop = _Loop(config, models, data, device, total_steps)
-        return loop.run(base)
+        return _train(config, device)
+
+
+def _train(config: TrainConfig, device: torch.device) -> TrainResult:
+    torch.manual_seed(config.seed)
+    base = create_model(config.model, config.pretrained, device=device, seed=config.seed)
+    models = build_models(config.mode, base).train()
+    for model in twins(models).values():
+        freeze_tower_layers(model, config.freeze_layers)
+    records = [record for spec in config.data for record in load_dataset(spec)]
+    data = TrainingSet(records, base.preprocess, config.seed, config.group_lookalikes)
+    total_steps = config.steps or max(1, math.ceil(
+        config.epochs * data.batches_per_epoch(config.batch_size) / config.accum_steps))
+    loop = _Loop(config, models, data, device, total_steps)
+    return loop.run(base)
 
 
 class _Loop:
@@ -108,7 +117,8 @@ class _Loop:
                  device: torch.device, total_steps: int) -> None:
         self.config, self.models, self.data, self.device = config, models, data, device
         self.total_steps = total_steps
-        self.weights = LossWeights(config.contrastive_weight, config.match_weight)
+        self.weights = LossWeights(config.contrastive_weight, config.match_weight,
+                                   config.easy_negatives)
         self.optimizer = torch.optim.AdamW(_param_groups(models, config.weight_decay),
                                            lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -117,12 +127,14 @@ class _Loop:
         self.scaler = torch.amp.GradScaler(
             device.type, enabled=self.amp_dtype == torch.float16)
         self.step = 0
+        self.last_lr = 0.0
 
     def run(self, base: TwinModel) -> TrainResult:
         out = Path(self.config.out)
         out.mkdir(parents=True, exist_ok=True)
         if self.config.resume:
             self._resume(out)
+        resumed_from = self.step
         started, losses = time.perf_counter(), {}
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.config.mode}",
                    disable=not self.config.progress, unit="step")
@@ -148,7 +160,8 @@ class _Loop:
         record = {"config": asdict(self.config) | {"out": str(self.config.out)},
                   "steps": self.total_steps, "images": len(self.data), "final_losses": losses}
         (out / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
-        return TrainResult(out, self.total_steps, time.perf_counter() - started, losses)
+        return TrainResult(out, self.total_steps, time.perf_counter() - started, losses,
+                           resumed_from)
 
     def _optimizer_step(self, base: TwinModel) -> dict[str, float]:
         config, summed = self.config, dict[str, float]()
@@ -166,6 +179,7 @@ class _Loop:
             self.scaler.scale(loss).backward()
             for name, value in losses.items():
                 summed[name] = summed.get(name, 0.0) + float(value.detach()) / config.accum_steps
+        self.last_lr = float(self.optimizer.param_groups[0]["lr"])
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.models.parameters(), 1.0)
         self.scaler.step(self.optimizer)
@@ -183,7 +197,7 @@ class _Loop:
         scales = {f"{name}_logit_scale": float(model.logit_scale.detach().exp())
                   for name, model in twins(self.models).items() if self.config.mode != "cross"}
         return {"step": self.step, "epoch": self.step * self.config.accum_steps / per_epoch,
-                "lr": self.schedule.get_last_lr()[0], "loss": sum(losses.values()),
+                "lr": self.last_lr, "loss": sum(losses.values()),
                 **losses, **scales, "samples_per_s": samples_per_s,
                 "elapsed_s": time.perf_counter() - started}
 
@@ -248,7 +262,9 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]
 
 @contextlib.contextmanager
 def _deterministic(device: torch.device) -> Iterator[None]:
-    """Deterministic kernels on CPU for the run, restoring the caller's setting after."""
+    """Deterministic kernels on CPU for the run (with 2+ threads, some backward kernels are
+    not otherwise), restoring the caller's setting after. Data order and negative sampling
+    depend only on (seed, step)."""
     before = torch.are_deterministic_algorithms_enabled()
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)

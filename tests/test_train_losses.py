@@ -1,0 +1,150 @@
+"""The objectives by hand on tiny inputs, hard-negative mining, and where gradients flow."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from train.losses import (
+    CONTRASTIVE,
+    MATCH,
+    contrastive_loss,
+    match_loss,
+    mine_hard_negatives,
+    same_image_mask,
+)
+from train.objectives import LossWeights, build_models, compute_losses
+
+
+def _ce(logits: list[float], target: int) -> float:
+    return -logits[target] + math.log(sum(math.exp(v) for v in logits))
+
+
+def test_contrastive_loss_matches_a_hand_computation_on_2x2() -> None:
+    images = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    texts = torch.tensor([[0.8, 0.6], [0.0, 1.0]])
+    scale = 2.0  # logit_scale = log(2)
+    # cosines: image x text = [[0.8, 0.0], [0.96, 0.8]], times 2
+    logits = [[1.6, 0.0], [1.92, 1.6]]
+    image_to_text = (_ce(logits[0], 0) + _ce(logits[1], 1)) / 2
+    text_to_image = (_ce([1.6, 1.92], 0) + _ce([0.0, 1.6], 1)) / 2
+    expected = (image_to_text + text_to_image) / 2
+    loss = contrastive_loss(images, texts, torch.tensor(math.log(scale)))
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_contrastive_loss_never_pushes_an_image_from_its_other_captions() -> None:
+    images = torch.nn.functional.normalize(torch.randn(3, 4, generator=torch.Generator()
+                                                       .manual_seed(0)), dim=-1)
+    images[1] = images[0]  # rows 0 and 1 are the same picture with two captions
+    texts = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1)
+    masked = contrastive_loss(images, texts, torch.tensor(0.0), torch.tensor([7, 7, 3]))
+    logits = images @ texts.T  # (3, 3)
+    keep = ~same_image_mask(torch.tensor([7, 7, 3])) | torch.eye(3, dtype=torch.bool)
+    by_hand = 0.0
+    for row in range(3):
+        i2t = [logits[row, j].item() for j in range(3) if keep[row, j]]
+        t2i = [logits[j, row].item() for j in range(3) if keep[j, row]]
+        position = sum(1 for j in range(row) if keep[row, j])
+        by_hand += (_ce(i2t, position) + _ce(t2i, position)) / 6
+    assert masked.item() == pytest.approx(by_hand, abs=1e-5)
+    assert masked.item() != pytest.approx(contrastive_loss(images, texts, torch.tensor(0.0))
+                                          .item(), abs=1e-3)
+
+
+def test_match_loss_matches_a_hand_computation() -> None:
+    positives, negatives = torch.tensor([2.0, -1.0]), torch.tensor([0.5, -3.0])
+    softplus = lambda x: math.log1p(math.exp(x))  # noqa: E731
+    expected = (softplus(-2.0) + softplus(1.0) + softplus(0.5) + softplus(-3.0)) / 4
+    assert match_loss(positives, negatives).item() == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_hard_negatives_never_include_the_positive_or_its_other_captions(seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    image_ids = torch.randint(0, 5, (16,), generator=generator)
+    image_ids[:2] = torch.tensor([0, 1])  # at least two images
+    similarity = torch.randn(16, 16, generator=generator)
+    similarity.fill_diagonal_(10.0)  # the positive is by far the most similar
+    same = same_image_mask(image_ids)
+    rows = torch.arange(16)
+    for sampler, easy in ((None, 0.0), (torch.Generator().manual_seed(seed), 0.0),
+                          (torch.Generator().manual_seed(seed), 0.5)):
+        negatives = mine_hard_negatives(similarity, image_ids, sampler, easy_share=easy)
+        assert not same[rows, negatives.text_for_image].any()
+        assert not same[negatives.image_for_text, rows].any()
+
+
+def test_hard_negatives_are_the_most_similar_wrong_pairs() -> None:
+    similarity = torch.tensor([[0.9, 0.1, 0.7], [0.3, 0.9, 0.2], [0.6, 0.8, 0.9]])
+    negatives = mine_hard_negatives(similarity, torch.tensor([0, 1, 2]))
+    assert negatives.text_for_image.tolist() == [2, 0, 1]
+    assert negatives.image_for_text.tolist() == [2, 2, 0]
+
+
+def test_a_batch_of_one_image_has_no_negatives() -> None:
+    with pytest.raises(ValueError, match="at least two different images"):
+        mine_hard_negatives(torch.zeros(2, 2), torch.tensor([4, 4]))
+
+
+def _batch(model, size: int = 4):
+    pixels = torch.randn(size, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    ids = model.tokenize([f"a small red circle left of {n} blue squares" for n in range(size)])
+    return pixels, ids, torch.arange(size)
+
+
+def _grad_norms(loss: torch.Tensor, module: torch.nn.Module) -> float:
+    params = [p for p in module.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return sum(float(g.abs().sum()) for g in grads if g is not None)
+
+
+def test_joint_mode_both_losses_reach_the_shared_towers(tiny_model) -> None:
+    models = build_models("joint", tiny_model).train()
+    losses = compute_losses("joint", models, *_batch(tiny_model), LossWeights())
+    assert set(losses) == {CONTRASTIVE, MATCH}
+    for tower in (tiny_model.towers.visual, tiny_model.towers.text):
+        assert _grad_norms(losses[CONTRASTIVE], tower) > 0
+        assert _grad_norms(losses[MATCH], tower) > 0
+    assert _grad_norms(losses[MATCH], tiny_model.head) > 0
+
+
+def test_sep_mode_losses_do_not_cross_between_the_two_models(tiny_model) -> None:
+    models = build_models("sep", tiny_model).train()
+    bi, cross = models["bi"], models["cross"]
+    assert bi.towers is not cross.towers
+    losses = compute_losses("sep", models, *_batch(tiny_model), LossWeights())
+    assert _grad_norms(losses[CONTRASTIVE], bi.towers) > 0
+    assert _grad_norms(losses[CONTRASTIVE], cross) == 0
+    assert _grad_norms(losses[MATCH], cross.towers) > 0
+    assert _grad_norms(losses[MATCH], bi) == 0
+
+
+@pytest.mark.parametrize(("mode", "names"), [("bi", {CONTRASTIVE}), ("cross", {MATCH})])
+def test_single_modes_train_one_objective(tiny_model, mode: str, names: set[str]) -> None:
+    models = build_models(mode, tiny_model)
+    assert set(compute_losses(mode, models, *_batch(tiny_model), LossWeights())) == names
+
+
+def test_unknown_mode_is_a_clear_error(tiny_model) -> None:
+    with pytest.raises(ValueError, match="joint, sep, bi, cross"):
+        build_models("both", tiny_model)
+
+
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny_model) -> None:
+    torch.manual_seed(0)
+    models = build_models("joint", tiny_model).train()
+    batch = _batch(tiny_model, size=6)
+    optimizer = torch.optim.AdamW(models.parameters(), lr=1e-3)
+    history = []
+    for step in range(12):
+        generator = torch.Generator().manual_seed(step)
+        losses = compute_losses("joint", models, *batch, LossWeights(), generator)
+        loss = sum(losses.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(loss.item())
+    assert history[-1] < 0.7 * history[0]
