@@ -309,6 +309,24 @@ def train_command(
                f"{result.model_dir}")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Argument(help="Benchmark to run; omit to list them. "
+                                                    "Extra options go to the benchmark.")] = None,
+) -> None:
+    """Run a benchmark from bench/ (results land in bench/results/NAME.json)."""
+    from bench import BENCHMARKS, run_benchmark
+
+    if name is None:
+        for key, text in BENCHMARKS.items():
+            typer.echo(f"{key:<18} {text}")
+        return
+    with friendly_errors():
+        code = run_benchmark(name, list(ctx.args))
+    raise typer.Exit(code)
+
+
 @app.command()
 def demo(
     home: Annotated[Path, typer.Option(help="Where the demo's images and store go.")] =

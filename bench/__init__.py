@@ -1,0 +1,31 @@
+"""Benchmarks: each is a module run as ``python -m bench.NAME`` (or ``twinrank bench NAME``)
+that measures against a baseline in the same run and writes ``bench/results/NAME.json``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BENCHMARKS: dict[str, str] = {
+    "ingest_bench": "ingest images/s vs the bare image-tower forward rate (issue 3)",
+    "store_bench": "Qdrant Edge vs qdrant-client local: upsert, p50/p95, filters, recall (issue 8)",
+    "rerank_bench": "cached-token reranking vs recomputed tokens vs BLIP-ITM size (issue 5)",
+    "train_bench": "JOINT vs SEP parameters, JOINT vs bi-encoder step time (issue 4)",
+    "train_quality": "quick text->image R@1 of a trained model on scenes splits (issue 4)",
+    "eval_scenes": "the evaluation targets on >= 2,000-image scenes splits (issue 7)",
+    "ui_page": "thumbnail cache vs originals, facets at 100k (issue 6)",
+    "demo_text_vectors": "text/image vectors from the demo model for store_bench (issue 8)",
+}
+
+
+def run_benchmark(name: str, args: list[str]) -> int:
+    """Run one benchmark as its own process from the project root; returns its exit code."""
+    if name not in BENCHMARKS:
+        known = ", ".join(sorted(BENCHMARKS))
+        raise ValueError(f"Unknown benchmark {name!r}; choose one of: {known}.")
+    command = [sys.executable, "-m", f"bench.{name}", *args]
+    return subprocess.call(command, cwd=ROOT)

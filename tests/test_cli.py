@@ -61,3 +61,12 @@ def test_help_teaches_every_command():
         assert command in result.output
     result = runner.invoke(app, ["ingest", "--help"])
     assert "--batch-size" in result.output and "--store" in result.output
+
+
+def test_bench_lists_benchmarks_and_refuses_unknown_names():
+    result = runner.invoke(app, ["bench"])
+    assert result.exit_code == 0
+    for name in ("ingest_bench", "store_bench", "rerank_bench", "train_bench", "eval_scenes"):
+        assert name in result.output
+    result = runner.invoke(app, ["bench", "no_such_bench"])
+    assert result.exit_code == 1 and "Unknown benchmark" in result.output
