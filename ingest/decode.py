@@ -6,7 +6,6 @@ and a file is read once (its bytes are hashed and decoded from memory).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import stat
@@ -42,15 +41,6 @@ class DecodedImage:
     height: int
     format: str  # "jpeg", "png", ...
     captured_at: str | None  # RFC 3339 UTC, from EXIF when present
-
-
-def content_hash(path: Path) -> str:
-    """sha256 of the file's bytes: the identity of an image, whatever its name."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_file(path: Path) -> bytes:

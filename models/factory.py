@@ -75,7 +75,7 @@ def _pretrained_clip(config: TwinConfig) -> torch.nn.Module:
 
     tag = str(config.pretrained)
     is_file = Path(tag).is_file() or tag.startswith("local-dir:")
-    if not is_file and not _hub_reachable() and not _in_hub_cache(config.name, tag):
+    if not is_file and not hub_reachable() and not _in_hub_cache(config.name, tag):
         raise ModelLoadError(
             f"Cannot download pretrained weights {config.name!r} / {tag!r}: the Hugging Face hub "
             f"is unreachable. Download them on a connected machine and pass the file: "
@@ -93,8 +93,10 @@ def _pretrained_clip(config: TwinConfig) -> torch.nn.Module:
     return clip
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers: checked once, in seconds, before a download
+    that would otherwise retry for most of a minute when offline."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         return False
     try:
         with socket.create_connection(HUB_HOST, timeout=timeout):

@@ -15,8 +15,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,11 +25,11 @@ from PIL import Image
 
 from models import ModelLoadError
 from models.device import autocast, inference_dtype, pick_device
+from models.factory import hub_reachable
 from rerank.base import open_rgb
 from search.hits import Hit
 
 DEFAULT_BLIP_ITM = "Salesforce/blip-itm-base-coco"
-HUB_HOST = ("huggingface.co", 443)
 
 
 class BlipItmReranker:
@@ -149,7 +147,7 @@ def load_blip_itm(source: str) -> tuple[Any, Any]:
             f"BLIP reranker {source!r} is neither a model folder nor a Hugging Face id; pass "
             f"an existing folder or an id like {DEFAULT_BLIP_ITM!r}."
         )
-    elif not _hub_reachable():
+    elif not hub_reachable():
         if not _in_hub_cache(source):
             raise ModelLoadError(
                 f"Cannot download the BLIP reranker {source!r}: the Hugging Face hub is "
@@ -181,16 +179,6 @@ def _quiet_progress() -> Iterator[None]:
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False
-    try:
-        with socket.create_connection(HUB_HOST, timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _in_hub_cache(repo_id: str) -> bool:

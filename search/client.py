@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from models.device import autocast, inference_dtype
 from rerank.base import Reranker, rerank_hits
 from search.filters import SearchFilter
 from search.hits import Hit, SearchResults
+from search.schema import file_content_hash
 from search.store import (
     CollectionInfo,
     CollectionMismatchError,
@@ -223,7 +223,7 @@ class SearchClient:
         path = Path(point).expanduser()
         if not path.is_file():
             raise QueryError(f"No such image file: {path}. Pass a point id or an image file.")
-        point_id = point_id_for(_sha256(path))
+        point_id = point_id_for(file_content_hash(path))
         return point_id if self.store.get_payloads([point_id]) else None
 
     def _encode_queries(
@@ -338,15 +338,6 @@ def _as_rgb(image: Image.Image | Path) -> Image.Image:
         raise QueryError(f"No such image file: {path}.") from None
     except OSError as error:
         raise QueryError(f"Cannot read the image {path}: {error}.") from None
-
-
-def _sha256(path: Path) -> str:
-    """The content hash ingest derives point ids from (``ingest.decode.content_hash``)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _is_uuid(text: str) -> bool:

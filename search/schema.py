@@ -9,9 +9,11 @@ schema and answer the same queries with the same points.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -155,6 +157,15 @@ def planned_search(
 def point_id_for(content_hash: str) -> str:
     """Point ids come from file content: the same bytes under two names are one point."""
     return str(uuid.UUID(hex=content_hash[:32]))
+
+
+def file_content_hash(path: Path) -> str:
+    """sha256 of a file's bytes, read in blocks: the hash ``point_id_for`` takes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def check_info(found: CollectionInfo, wanted: CollectionInfo | None, where: str) -> None:
