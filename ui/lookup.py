@@ -1,9 +1,8 @@
 """Searches the app runs beyond text: by an uploaded image, "more like this", and with a
 chosen reranker.
 
-Kept in one small module on the store's own API (``get_vectors``, ``search``) and the
-model's image tower, so it can switch to SearchClient methods for image search when the
-client has them.
+Thin wrappers over SearchClient's image search and ``similar``, with the app's error
+type and timing labels.
 
 Example:
     >>> results = similar_to(client, hit.id, k=8)           # excludes the image itself
@@ -12,17 +11,14 @@ Example:
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-import numpy as np
-import torch
 from PIL import Image
 
-from models.device import autocast, inference_dtype
 from rerank.registry import available_rerankers
 from search import SearchClient, SearchFilter
-from search.hits import Hit, SearchResults
+from search.client import QueryError
+from search.hits import SearchResults
 
 RERANK_OFF = "off"
 
@@ -31,37 +27,27 @@ class UnknownImageError(LookupError):
     """A point id that is not in the collection (any more)."""
 
 
-@torch.inference_mode()
-def image_vector(client: SearchClient, image: Image.Image) -> np.ndarray:
-    """The normalised image vector (D,) for a PIL image, as ingest would compute it."""
-    model = client.model
-    pixels = model.preprocess_images([image]).to(model.device)
-    with autocast(model.device, inference_dtype(model.device)):
-        encoded = model.encode_image(pixels)
-    vector: np.ndarray = encoded.image_vector[0].float().cpu().numpy()
-    return vector
-
-
 def search_by_image(
     client: SearchClient, image: Image.Image, k: int, filters: SearchFilter | None = None
 ) -> SearchResults:
     """The ``k`` collection images nearest to ``image`` (bi-encoder order, timed)."""
-    started = time.perf_counter()
-    vector = image_vector(client, image)
-    timings = {"image_encode_ms": _ms_since(started)}
-    return _nearest(client, vector, k, filters, timings, exclude=None)
+    results = client.search(image, k=k, filters=filters)  # image queries are never reranked
+    results.timings["image_encode_ms"] = results.timings.pop("encode_ms")
+    return results
 
 
 def similar_to(
     client: SearchClient, point_id: str, k: int, filters: SearchFilter | None = None
 ) -> SearchResults:
     """The ``k`` images most like stored point ``point_id``, without the point itself."""
-    vectors = client.store.get_vectors([point_id])
-    if point_id not in vectors:
+    try:
+        results = client.similar(point_id, k=k, filters=filters)
+    except QueryError:
         raise UnknownImageError(
             "That image is no longer in the collection; run the search again."
-        )
-    return _nearest(client, vectors[point_id], k, filters, {}, exclude=point_id)
+        ) from None
+    results.timings.pop("encode_ms", None)  # a stored vector was read, nothing encoded
+    return results
 
 
 def source_payload(client: SearchClient, point_id: str) -> dict[str, Any]:
@@ -86,29 +72,3 @@ def client_with_reranker(client: SearchClient, name: str) -> SearchClient:
         return client
     return SearchClient(client.store, model=client.model, reranker=name,
                         rerank_top_k=client.rerank_top_k, bi_weight=client.bi_weight)
-
-
-def _nearest(
-    client: SearchClient,
-    vector: np.ndarray,
-    k: int,
-    filters: SearchFilter | None,
-    timings: dict[str, float],
-    exclude: str | None,
-) -> SearchResults:
-    started = time.perf_counter()
-    stored = client.store.search(vector, k + (1 if exclude else 0), filters)
-    timings["search_ms"] = _ms_since(started)
-    kept = [s for s in stored if s.id != exclude][:k]
-    hits = [Hit(id=s.id, path=_first_path(s.payload), score=s.score, bi_score=s.score,
-                bi_rank=rank, payload=s.payload) for rank, s in enumerate(kept, start=1)]
-    return SearchResults(hits, timings)
-
-
-def _first_path(payload: dict[str, Any]) -> str:
-    paths = payload.get("paths") or [""]
-    return str(paths[0])
-
-
-def _ms_since(started: float) -> float:
-    return (time.perf_counter() - started) * 1000.0
