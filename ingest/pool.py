@@ -6,6 +6,11 @@ Results come back in input order. An item that takes longer than ``timeout`` sec
 pathological file, a stalled network share) is given up on: it comes back as a
 ``TimeoutError``, its thread is left to finish alone (it is a daemon, so it never holds up
 the exit) and a fresh thread takes its place, so one bad file can never hang a run.
+
+``close`` joins the workers. This matters beyond tidiness: a worker that outlives the run
+may drop the last reference to ``fn`` (and the model tensors it closes over) while Python
+shuts down, and torch then aborts the process ("terminate called without an active
+exception") after the run has succeeded.
 """
 
 from __future__ import annotations
@@ -23,16 +28,18 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 POLL_S = 0.25
+JOIN_S = 5.0  # how long ``close`` waits for a worker still busy with one file
 
 
 class _Task(Generic[T, R]):
-    __slots__ = ("item", "future", "started", "abandoned")
+    __slots__ = ("item", "future", "started", "abandoned", "thread")
 
     def __init__(self, item: T) -> None:
         self.item = item
         self.future: Future[R | BaseException] = Future()
         self.started: float | None = None
         self.abandoned = False
+        self.thread: threading.Thread | None = None
 
 
 class ReadAheadPool(Generic[T, R]):
@@ -53,6 +60,7 @@ class ReadAheadPool(Generic[T, R]):
         self.timed_out = 0
         self._queue: queue.Queue[_Task[T, R] | None] = queue.Queue()
         self._closed = False
+        self._abandoned: set[threading.Thread] = set()
         self._threads = [self._start_worker() for _ in range(max(1, workers))]
 
     def map(
@@ -77,9 +85,14 @@ class ReadAheadPool(Generic[T, R]):
             yield task.item, result
 
     def close(self) -> None:
+        """Stop the workers and wait for them (a worker stuck on a hung file is left)."""
         self._closed = True
         for _ in self._threads:
             self._queue.put(None)
+        deadline = time.monotonic() + JOIN_S
+        for thread in self._threads:
+            if thread not in self._abandoned:
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> ReadAheadPool[T, R]:
         return self
@@ -95,6 +108,8 @@ class ReadAheadPool(Generic[T, R]):
                 started = task.started
                 if started is not None and time.monotonic() - started > self.timeout:
                     task.abandoned = True
+                    if task.thread is not None:
+                        self._abandoned.add(task.thread)
                     self.timed_out += 1
                     self._threads.append(self._start_worker())
                     return TimeoutError(f"gave up after {self.timeout:g} s")
@@ -114,6 +129,7 @@ class ReadAheadPool(Generic[T, R]):
             if self._closed:
                 task.future.set_result(RuntimeError("pool closed"))
                 continue
+            task.thread = threading.current_thread()
             task.started = time.monotonic()
             try:
                 result: R | BaseException = self.fn(task.item)

@@ -196,6 +196,8 @@ def test_pool_keeps_order_and_gives_up_on_a_hung_item():
     try:
         with ReadAheadPool(work, workers=2, timeout=0.5) as pool:
             results = list(pool.map(range(10), read_ahead=4))
+        # closing waited for the live workers, not for the one stuck on item 3
+        assert sum(thread.is_alive() for thread in pool._threads) == 1
     finally:
         release.set()
     assert [item for item, _ in results] == list(range(10))
@@ -203,3 +205,11 @@ def test_pool_keeps_order_and_gives_up_on_a_hung_item():
     assert isinstance(results[5][1], ValueError)
     assert [r for i, r in results if i not in (3, 5)] == [0, 10, 20, 40, 60, 70, 80, 90]
     assert pool.timed_out == 1
+
+
+def test_pool_workers_are_gone_when_it_closes():
+    """A worker outliving the pool could drop the last reference to the model's tensors
+    while Python shuts down, which makes torch abort a finished ingest (seen in CI)."""
+    with ReadAheadPool(lambda item: item, workers=3) as pool:
+        assert [r for _, r in pool.map(range(20), read_ahead=5)] == list(range(20))
+    assert not any(thread.is_alive() for thread in pool._threads)
