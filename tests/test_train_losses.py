@@ -10,12 +10,16 @@ import torch
 from train.losses import (
     CONTRASTIVE,
     MATCH,
+    RANK,
+    HardNegatives,
     contrastive_loss,
     match_loss,
     mine_hard_negatives,
+    mine_ranked_negatives,
+    rank_loss,
     same_image_mask,
 )
-from train.objectives import LossWeights, build_models, compute_losses
+from train.objectives import LossWeights, build_models, compute_losses, listwise_rank_loss
 
 
 def _ce(logits: list[float], target: int) -> float:
@@ -82,6 +86,58 @@ def test_hard_negatives_are_the_most_similar_wrong_pairs() -> None:
     negatives = mine_hard_negatives(similarity, torch.tensor([0, 1, 2]))
     assert negatives.text_for_image.tolist() == [2, 0, 1]
     assert negatives.image_for_text.tolist() == [2, 2, 0]
+
+
+@pytest.mark.parametrize("seed", [None, 0, 1])
+def test_ranked_negatives_are_distinct_and_never_the_same_image(seed: int | None) -> None:
+    image_ids = torch.tensor([0, 0, 1, 2, 3, 4, 5, 5])
+    similarity = torch.randn(8, 8, generator=torch.Generator().manual_seed(7))
+    sampler = None if seed is None else torch.Generator().manual_seed(seed)
+    ranked = mine_ranked_negatives(similarity, image_ids, 5, sampler)
+    same = same_image_mask(image_ids)
+    for indices, transposed in ((ranked.text_for_image, False), (ranked.image_for_text, True)):
+        assert indices.shape == (8, 5)
+        for row in range(8):
+            picked = indices[row].tolist()
+            assert len(set(picked)) == 5
+            assert not any(same[row, j] for j in picked), (row, picked, transposed)
+    if seed is None:  # without a sampler: the five most similar other-image rows, in order
+        masked = similarity.masked_fill(same, float("-inf"))
+        assert ranked.text_for_image.tolist() == masked.topk(5, dim=1).indices.tolist()
+    assert mine_ranked_negatives(similarity, image_ids, 99).text_for_image.shape == (8, 6)
+
+
+def test_rank_loss_is_cross_entropy_with_the_positive_first() -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 0.0]])
+    expected = -(torch.log_softmax(logits, dim=1)[:, 0]).mean()
+    assert rank_loss(logits).item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_joint_rank_loss_scores_each_caption_against_its_look_alikes(tiny_model) -> None:
+    models = build_models("joint", tiny_model).train()
+    weights = LossWeights(rank=1.0, rank_negatives=2)
+    losses = compute_losses("joint", models, *_batch(tiny_model), weights)
+    assert set(losses) == {CONTRASTIVE, MATCH, RANK}
+    assert _grad_norms(losses[RANK], tiny_model.head) > 0
+    assert _grad_norms(losses[RANK], tiny_model.towers.visual) > 0
+    # the same value by hand, pair by pair: each caption over its image and look-alikes,
+    # each image over its caption and look-alike captions
+    pixels, ids, _ = _batch(tiny_model)
+    image, text = tiny_model.encode_image(pixels), tiny_model.encode_text(ids)
+    ranked = HardNegatives(text_for_image=torch.tensor([[1, 2], [2, 3], [3, 0], [0, 1]]),
+                           image_for_text=torch.tensor([[3, 2], [0, 3], [1, 0], [2, 1]]))
+
+    def score(caption: int, picture: int) -> torch.Tensor:
+        return tiny_model.match_logit(text.text_tokens[[caption]], text.text_mask[[caption]],
+                                      image.image_tokens[[picture]])[0]
+
+    to_image = [torch.stack([score(j, i) for i in [j, *ranked.image_for_text[j].tolist()]])
+                for j in range(4)]
+    to_text = [torch.stack([score(c, i) for c in [i, *ranked.text_for_image[i].tolist()]])
+               for i in range(4)]
+    by_hand = (rank_loss(torch.stack(to_image)) + rank_loss(torch.stack(to_text))) / 2
+    batched = listwise_rank_loss(tiny_model, image, text, ranked)
+    assert batched.item() == pytest.approx(by_hand.item(), abs=1e-5)
 
 
 def test_a_batch_of_one_image_has_no_negatives() -> None:

@@ -7,6 +7,10 @@
   cross-encoder trains on exactly the confusions it will be asked to fix when reranking.
 - ``match_loss``: the cross-encoder's binary image-text matching loss on positives and
   those negatives.
+- ``rank_loss`` with ``mine_ranked_negatives``: the reranker's listwise loss, softmax
+  cross-entropy of a caption over its image and K mined look-alikes (and of an image over
+  its caption and K look-alike captions). Reranking is ranking, and a binary loss with one
+  negative per pair teaches little about the order among look-alikes.
 
 Every function takes ``image_ids`` (B,): which image each batch row shows. Rows with the same
 id are the same image (several captions of one picture, or the same picture in another
@@ -22,6 +26,7 @@ import torch.nn.functional as F
 
 CONTRASTIVE = "contrastive_loss"
 MATCH = "match_loss"
+RANK = "rank_loss"
 
 
 def same_image_mask(image_ids: torch.Tensor) -> torch.Tensor:
@@ -132,6 +137,58 @@ def match_loss(positive_logits: torch.Tensor, negative_logits: torch.Tensor) -> 
     logits = torch.cat([positive_logits, negative_logits])
     labels = torch.cat([torch.ones_like(positive_logits), torch.zeros_like(negative_logits)])
     return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
+def mine_ranked_negatives(
+    similarity: torch.Tensor,
+    image_ids: torch.Tensor,
+    count: int,
+    generator: torch.Generator | None = None,
+    temperature: float = 0.05,
+) -> HardNegatives:
+    """``count`` distinct hard negatives per row in each direction: (B, K) row indices.
+
+    Drawn without replacement with probability softmax(similarity / temperature) over the
+    rows of other images (Gumbel top-k), or the top ``count`` with ``generator=None``.
+    Rows of the same image never appear; ``count`` is capped by the fewest other images
+    any row has.
+
+    >>> sim = torch.tensor([[0.9, 0.8, 0.1], [0.2, 0.9, 0.7], [0.1, 0.6, 0.9]])
+    >>> negatives = mine_ranked_negatives(sim, torch.tensor([0, 1, 2]), 2)
+    >>> negatives.text_for_image.tolist(), negatives.image_for_text.tolist()
+    ([[1, 2], [2, 0], [1, 0]], [[1, 2], [0, 2], [1, 0]])
+    """
+    similarity = similarity.detach().float()
+    same = same_image_mask(image_ids.to(similarity.device))
+    available = int((~same).sum(dim=1).min())
+    if available == 0:
+        raise ValueError("a batch needs at least two different images to mine negatives from; "
+                         "use a larger batch or a dataset with more than one image")
+    count = min(count, available)
+    masked = (similarity / temperature).masked_fill(same, float("-inf"))  # (B, B)
+    return HardNegatives(
+        text_for_image=_draw_k(masked, count, generator),
+        image_for_text=_draw_k(masked.T, count, generator),
+    )
+
+
+def _draw_k(masked_logits: torch.Tensor, count: int,
+            generator: torch.Generator | None) -> torch.Tensor:
+    if generator is not None:
+        uniform = torch.rand(masked_logits.shape, generator=generator).to(masked_logits.device)
+        gumbel = -torch.log(-torch.log(uniform.clamp(1e-9, 1 - 1e-9)))
+        masked_logits = masked_logits + gumbel
+    return masked_logits.topk(count, dim=1).indices
+
+
+def rank_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Listwise loss: softmax cross-entropy over (N, 1 + K) logits, the positive in column 0.
+
+    >>> round(rank_loss(torch.zeros(1, 4)).item(), 4)  # log 4
+    1.3863
+    """
+    targets = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    return F.cross_entropy(logits.float(), targets)
 
 
 def total_loss(losses: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -22,10 +22,13 @@ from models.pair import SepTwinModel
 from train.losses import (
     CONTRASTIVE,
     MATCH,
+    RANK,
     HardNegatives,
     contrastive_loss,
     match_loss,
     mine_hard_negatives,
+    mine_ranked_negatives,
+    rank_loss,
 )
 
 MODES = ("joint", "sep", "bi", "cross")
@@ -36,6 +39,8 @@ class LossWeights:
     contrastive: float = 1.0
     match: float = 1.0
     easy_negatives: float = 0.0  # share of match negatives drawn at random, not mined
+    rank: float = 0.0  # weight of the listwise rank loss (0: not computed)
+    rank_negatives: int = 7  # look-alikes per row in the rank loss
 
 
 def build_models(mode: str, base: TwinModel) -> nn.ModuleDict:
@@ -91,7 +96,29 @@ def compute_losses(mode: str, models: nn.ModuleDict, pixels: torch.Tensor, ids: 
         cross = found["cross"]
         image, text = cross.encode_image(pixels), cross.encode_text(ids)
     losses[MATCH] = weights.match * pair_match_loss(cross, image, text, negatives)
+    if weights.rank > 0:
+        ranked = mine_ranked_negatives(similarity, image_ids, weights.rank_negatives, generator)
+        losses[RANK] = weights.rank * listwise_rank_loss(cross, image, text, ranked)
     return losses
+
+
+def listwise_rank_loss(model: TwinModel, image: ImageEncoding, text: TextEncoding,
+                       ranked: HardNegatives) -> torch.Tensor:
+    """Rank loss of each caption over its image and K look-alike images, and of each image
+    over its caption and K look-alike captions (``ranked`` holds (B, K) row indices)."""
+    batch, count = ranked.image_for_text.shape
+    rows = torch.arange(batch, device=image.image_tokens.device)
+    own = rows[:, None]
+    # text -> image: caption j against images [j, negatives...]; image -> text likewise
+    text_rows = torch.cat([own.expand(batch, 1 + count).reshape(-1),
+                           ranked.text_for_image.reshape(-1)])
+    image_rows = torch.cat([torch.cat([own, ranked.image_for_text], 1).reshape(-1),
+                            own.expand(batch, count).reshape(-1)])
+    logits = model.match_logit(text.text_tokens[text_rows], text.text_mask[text_rows],
+                               image.image_tokens[image_rows])
+    to_image = logits[: batch * (1 + count)].view(batch, 1 + count)
+    to_text = torch.cat([to_image[:, :1], logits[batch * (1 + count):].view(batch, count)], 1)
+    return (rank_loss(to_image) + rank_loss(to_text)) / 2
 
 
 def pair_match_loss(model: TwinModel, image: ImageEncoding, text: TextEncoding,

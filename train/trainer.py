@@ -57,6 +57,8 @@ class TrainConfig:
     contrastive_weight: float = 1.0
     match_weight: float = 1.0
     easy_negatives: float = 0.5  # share of match negatives drawn at random instead of mined
+    rank_weight: float = 0.0  # listwise rank loss of the cross-encoder (0: off)
+    rank_negatives: int = 7  # mined look-alikes per row in the rank loss
     freeze_layers: int = 0
     group_lookalikes: bool = True
     seed: int = 0
@@ -118,7 +120,8 @@ class _Loop:
         self.config, self.models, self.data, self.device = config, models, data, device
         self.total_steps = total_steps
         self.weights = LossWeights(config.contrastive_weight, config.match_weight,
-                                   config.easy_negatives)
+                                   config.easy_negatives, config.rank_weight,
+                                   config.rank_negatives)
         self.optimizer = torch.optim.AdamW(_param_groups(models, config.weight_decay),
                                            lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
