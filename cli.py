@@ -239,11 +239,16 @@ def make_scenes_command(
     n_test: Annotated[int, typer.Option(min=0)] = 500,
     image_size: Annotated[int, typer.Option(min=16)] = 64,
     seed: Annotated[int, typer.Option()] = 0,
+    extra_objects: Annotated[int, typer.Option(
+        min=0, max=2, help="Unnamed shapes per scene besides the two its captions name "
+                           "(0-2). Harder for a bi-encoder, which must encode them all "
+                           "without knowing which ones the query asks about.")] = 0,
 ) -> None:
     """Generate synthetic compositional scenes (shapes, colours, relations) with captions."""
     from train.scenes import ScenesConfig, make_scenes
 
-    config = ScenesConfig(n_train=n_train, n_test=n_test, image_size=image_size, seed=seed)
+    config = ScenesConfig(n_train=n_train, n_test=n_test, image_size=image_size, seed=seed,
+                          extra_objects=extra_objects)
     with friendly_errors():
         summary = make_scenes(out, config, progress=True)
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "config"}, default=str))
@@ -273,6 +278,12 @@ def train_command(
     match_weight: Annotated[float, typer.Option(min=0.0)] = 1.0,
     easy_negatives: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Share of match negatives drawn at random, not mined.")] = 0.5,
+    rank_weight: Annotated[float, typer.Option(
+        min=0.0, help="Weight of the cross-encoder's listwise rank loss: each caption "
+                      "against its image and --rank-negatives mined look-alikes (and each "
+                      "image against look-alike captions). 0: off.")] = 0.0,
+    rank_negatives: Annotated[int, typer.Option(
+        min=1, help="Look-alikes per caption and per image in the rank loss.")] = 7,
     freeze_layers: Annotated[int, typer.Option(min=0, help="Freeze embeddings + first N "
                                                           "blocks of both towers.")] = 0,
     group_lookalikes: Annotated[bool, typer.Option(help="Batch look-alike scenes "
@@ -300,7 +311,8 @@ def train_command(
             mode=mode, epochs=epochs, steps=steps, batch_size=batch_size,
             accum_steps=accum_steps, lr=lr, weight_decay=weight_decay,
             warmup_steps=warmup_steps, contrastive_weight=contrastive_weight,
-            match_weight=match_weight, easy_negatives=easy_negatives, freeze_layers=freeze_layers,
+            match_weight=match_weight, easy_negatives=easy_negatives, rank_weight=rank_weight,
+            rank_negatives=rank_negatives, freeze_layers=freeze_layers,
             group_lookalikes=group_lookalikes, seed=seed, device=device, threads=threads,
             checkpoint_every=checkpoint_every, resume=resume, log_every=log_every,
             save_dtype=save_dtype, command=" ".join(["twinrank", *sys.argv[1:]]))

@@ -40,10 +40,11 @@ from evaluation.scoring import PairScorer
 from models import create_model, model_id
 from train.data import load_dataset
 from train.scenes import (
+    HeldOut,
     ScenesConfig,
-    SceneSpec,
     all_scene_specs,
     captions_for,
+    draw_scene_groups,
     plan_splits,
     render_scene,
 )
@@ -58,25 +59,6 @@ def scenes_config(scenes_dir: Path) -> ScenesConfig:
     return ScenesConfig(**raw)
 
 
-def _draw_groups(pool: list[SceneSpec], n: int, rng: np.random.Generator,
-                 excluded: set[SceneSpec]) -> list[SceneSpec]:
-    """``n`` scenes in look-alike groups (a scene, then its colour/position/size swaps)."""
-    allowed = set(pool) - excluded
-    chosen: list[SceneSpec] = []
-    taken: set[SceneSpec] = set()
-    for index in rng.permutation(len(pool)):
-        base = pool[int(index)]
-        if base not in allowed or base in taken:
-            continue
-        for spec in [base, *base.distractors()]:
-            if len(chosen) < n and spec in allowed and spec not in taken:
-                taken.add(spec)
-                chosen.append(spec)
-        if len(chosen) >= n:
-            return chosen
-    raise ValueError(f"only {len(chosen)} unseen scenes are left; ask for fewer than {n}")
-
-
 def build_eval_scenes(scenes_dir: Path, out_dir: Path, n_test: int,
                       n_zeroshot: int) -> dict[str, Any]:
     """Write ``test`` and ``zeroshot`` splits (en/de/fr) that training never saw."""
@@ -88,14 +70,16 @@ def build_eval_scenes(scenes_dir: Path, out_dir: Path, n_test: int,
             json.dumps(wanted)):
         return dict(json.loads(marker.read_text()))
     plan = plan_splits(config)
-    trained = {spec for split in ("train", "val") for spec, _ in plan[split]}
-    heldout = set(config.heldout_pairs)
+    trained = {spec.key for split in ("train", "val") for spec, _ in plan[split]}
+    heldout = HeldOut(frozenset(config.heldout_pairs))
     specs = all_scene_specs()
-    seen = [s for s in specs if not s.shape_colour_pairs() & heldout]
-    unseen = [s for s in specs if s.shape_colour_pairs() & heldout]
     rng = np.random.default_rng([config.seed, 7007])
-    splits = {"test": _draw_groups(seen, n_test, rng, trained),
-              "zeroshot": _draw_groups(unseen, n_zeroshot, rng, trained)}
+    used = set(trained)  # drawn scenes join it, so test and zeroshot never share a caption
+    splits = {split: [spec for spec, _ in draw_scene_groups(
+                  [s for s in specs if wanted_kind(s)], n, rng, used, wanted_kind,
+                  config.extra_objects, heldout.extra_ok)]
+              for split, n, wanted_kind in (("test", n_test, heldout.seen),
+                                            ("zeroshot", n_zeroshot, heldout.unseen))}
     summary: dict[str, Any] = {"wanted": wanted, "splits": {}}
     for split_index, (split, chosen) in enumerate(splits.items()):
         (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
@@ -114,8 +98,9 @@ def build_eval_scenes(scenes_dir: Path, out_dir: Path, n_test: int,
         for language, rows in lines.items():
             (out_dir / f"{split}.{language}.jsonl").write_text("".join(rows), encoding="utf-8")
         summary["splits"][split] = {
-            "images": len(chosen), "overlap_with_train_or_val": len(set(chosen) & trained),
-            "with_heldout_pairs": sum(bool(s.shape_colour_pairs() & heldout) for s in chosen)}
+            "images": len(chosen),
+            "overlap_with_train_or_val": len({spec.key for spec in chosen} & trained),
+            "with_heldout_pairs": sum(heldout.unseen(s) for s in chosen)}
     marker.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

@@ -144,3 +144,76 @@ def test_bad_config_and_folder_are_refused(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not empty"):
         make_scenes(tmp_path, TINY)
+
+
+# --- scenes with unnamed extra objects --------------------------------------------------
+
+EXTRAS = replace(ScenesConfig(), extra_objects=2)
+
+
+def test_without_extras_nothing_changes() -> None:
+    plan = plan_splits(ScenesConfig())
+    assert all(not spec.extras for items in plan.values() for spec, _ in items)
+    assert "extras" not in plan["test"][0][0].to_dict()
+
+
+def test_extras_are_distinct_unnamed_and_never_held_out() -> None:
+    plan = plan_splits(EXTRAS)
+    heldout = set(EXTRAS.heldout_pairs)
+    for split, items in plan.items():
+        for spec, _ in items:
+            assert len(spec.extras) == 2
+            assert len(set(spec.objects + spec.extras)) == 4
+            if split != "zeroshot":  # (there, a look-alike may move a named one to extras)
+                assert not spec.shape_colour_pairs(with_extras=True) & heldout
+        captions = {c for spec, _ in items for c in captions_for(spec)}
+        for spec, _ in items:  # captions name only the two objects
+            for extra in spec.extras:
+                phrase = f"a {extra.size} {extra.colour} {extra.shape}"
+                assert not any(phrase in c for c in captions_for(spec))
+        assert len(captions) == 4 * len(items)  # every caption still fits one scene
+    keys = [spec.key for items in plan.values() for spec, _ in items]
+    assert len(keys) == len(set(keys))
+
+
+def test_extras_look_alikes_trade_places_and_colours_with_an_unnamed_object() -> None:
+    spec = SceneSpec((RED_CIRCLE, BLUE_SQUARE), "left of",
+                     (ObjectSpec("star", "green", "small"), ObjectSpec("cross", "white", "large")))
+    look_alikes = spec.distractors()
+    assert spec.swap_with_extra(0) in look_alikes
+    moved = spec.swap_with_extra(0)
+    assert moved.objects == (ObjectSpec("star", "green", "small"), BLUE_SQUARE)
+    assert RED_CIRCLE in moved.extras
+    recoloured = spec.swap_colour_with_extra(1)
+    assert recoloured.objects[1] == ObjectSpec("square", "green", "large")
+    assert recoloured.extras[0] == ObjectSpec("star", "blue", "small")
+    bag = sorted(spec.objects + spec.extras)
+    for other in look_alikes:  # the same shapes, colours and sizes; different captions
+        assert sorted(a.shape for a in other.objects + other.extras) == sorted(
+            a.shape for a in bag)
+        assert sorted(a.colour for a in other.objects + other.extras) == sorted(
+            a.colour for a in bag)
+        assert not set(captions_for(spec)) & set(captions_for(other))
+
+
+def test_render_puts_the_named_pair_in_one_row_and_the_extras_in_the_other() -> None:
+    yellow, white = ObjectSpec("circle", "yellow", "small"), ObjectSpec("cross", "white", "small")
+    spec = SceneSpec((RED_CIRCLE, BLUE_SQUARE), "left of", (yellow, white))
+    rows = set()
+    for seed in range(6):
+        image = np.asarray(render_scene(spec, 64, np.random.default_rng(seed)))
+        (red_x, red_y, _), (blue_x, blue_y, _) = (_mask_centre(image, COLOURS["red"]),
+                                                  _mask_centre(image, COLOURS["blue"]))
+        yellow_x, yellow_y, _ = _mask_centre(image, COLOURS["yellow"])
+        white_x, white_y, _ = _mask_centre(image, COLOURS["white"])
+        assert red_x < 32 < blue_x and yellow_x < 32 < white_x
+        assert (red_y < 32) == (blue_y < 32) != (yellow_y < 32) == (white_y < 32)
+        rows.add(red_y < 32)
+    assert rows == {True, False}  # the named pair is not always on top
+
+
+def test_extra_objects_option_is_validated() -> None:
+    with pytest.raises(ValueError, match="extra_objects"):
+        ScenesConfig(extra_objects=3)
+    with pytest.raises(ValueError, match="differ"):
+        SceneSpec((RED_CIRCLE, BLUE_SQUARE), "above", (RED_CIRCLE,))

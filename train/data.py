@@ -115,7 +115,8 @@ def read_captions_jsonl(path: Path, root: Path | None = None,
 
 
 def scene_lookalike_key(scene: dict[str, Any]) -> str:
-    """The scene's bag of words: relation plus sorted shapes, colours and sizes.
+    """The scene's bag of words: relation plus sorted shapes, colours and sizes of all its
+    objects, unnamed extras included.
 
     Swapping colours, sizes or positions keeps it, so every look-alike shares it.
 
@@ -124,7 +125,7 @@ def scene_lookalike_key(scene: dict[str, Any]) -> str:
     ...     {"shape": "circle", "colour": "blue", "size": "small"}]})
     'above|circle,star|blue,red|small,small'
     """
-    objects = scene.get("objects") or []
+    objects = list(scene.get("objects") or []) + list(scene.get("extras") or [])
     parts = [sorted(str(obj.get(attr, "")) for obj in objects)
              for attr in ("shape", "colour", "size")]
     return "|".join([str(scene.get("relation", ""))] + [",".join(part) for part in parts])

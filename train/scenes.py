@@ -1,10 +1,16 @@
-"""Synthetic compositional scenes: two shapes, one relation, captions in en/de/fr.
+"""Synthetic compositional scenes: two named shapes, one relation, captions in en/de/fr.
 
 No benchmark can be downloaded here, and the thing twinrank is built for, a reranker that
 gets attribute binding and word order right where a bi-encoder does not, needs data where
 "a small red circle left of a large blue square" and "a small blue circle left of a large red
 square" are different pictures. So the val/test/zeroshot splits hold such look-alikes side by
 side, and the zeroshot split holds (shape, colour) pairs that training never shows.
+
+With ``extra_objects`` (1 or 2), every scene also holds shapes its captions never name, in
+the other row (or column), as real photos hold far more than their captions say. A
+bi-encoder must then pack every object, its attributes and its place into one vector
+before it knows the query; a cross-encoder reads the image with the query in hand. Their
+look-alikes include the named objects trading places or colours with an unnamed one.
 
 Everything is a pure function of the seed: the same config writes byte-identical files.
 """
@@ -94,45 +100,109 @@ class ObjectSpec:
 
 @dataclass(frozen=True, order=True)
 class SceneSpec:
-    """Two different objects; ``objects[0]`` is the left (or top) one."""
+    """Two different named objects; ``objects[0]`` is the left (or top) one.
+
+    ``extras`` are objects the captions do not name, drawn in the other row (for "left
+    of") or column (for "above"); they differ from the named two and from each other.
+    """
 
     objects: tuple[ObjectSpec, ObjectSpec]
     relation: str = "left of"
+    extras: tuple[ObjectSpec, ...] = ()
 
     def __post_init__(self) -> None:
         if self.relation not in RELATIONS:
             raise ValueError(f"unknown relation {self.relation!r}; expected one of {RELATIONS}")
         if self.objects[0] == self.objects[1]:
             raise ValueError(f"a scene needs two different objects, got {self.objects[0]} twice")
+        if len(self.extras) > 2:
+            raise ValueError(f"a scene holds at most 2 extra objects, got {len(self.extras)}")
+        if len(set(self.objects + self.extras)) != 2 + len(self.extras):
+            raise ValueError("a scene's extra objects must differ from its named ones and "
+                             "from each other")
+
+    @property
+    def key(self) -> tuple[tuple[ObjectSpec, ObjectSpec], str]:
+        """What the captions say (named objects and relation): unique within a dataset."""
+        return self.objects, self.relation
 
     def swap_positions(self) -> SceneSpec:
         first, second = self.objects
-        return SceneSpec((second, first), self.relation)
+        return SceneSpec((second, first), self.relation, self.extras)
 
     def swap_colours(self) -> SceneSpec:
         first, second = self.objects
         return SceneSpec((ObjectSpec(first.shape, second.colour, first.size),
-                          ObjectSpec(second.shape, first.colour, second.size)), self.relation)
+                          ObjectSpec(second.shape, first.colour, second.size)), self.relation,
+                         self.extras)
 
     def swap_sizes(self) -> SceneSpec:
         first, second = self.objects
         return SceneSpec((ObjectSpec(first.shape, first.colour, second.size),
-                          ObjectSpec(second.shape, second.colour, first.size)), self.relation)
+                          ObjectSpec(second.shape, second.colour, first.size)), self.relation,
+                         self.extras)
+
+    def swap_with_extra(self, slot: int) -> SceneSpec:
+        """Named object ``slot`` trades places with the first extra (so it leaves the row)."""
+        named, extras = list(self.objects), list(self.extras)
+        named[slot], extras[0] = extras[0], named[slot]
+        return SceneSpec((named[0], named[1]), self.relation, tuple(extras))
+
+    def swap_colour_with_extra(self, slot: int) -> SceneSpec:
+        """Named object ``slot`` and the first extra trade colours."""
+        named, extras = list(self.objects), list(self.extras)
+        one, other = named[slot], extras[0]
+        named[slot] = ObjectSpec(one.shape, other.colour, one.size)
+        extras[0] = ObjectSpec(other.shape, one.colour, other.size)
+        return SceneSpec((named[0], named[1]), self.relation, tuple(extras))
 
     def distractors(self) -> list[SceneSpec]:
-        """Look-alikes with the same bag of words: only binding or order tells them apart."""
-        candidates = [self.swap_colours(), self.swap_positions(), self.swap_sizes()]
+        """Look-alikes with the same bag of objects: only binding or places tell them apart."""
+        swaps: list[Callable[[], SceneSpec]] = [
+            self.swap_colours, self.swap_positions, self.swap_sizes]
+        if self.extras:
+            swaps += [lambda: self.swap_with_extra(0), lambda: self.swap_colour_with_extra(1)]
         unique: list[SceneSpec] = []
-        for spec in candidates:
-            if spec != self and spec not in unique:
+        for swap in swaps:
+            try:
+                spec = swap()
+            except ValueError:  # the swap made two objects equal: not a valid scene
+                continue
+            if spec.key != self.key and spec.key not in {u.key for u in unique}:
                 unique.append(spec)
         return unique
 
-    def shape_colour_pairs(self) -> set[tuple[str, str]]:
-        return {(obj.shape, obj.colour) for obj in self.objects}
+    def shape_colour_pairs(self, with_extras: bool = False) -> set[tuple[str, str]]:
+        """The named objects' (shape, colour) pairs; the extras' too with ``with_extras``."""
+        objects = self.objects + self.extras if with_extras else self.objects
+        return {(obj.shape, obj.colour) for obj in objects}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"relation": self.relation, "objects": [asdict(obj) for obj in self.objects]}
+        scene = {"relation": self.relation, "objects": [asdict(obj) for obj in self.objects]}
+        if self.extras:
+            scene["extras"] = [asdict(obj) for obj in self.extras]
+        return scene
+
+
+def with_extras(spec: SceneSpec, count: int, rng: np.random.Generator,
+                allowed: Callable[[ObjectSpec], bool] | None = None) -> SceneSpec:
+    """``spec`` with ``count`` random unnamed objects (``allowed`` ones only) added.
+
+    >>> spec = SceneSpec((ObjectSpec("circle", "red", "small"),
+    ...                   ObjectSpec("square", "blue", "large")))
+    >>> len(with_extras(spec, 2, np.random.default_rng(0)).extras)
+    2
+    """
+    if count <= 0:
+        return spec
+    extras: list[ObjectSpec] = []
+    while len(extras) < count:
+        obj = ObjectSpec(SHAPES[int(rng.integers(len(SHAPES)))],
+                         tuple(COLOURS)[int(rng.integers(len(COLOURS)))],
+                         SIZES[int(rng.integers(len(SIZES)))])
+        if obj not in spec.objects and obj not in extras and (allowed is None or allowed(obj)):
+            extras.append(obj)
+    return SceneSpec(spec.objects, spec.relation, tuple(extras))
 
 
 @dataclass(frozen=True)
@@ -149,10 +219,13 @@ class ScenesConfig:
     seed: int = 0
     heldout_pairs: tuple[tuple[str, str], ...] = DEFAULT_HELDOUT_PAIRS
     background_noise: float = 4.0
+    extra_objects: int = 0  # unnamed shapes per scene (0, 1 or 2), in the other row/column
 
     def __post_init__(self) -> None:
         if min(self.split_sizes().values()) < 0 or self.seed < 0:
             raise ValueError("split sizes and seed must be >= 0")
+        if not 0 <= self.extra_objects <= 2:
+            raise ValueError(f"extra_objects must be 0, 1 or 2, got {self.extra_objects}")
         if self.image_size < 16:
             raise ValueError(f"image_size must be at least 16, got {self.image_size}")
         unknown = [lang for lang in self.languages if lang not in LANGUAGES]
@@ -235,14 +308,21 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
         draw.rectangle((cx - width, cy - arm, cx + width, cy + arm), fill=fill)
 
 
-def _place(slot: int, size: str, relation: str, side: int,
-           rng: np.random.Generator) -> tuple[float, float, float]:
-    """Centre and radius for object ``slot``: its own half along the relation's axis."""
+def _place(slot: int, size: str, relation: str, side: int, rng: np.random.Generator,
+           lane: int | None = None) -> tuple[float, float, float]:
+    """Centre and radius for object ``slot``: its own half along the relation's axis.
+
+    Without ``lane`` the object sits anywhere near the middle across that axis; with it,
+    in that half (0: top row / left column, 1: the other), as scenes with extras need.
+    """
     radius = _RADIUS[size] * side * rng.uniform(0.92, 1.08)
     margin = 0.04 * side
     slack = max(0.0, side / 4 - radius - margin)
     along = (slot + 0.5) * side / 2 + rng.uniform(-slack, slack)
-    across = side / 2 + rng.uniform(-0.15, 0.15) * side
+    if lane is None:
+        across = side / 2 + rng.uniform(-0.15, 0.15) * side
+    else:
+        across = (lane + 0.5) * side / 2 + rng.uniform(-slack, slack) / 2
     return (along, across, radius) if relation == "left of" else (across, along, radius)
 
 
@@ -260,8 +340,15 @@ def render_scene(spec: SceneSpec, image_size: int = 64, rng: np.random.Generator
     background = np.clip(rng.integers(25, 70) + rng.integers(-12, 13, size=3), 0, 255)
     canvas = Image.new("RGB", (side, side), tuple(int(v) for v in background))
     draw = ImageDraw.Draw(canvas)
-    for slot, obj in enumerate(spec.objects):
-        cx, cy, radius = _place(slot, obj.size, spec.relation, side, rng)
+    placed: list[tuple[ObjectSpec, int, int | None]] = [
+        (obj, slot, None) for slot, obj in enumerate(spec.objects)]
+    if spec.extras:  # the named pair in one row (column), the extras in the other
+        lane = int(rng.integers(2))
+        slots = [0, 1] if len(spec.extras) == 2 else [int(rng.integers(2))]
+        placed = [(obj, slot, lane) for obj, slot, _ in placed]
+        placed += [(obj, slot, 1 - lane) for obj, slot in zip(spec.extras, slots, strict=True)]
+    for obj, slot, row in placed:
+        cx, cy, radius = _place(slot, obj.size, spec.relation, side, rng, row)
         tint = np.clip(np.array(COLOURS[obj.colour]) + rng.integers(-12, 13, size=3), 0, 255)
         _draw_shape(draw, obj.shape, cx, cy, radius, (int(tint[0]), int(tint[1]), int(tint[2])))
     image = canvas.resize((image_size, image_size), Image.Resampling.BOX)
@@ -279,21 +366,26 @@ def all_scene_specs() -> list[SceneSpec]:
             for a in objects for b in objects if a != b]
 
 
-def _draw_split(pool: list[SceneSpec], n: int, rng: np.random.Generator, used: set[SceneSpec],
-                allowed: Callable[[SceneSpec], bool] | None) -> list[tuple[SceneSpec, int]]:
-    """Pick ``n`` unused scenes; with ``allowed``, each is followed by its allowed look-alikes."""
+def draw_scene_groups(pool: list[SceneSpec], n: int, rng: np.random.Generator, used: set[Any],
+                allowed: Callable[[SceneSpec], bool] | None, extras: int = 0,
+                extra_ok: Callable[[ObjectSpec], bool] | None = None,
+                ) -> list[tuple[SceneSpec, int]]:
+    """Pick ``n`` scenes whose captions are not in ``used`` (a set of ``SceneSpec.key``);
+    each gets ``extras`` unnamed objects and, with ``allowed``, is followed by its allowed
+    look-alikes."""
     chosen: list[tuple[SceneSpec, int]] = []
     group = 0
     for index in rng.permutation(len(pool)):
         if len(chosen) >= n:
             break
         base = pool[int(index)]
-        if base in used:
+        if base.key in used:
             continue
+        base = with_extras(base, extras, rng, extra_ok)
         members = [base] + ([d for d in base.distractors() if allowed(d)] if allowed else [])
         for spec in members:
-            if len(chosen) < n and spec not in used:
-                used.add(spec)
+            if len(chosen) < n and spec.key not in used:
+                used.add(spec.key)
                 chosen.append((spec, group))
         group += 1
     if len(chosen) < n:
@@ -305,33 +397,49 @@ def _draw_split(pool: list[SceneSpec], n: int, rng: np.random.Generator, used: s
 def plan_splits(config: ScenesConfig) -> dict[str, list[tuple[SceneSpec, int]]]:
     """Scenes and distractor-group ids per split, disjoint across splits.
 
-    Held-out (shape, colour) pairs appear only in ``zeroshot``; ``val``, ``test`` and
-    ``zeroshot`` come in groups of look-alikes (colour, position and size swaps).
+    Held-out (shape, colour) pairs appear only in ``zeroshot`` (never even as an unnamed
+    extra elsewhere); ``val``, ``test`` and ``zeroshot`` come in groups of look-alikes
+    (colour, position and size swaps, and swaps with an extra).
 
     >>> plan = plan_splits(ScenesConfig(n_train=4, n_val=2, n_test=3, n_zeroshot=3))
     >>> [len(plan[split]) for split in SPLITS]
     [4, 2, 3, 3]
     """
-    heldout = set(config.heldout_pairs)
+    heldout = HeldOut(frozenset(config.heldout_pairs))
     sizes = config.split_sizes()
-    used: set[SceneSpec] = set()
+    used: set[Any] = set()
 
-    def rng(split: str) -> np.random.Generator:
-        return np.random.default_rng([config.seed, SPLITS.index(split)])
+    def draw(split: str, pool: list[SceneSpec],
+             allowed: Callable[[SceneSpec], bool] | None) -> list[tuple[SceneSpec, int]]:
+        rng = np.random.default_rng([config.seed, SPLITS.index(split)])
+        return draw_scene_groups(pool, sizes[split], rng, used, allowed, config.extra_objects,
+                                 heldout.extra_ok)
 
-    def is_unseen(spec: SceneSpec) -> bool:
-        return bool(spec.shape_colour_pairs() & heldout)
-
-    def is_seen(spec: SceneSpec) -> bool:
-        return not is_unseen(spec)
-
-    seen = [spec for spec in all_scene_specs() if is_seen(spec)]
-    unseen = [spec for spec in all_scene_specs() if is_unseen(spec)]
-    plan = {split: _draw_split(seen, sizes[split], rng(split), used, is_seen)
-            for split in ("test", "val")}
-    plan["zeroshot"] = _draw_split(unseen, sizes["zeroshot"], rng("zeroshot"), used, is_unseen)
-    plan["train"] = _draw_split(seen, sizes["train"], rng("train"), used, None)
+    seen = [spec for spec in all_scene_specs() if heldout.seen(spec)]
+    unseen = [spec for spec in all_scene_specs() if heldout.unseen(spec)]
+    plan = {split: draw(split, seen, heldout.seen) for split in ("test", "val")}
+    plan["zeroshot"] = draw("zeroshot", unseen, heldout.unseen)
+    plan["train"] = draw("train", seen, None)
     return {split: plan[split] for split in SPLITS}
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Which scenes a split may hold, given the (shape, colour) pairs kept for zero-shot."""
+
+    pairs: frozenset[tuple[str, str]]
+
+    def seen(self, spec: SceneSpec) -> bool:
+        """No held-out pair anywhere in the picture, named or not."""
+        return not spec.shape_colour_pairs(with_extras=True) & self.pairs
+
+    def unseen(self, spec: SceneSpec) -> bool:
+        """A zero-shot scene: the captions name a held-out pair."""
+        return bool(spec.shape_colour_pairs() & self.pairs)
+
+    def extra_ok(self, obj: ObjectSpec) -> bool:
+        """Unnamed extras never show a held-out pair."""
+        return (obj.shape, obj.colour) not in self.pairs
 
 
 def _prepare_out_dir(out_dir: Path) -> None:
