@@ -66,4 +66,4 @@ class SepTwinModel(TwinModel):
         pooled, _ = text_forward(self.clip.text, ids)
         _, tokens = text_forward(self.cross_clip.text, ids)
         return TextEncoding(text_vector=F.normalize(pooled, dim=-1), text_tokens=tokens,
-                            text_mask=ids != 0)
+                            text_mask=ids != self.pad_id)

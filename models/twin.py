@@ -54,6 +54,14 @@ def build_tokenizer(config: TwinConfig) -> Any:
     return SimpleTokenizer(context_length=config.context_length)
 
 
+def pad_token_id(tokenizer: Any) -> int:
+    """The id a tokenizer pads with: 0 for open_clip's own, the HF tokenizer's otherwise
+    (XLM-R pads with 1, and its id 0 is the ``<s>`` every text starts with)."""
+    inner = getattr(tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wraps an HF one
+    pad = getattr(inner, "pad_token_id", None)
+    return int(pad) if pad is not None else 0
+
+
 class TwinModel(nn.Module):
     """Bi-encoder and cross-encoder over shared towers.
 
@@ -111,10 +119,15 @@ class TwinModel(nn.Module):
             )
         return self._preprocess
 
+    @property
+    def pad_id(self) -> int:
+        """The token id of padding; ``text_mask`` is True everywhere else."""
+        return pad_token_id(self.tokenizer)
+
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Token ids (B, L), cut to the longest text: the text tower is causal, so this is exact."""
         ids: torch.Tensor = self.tokenizer(list(texts))
-        length = int((ids != 0).sum(dim=1).max().item()) if len(ids) else 1
+        length = int((ids != self.pad_id).sum(dim=1).max().item()) if len(ids) else 1
         return ids[:, : max(length, 1)]
 
     def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -136,7 +149,7 @@ class TwinModel(nn.Module):
         return TextEncoding(
             text_vector=F.normalize(pooled, dim=-1),
             text_tokens=tokens,
-            text_mask=ids != 0,
+            text_mask=ids != self.pad_id,
         )
 
     def match_logit(

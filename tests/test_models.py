@@ -104,3 +104,29 @@ def test_fusion_head_ignores_text_padding():
     assert torch.allclose(short, long, atol=1e-5)
 
 
+
+
+def _local_hf_tokenizer(folder: Path):
+    """A real Hugging Face tokenizer, built here (no download), that pads with id 1 like
+    XLM-R, wrapped the way open_clip wraps a hub tokenizer."""
+    from open_clip.tokenizer import HFTokenizer
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import models as token_models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "a": 4, "red": 5, "circle": 6}
+    inner = Tokenizer(token_models.WordLevel(vocab, unk_token="<unk>"))
+    inner.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=inner, bos_token="<s>", eos_token="</s>",
+                            pad_token="<pad>", unk_token="<unk>").save_pretrained(folder)
+    return HFTokenizer(str(folder), context_length=8)
+
+
+def test_text_mask_follows_the_tokenizers_pad_id(tiny_model, tmp_path) -> None:
+    assert tiny_model.pad_id == 0  # open_clip's own tokenizer pads with 0
+    tiny_model.tokenizer = _local_hf_tokenizer(tmp_path / "tok")
+    assert tiny_model.pad_id == 1
+    ids = tiny_model.tokenize(["a red circle", "a"])
+    assert ids.tolist() == [[4, 5, 6], [4, 1, 1]]  # cut to the longest text, not the context
+    mask = tiny_model.encode_text(ids).text_mask
+    assert mask.tolist() == [[True, True, True], [True, False, False]]
