@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models import TwinModel
+from models import TextEncoding, TwinModel
 from models.device import autocast, inference_dtype
 from rerank.base import open_rgb
 from rerank.one_query import one_query_logits, supports_one_query
@@ -64,11 +64,24 @@ class FusedReranker:
         return self.score_tokens(query, image_tokens)
 
     @torch.inference_mode()
-    def score_tokens(self, query: str, image_tokens: torch.Tensor) -> np.ndarray:
-        """Scores for one query against k cached token sets (k, T, W) in one batch."""
+    def score_encoded(self, text: TextEncoding, hits: Sequence[Hit]) -> np.ndarray:
+        """``score`` for a query already encoded by this reranker's model (one row).
+
+        A search client that shares the model encodes the query once, for the vector
+        search and for this, instead of running the text tower twice.
+        """
+        if not hits:
+            return np.zeros(0, dtype=np.float32)
+        return self.score_tokens(text, self.image_tokens(hits))
+
+    @torch.inference_mode()
+    def score_tokens(self, query: str | TextEncoding, image_tokens: torch.Tensor) -> np.ndarray:
+        """Scores for one query (text, or its encoding) against k cached token sets
+        (k, T, W) in one batch."""
         device = self.model.device
         with autocast(device, self.dtype):
-            text = self.model.encode_text(self.model.tokenize([query]))
+            text = (query if isinstance(query, TextEncoding)
+                    else self.model.encode_text(self.model.tokenize([query])))
             image_tokens = image_tokens.to(device, non_blocking=True)
             if supports_one_query(self.model.head):  # same logits, a third of the work
                 logits = one_query_logits(

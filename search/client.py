@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from models import TwinModel, create_model, model_id
+from models import TextEncoding, TwinModel, create_model, model_id
 from models.device import autocast, inference_dtype
-from rerank.base import Reranker, rerank_hits
+from rerank.base import Reranker, apply_scores, rerank_hits
 from search.filters import SearchFilter
 from search.hits import Hit, SearchResults
 from search.schema import file_content_hash
@@ -135,10 +135,20 @@ class SearchClient:
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Normalised text vectors (B, D), one forward pass for the batch."""
-        with autocast(self.model.device, self._dtype):
-            encoded = self.model.encode_text(self.model.tokenize(list(texts)))
-        vectors: np.ndarray = encoded.text_vector.float().cpu().numpy()
+        vectors: np.ndarray = self._encode_text_batch(texts).text_vector.float().cpu().numpy()
         return vectors
+
+    @torch.inference_mode()
+    def _encode_text_batch(self, texts: Sequence[str]) -> TextEncoding:
+        with autocast(self.model.device, self._dtype):
+            return self.model.encode_text(self.model.tokenize(list(texts)))
+
+    def _reuses_query_encoding(self) -> bool:
+        """Whether the reranker reads the same text tower output the search computes."""
+        from rerank.fused import FusedReranker
+
+        return (isinstance(self.reranker, FusedReranker) and self.reranker.model is self.model
+                and self.reranker.dtype == self._dtype)
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image | Path]) -> np.ndarray:
@@ -183,11 +193,12 @@ class SearchClient:
         """
         _check_k(k)
         started = time.perf_counter()
-        vectors, texts = self._encode_queries(queries)
+        vectors, texts, encodings = self._encode_queries(queries)
         encode_ms = _ms_since(started) / max(len(queries), 1)
         return [
-            self._retrieve(vector, text, k, rerank, filters, rerank_top_k, {"encode_ms": encode_ms})
-            for vector, text in zip(vectors, texts, strict=True)
+            self._retrieve(vector, text, k, rerank, filters, rerank_top_k, {"encode_ms": encode_ms},
+                           encoding)
+            for vector, text, encoding in zip(vectors, texts, encodings, strict=True)
         ]
 
     def similar(
@@ -228,22 +239,29 @@ class SearchClient:
 
     def _encode_queries(
         self, queries: Sequence[Query]
-    ) -> tuple[list[np.ndarray], list[str | None]]:
+    ) -> tuple[list[np.ndarray], list[str | None], list[TextEncoding | None]]:
+        """Query vectors, the texts (None for image queries) and, where the reranker can
+        reuse it, each text's encoding (one row), so no text is encoded twice."""
         texts: list[str | None] = [
             _clean_query(q) if isinstance(q, str) else None for q in queries
         ]
         vectors: list[np.ndarray | None] = [None] * len(queries)
+        encodings: list[TextEncoding | None] = [None] * len(queries)
         text_at = [i for i, t in enumerate(texts) if t is not None]
         image_at = [i for i, t in enumerate(texts) if t is None]
         if text_at:
-            for i, v in zip(text_at, self.encode_texts([texts[i] or "" for i in text_at]),
-                            strict=True):
-                vectors[i] = v
+            encoded = self._encode_text_batch([texts[i] or "" for i in text_at])
+            text_vectors = encoded.text_vector.float().cpu().numpy()
+            keep = self._reuses_query_encoding()
+            for row, i in enumerate(text_at):
+                vectors[i] = text_vectors[row]
+                if keep:
+                    encodings[i] = _encoding_row(encoded, row)
         if image_at:
             images = [cast(Image.Image | Path, queries[i]) for i in image_at]
             for i, v in zip(image_at, self.encode_images(images), strict=True):
                 vectors[i] = v
-        return [v for v in vectors if v is not None], texts
+        return [v for v in vectors if v is not None], texts, encodings
 
     def _retrieve(
         self,
@@ -254,6 +272,7 @@ class SearchClient:
         filters: SearchFilter | None,
         rerank_top_k: int | None,
         timings: dict[str, float],
+        encoding: TextEncoding | None = None,
     ) -> SearchResults:
         timings = dict(timings)
         do_rerank = rerank and text is not None and self.reranker is not None
@@ -268,7 +287,13 @@ class SearchClient:
         ]
         if do_rerank and self.reranker is not None and text is not None:
             started = time.perf_counter()
-            hits = rerank_hits(self.reranker, text, hits, self.bi_weight)
+            if encoding is not None and self._reuses_query_encoding():
+                from rerank.fused import FusedReranker
+
+                scores = cast(FusedReranker, self.reranker).score_encoded(encoding, hits)
+                hits = apply_scores(hits, scores, self.bi_weight)
+            else:
+                hits = rerank_hits(self.reranker, text, hits, self.bi_weight)
             timings["rerank_ms"] = _ms_since(started)
         return SearchResults(hits[:k], timings)
 
@@ -359,3 +384,11 @@ def _first_path(payload: dict[str, Any]) -> str:
 
 def _ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
+
+
+def _encoding_row(encoded: TextEncoding, row: int) -> TextEncoding:
+    """One query's slice of a batch encoding, its padding trimmed to its own length."""
+    length = int(encoded.text_mask[row].sum())
+    return TextEncoding(encoded.text_vector[row:row + 1],
+                        encoded.text_tokens[row:row + 1, :length],
+                        encoded.text_mask[row:row + 1, :length])

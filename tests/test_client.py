@@ -66,6 +66,32 @@ def test_search_batch_matches_one_by_one(client, image_folder):
         assert np.allclose([h.score for h in results], [h.score for h in single], atol=1e-4)
 
 
+def test_a_reranked_text_search_runs_the_text_tower_once(client):
+    """The search and the fused reranker share the query's encoding (a spy counts the
+    text tower's calls; the model itself runs unchanged)."""
+    model, calls = client.model, []
+    original = model.encode_text
+
+    def counting(ids):
+        calls.append(ids.shape)
+        return original(ids)
+
+    model.encode_text = counting
+    try:
+        queries = ["a red block", "two green and blue shapes on the left"]
+        batch = client.search_batch(queries, k=5)
+        assert len(calls) == 1  # one batched forward for both queries, none in the reranker
+        for query, results in zip(queries, batch, strict=True):
+            hits = client.search(query, k=8, rerank=False)
+            expected = client.reranker.score(query, hits)  # the reranker's own encoding
+            by_id = {h.id: h.rerank_score for h in results}
+            for hit, score in zip(hits, expected, strict=True):
+                if hit.id in by_id:
+                    assert by_id[hit.id] == pytest.approx(float(score), abs=1e-4)
+    finally:
+        del model.encode_text
+
+
 def test_similar_leaves_the_image_itself_out(client, image_folder):
     top = client.search(Path(image_folder / "2021" / "a2.png"), k=1)[0]
     by_id = client.similar(top.id, k=4)
