@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, str] = {
     "train_bench": "JOINT vs SEP parameters, JOINT vs bi-encoder step time (issue 4)",
     "train_quality": "quick text->image R@1 of a trained model on scenes splits (issue 4)",
     "eval_scenes": "the evaluation targets on >= 2,000-image scenes splits (issue 7)",
+    "scenes_errors": "a model's top-1 mistakes on scenes, by kind: binding or perception",
     "ui_page": "thumbnail cache vs originals, facets at 100k (issue 6)",
     "demo_text_vectors": "text/image vectors from the demo model for store_bench (issue 8)",
 }
