@@ -39,6 +39,17 @@ RerankerOption = Annotated[str, typer.Option(
     help="fused (cached tokens, default), blip-itm[:HF-ID-OR-FOLDER], or none.")]
 BiWeightOption = Annotated[float, typer.Option(
     min=0.0, max=1.0, help="Blend in the bi-encoder score: 0 = reranker only, 1 = bi only.")]
+ThreadsOption = Annotated[int | None, typer.Option(
+    min=1, help="CPU threads for the models. Default: torch's choice (one per core); on a "
+                "machine others are using, 1 is often faster.")]
+
+
+def set_threads(threads: int | None) -> None:
+    """Use ``threads`` CPU threads for torch in this process (None: leave torch's choice)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager
@@ -158,11 +169,13 @@ def search(
              "TWINRANK_QDRANT_API_KEY).", envvar="TWINRANK_QDRANT_URL")] = None,
     collection: Annotated[str | None, typer.Option(
         help="Collection name on the Qdrant server (with --url).")] = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Search the store by text and print the best matches."""
     from search import SearchClient
     from search.filters import filter_from_text
 
+    set_threads(threads)
     location = url or store.expanduser()
     with friendly_errors():
         filters = filter_from_text(folder, after, before, file_type or (), min_size, max_size)
@@ -196,10 +209,12 @@ def rerank_command(
         "--store", "-s", help="Use the model this collection was built with.")] = None,
     device: DeviceOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the order as JSON.")] = False,
+    threads: ThreadsOption = None,
 ) -> None:
     """Score IMAGE files against QUERY with a cross-encoder and print them best first."""
     from rerank.files import RerankFilesRequest, rerank_files
 
+    set_threads(threads)
     request = RerankFilesRequest(query, images, reranker, model, pretrained, store, device)
     with friendly_errors():
         hits = rerank_files(request)
@@ -217,6 +232,7 @@ def ui(
     store: StoreOption = DEFAULT_HOME / "store",
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8501,
+    threads: ThreadsOption = None,
 ) -> None:
     """Open the app: results before and after reranking, side by side."""
     from ui.launch import UIStartError, is_loopback, run_ui
@@ -225,7 +241,7 @@ def ui(
         typer.secho(f"Warning: listening on {host}; anyone who can reach it can search "
                     f"this collection.", fg=typer.colors.YELLOW, err=True)
     try:
-        code = run_ui(store.expanduser(), host, port, announce=typer.echo)
+        code = run_ui(store.expanduser(), host, port, announce=typer.echo, threads=threads)
     except UIStartError as error:
         typer.secho(f"Error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
@@ -346,6 +362,7 @@ def demo(
     port: Annotated[int, typer.Option(help="Port for the app.")] = 8501,
     no_ui: Annotated[bool, typer.Option("--no-ui", help="Build the demo, don't start "
                                                         "the app.")] = False,
+    threads: ThreadsOption = None,
 ) -> None:
     """Offline demo: generate scenes, index them with the demo model, open the app."""
     from ingest.job import IngestJob, ingest_folder
@@ -354,6 +371,7 @@ def demo(
     from train.scenes import ScenesConfig, make_scenes
 
     home = home.expanduser()
+    set_threads(threads)
     with friendly_errors():
         if not (home / "scenes" / "scenes.json").exists():
             make_scenes(home / "scenes", ScenesConfig(n_train=0, n_val=0, n_test=300,
@@ -362,7 +380,7 @@ def demo(
         typer.echo(ingest_folder(job).summary())
     typer.echo('Try: "a small red circle left of a large blue square"')
     if not no_ui:
-        ui(store=home / "store", host="127.0.0.1", port=port)
+        ui(store=home / "store", host="127.0.0.1", port=port, threads=threads)
 
 
 @app.command()
@@ -406,11 +424,13 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1, help="Pairs per fusion-head "
                                                         "forward.")] = 512,
     seed: Annotated[int, typer.Option(help="Seed for query samples.")] = 0,
+    threads: ThreadsOption = None,
 ) -> None:
     """Recall@K (both directions) and cost per query: bi-encoder, cross-encoder, COOP@k."""
     from evaluation.harness import HarnessConfig
     from evaluation.run import EvaluateJob, run_evaluation
 
+    set_threads(threads)
     with friendly_errors():
         harness = HarnessConfig(
             modes=tuple(m.strip() for m in modes.split(",") if m.strip()),

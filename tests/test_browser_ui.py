@@ -68,7 +68,8 @@ def serve(store: Path, log_path: Path) -> Iterator[str]:
     port = free_port()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "cli.py", "ui", "--store", str(store), "--port", str(port)],
+            [sys.executable, "cli.py", "ui", "--store", str(store), "--port", str(port),
+             "--threads", "1"],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             url = f"http://127.0.0.1:{port}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from typer.testing import CliRunner
 
@@ -34,6 +35,27 @@ def test_plain_search_output_and_no_rerank(image_folder, tmp_path):
     assert result.exit_code == 0
     assert result.output.count(str(image_folder)) == 10
     assert "encode_ms" in result.output and "rerank_ms" not in result.output
+
+
+def test_threads_option_sets_torch_threads_and_the_apps_environment(image_folder, tmp_path):
+    import torch
+
+    from ui.launch import ui_environment
+
+    store = tmp_path / "store"
+    runner.invoke(app, ["ingest", str(image_folder), "--store", str(store)])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        result = runner.invoke(app, ["search", "blocks", "--store", str(store), "--threads", "1"])
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert ui_environment(store, threads=3)["OMP_NUM_THREADS"] == "3"
+    assert ui_environment(store).get("OMP_NUM_THREADS") == os.environ.get("OMP_NUM_THREADS")
+    assert runner.invoke(app, ["search", "x", "--store", str(store), "--threads", "0"]
+                         ).exit_code != 0  # refused: at least one thread
 
 
 def test_user_errors_are_one_line_not_a_traceback(image_folder, tmp_path):

@@ -52,19 +52,28 @@ def streamlit_command(host: str, port: int) -> list[str]:
 
 
 def start_ui(
-    store: Path, host: str = "127.0.0.1", port: int = 8501, new_session: bool = False
+    store: Path, host: str = "127.0.0.1", port: int = 8501, new_session: bool = False,
+    threads: int | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start the app for ``store``; returns the running process (the caller waits on it).
 
     ``new_session`` puts the server in its own process group, so a caller that is not a
     terminal (a test, a script) can stop it and its children together.
     """
+    return subprocess.Popen(streamlit_command(host, port), env=ui_environment(store, threads),
+                            start_new_session=new_session)
+
+
+def ui_environment(store: Path, threads: int | None = None) -> dict[str, str]:
+    """The app server's environment: the store, the project on the path and, with
+    ``threads``, the CPU threads torch may use (``OMP_NUM_THREADS``, read at import)."""
     env = dict(os.environ)
     env[STORE_ENV] = str(Path(store).expanduser().resolve())
     project_root = str(APP.parent.parent)  # the app imports search/ and rerank/ from here
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [project_root, env.get("PYTHONPATH")]))
-    return subprocess.Popen(streamlit_command(host, port), env=env,
-                            start_new_session=new_session)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
 
 
 def app_url(host: str, port: int) -> str:
@@ -92,10 +101,11 @@ def wait_until_ready(
 
 
 def run_ui(
-    store: Path, host: str, port: int, announce: Callable[[str], None] = print
+    store: Path, host: str, port: int, announce: Callable[[str], None] = print,
+    threads: int | None = None,
 ) -> int:
     """Serve the app until Ctrl+C or until the server exits; returns its exit code."""
-    process = start_ui(store, host, port)
+    process = start_ui(store, host, port, threads=threads)
     try:
         url = app_url(host, port)
         wait_until_ready(url, process)
