@@ -23,6 +23,7 @@ from search.schema import (
     CollectionInfo,
     PointRecord,
     SearchPlan,
+    StoreBase,
     StoredHit,
     StoreError,
     check_info,
@@ -43,7 +44,7 @@ def read_info(folder: Path) -> CollectionInfo | None:
     return CollectionInfo.from_dict(json.loads(meta.read_text()))
 
 
-class EdgeStore:
+class EdgeStore(StoreBase):
     """Qdrant Edge in-process on a folder: the default, embedded back end.
 
     Example:
@@ -144,12 +145,6 @@ class EdgeStore:
 
             return planned_search(run, self._points(shard), limit, plan)
 
-    def get_tokens(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
-        return self._named_vectors(ids, "tokens")
-
-    def get_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
-        return self._named_vectors(ids, "image")
-
     def _named_vectors(self, ids: Sequence[str], name: str) -> dict[str, np.ndarray]:
         with self._lease.hold() as shard:
             records = shard.retrieve(list(ids), False, [name])
@@ -214,12 +209,6 @@ class EdgeStore:
 
     def close(self) -> None:
         self._lease.close()
-
-    def __enter__(self) -> EdgeStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _create_indexes(self) -> None:
         from qdrant_edge import PayloadSchemaType, UpdateOperation

@@ -30,6 +30,7 @@ from search.schema import (
     CollectionInfo,
     PointRecord,
     SearchPlan,
+    StoreBase,
     StoreBusyError,
     StoredHit,
     StoreError,
@@ -53,7 +54,7 @@ def is_remote_location(location: object) -> bool:
     return text.startswith(("http://", "https://", "path:")) or text == ":memory:"
 
 
-class RemoteStore:
+class RemoteStore(StoreBase):
     """One collection on a Qdrant server (or qdrant-client's local mode in tests).
 
     Example:
@@ -159,12 +160,6 @@ class RemoteStore:
 
         return planned_search(run, self._cached_count(), limit, plan)
 
-    def get_tokens(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
-        return self._named_vectors(ids, "tokens")
-
-    def get_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
-        return self._named_vectors(ids, "image")
-
     def _named_vectors(self, ids: Sequence[str], name: str) -> dict[str, np.ndarray]:
         records = self._call(lambda: self._client.retrieve(
             self.collection, ids=list(ids), with_payload=False, with_vectors=[name]))
@@ -201,12 +196,6 @@ class RemoteStore:
 
     def close(self) -> None:
         self._client.close()
-
-    def __enter__(self) -> RemoteStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _cached_count(self) -> int:
         cached = self._count

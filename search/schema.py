@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import numpy as np
 
@@ -107,6 +107,29 @@ class VectorStore(Protocol):
     def count(self) -> int: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
+
+
+class StoreBase:
+    """What both back ends share on top of their own calls: reading the two named vectors
+    (``image``, ``tokens``) and use as a context manager that closes the store."""
+
+    def get_tokens(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        return self._named_vectors(ids, "tokens")
+
+    def get_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        return self._named_vectors(ids, "image")
+
+    def _named_vectors(self, ids: Sequence[str], name: str) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass(frozen=True)
