@@ -287,7 +287,7 @@ class SearchClient:
         ]
         if do_rerank and self.reranker is not None and text is not None:
             started = time.perf_counter()
-            if encoding is not None and self._reuses_query_encoding():
+            if encoding is not None:  # only kept when the reranker can reuse it
                 from rerank.fused import FusedReranker
 
                 scores = cast(FusedReranker, self.reranker).score_encoded(encoding, hits)
