@@ -99,10 +99,7 @@ def mine_hard_negatives(
     ([1, 2, 1], [1, 0, 1])
     """
     similarity = similarity.detach().float()
-    same = same_image_mask(image_ids.to(similarity.device))
-    if bool(same.all(dim=1).any()):
-        raise ValueError("a batch needs at least two different images to mine negatives from; "
-                         "use a larger batch or a dataset with more than one image")
+    same = _negatives_mask(image_ids.to(similarity.device))
     masked = (similarity / temperature).masked_fill(same, float("-inf"))  # (B, B)
     if easy_share > 0 and generator is not None:
         easy = torch.rand(masked.shape[0], 1, generator=generator) < easy_share  # (B, 1)
@@ -116,6 +113,15 @@ def mine_hard_negatives(
         text_for_image=_draw(masked, generator),
         image_for_text=_draw(masked_t, generator),
     )
+
+
+def _negatives_mask(image_ids: torch.Tensor) -> torch.Tensor:
+    """``same_image_mask``, refused when some row has no other image to be a negative."""
+    same = same_image_mask(image_ids)
+    if bool(same.all(dim=1).any()):
+        raise ValueError("a batch needs at least two different images to mine negatives from; "
+                         "use a larger batch or a dataset with more than one image")
+    return same
 
 
 def _draw(masked_logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -159,12 +165,8 @@ def mine_ranked_negatives(
     ([[1, 2], [2, 0], [1, 0]], [[1, 2], [0, 2], [1, 0]])
     """
     similarity = similarity.detach().float()
-    same = same_image_mask(image_ids.to(similarity.device))
-    available = int((~same).sum(dim=1).min())
-    if available == 0:
-        raise ValueError("a batch needs at least two different images to mine negatives from; "
-                         "use a larger batch or a dataset with more than one image")
-    count = min(count, available)
+    same = _negatives_mask(image_ids.to(similarity.device))
+    count = min(count, int((~same).sum(dim=1).min()))
     masked = (similarity / temperature).masked_fill(same, float("-inf"))  # (B, B)
     return HardNegatives(
         text_for_image=_draw_k(masked, count, generator),
