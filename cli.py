@@ -259,12 +259,16 @@ def make_scenes_command(
         min=0, max=2, help="Unnamed shapes per scene besides the two its captions name "
                            "(0-2). Harder for a bi-encoder, which must encode them all "
                            "without knowing which ones the query asks about.")] = 0,
+    train_views: Annotated[int, typer.Option(
+        min=1, help="Pictures of each training scene, each with its own unnamed extras, "
+                    "places, tints and noise: more training images without new captions "
+                    "(the scenes' captions run out near 4,000 training scenes).")] = 1,
 ) -> None:
     """Generate synthetic compositional scenes (shapes, colours, relations) with captions."""
     from train.scenes import ScenesConfig, make_scenes
 
     config = ScenesConfig(n_train=n_train, n_test=n_test, image_size=image_size, seed=seed,
-                          extra_objects=extra_objects)
+                          extra_objects=extra_objects, train_views=train_views)
     with friendly_errors():
         summary = make_scenes(out, config, progress=True)
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "config"}, default=str))

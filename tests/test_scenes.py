@@ -217,3 +217,38 @@ def test_extra_objects_option_is_validated() -> None:
         ScenesConfig(extra_objects=3)
     with pytest.raises(ValueError, match="differ"):
         SceneSpec((RED_CIRCLE, BLUE_SQUARE), "above", (RED_CIRCLE,))
+
+
+# --- more pictures of each training scene -----------------------------------------------
+
+def test_train_views_add_pictures_of_the_same_scenes_and_keep_the_first_ones() -> None:
+    views = replace(EXTRAS, n_train=300, train_views=3)
+    plan, single = plan_splits(views), plan_splits(replace(views, train_views=1))
+    assert len(plan["train"]) == 900
+    assert plan["train"][:300] == single["train"]  # the first views are unchanged
+    for split in ("val", "test", "zeroshot"):  # and no other split moves
+        assert plan[split] == single[split]
+    heldout = set(views.heldout_pairs)
+    new_extras = 0
+    for index, (spec, group) in enumerate(plan["train"]):
+        first, first_group = plan["train"][index % 300]
+        assert (spec.key, group) == (first.key, first_group)  # same captions, same group
+        assert len(set(spec.objects + spec.extras)) == 4
+        assert not spec.shape_colour_pairs(with_extras=True) & heldout
+        new_extras += index >= 300 and spec.extras != first.extras
+    assert new_extras > 0.9 * 600  # (a redraw may repeat the extras by chance)
+    with pytest.raises(ValueError, match="train_views"):
+        ScenesConfig(train_views=0)
+
+
+def test_views_are_different_pictures_with_the_captions_of_their_scene(tmp_path) -> None:
+    make_scenes(tmp_path, replace(TINY, train_views=2))
+    lines = (tmp_path / "train.en.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert len(rows) == 20
+    for first, view in zip(rows[:10], rows[10:], strict=True):
+        assert first["scene"] == view["scene"]  # (TINY has no extras)
+        assert (tmp_path / first["image"]).read_bytes() != (tmp_path / view["image"]).read_bytes()
+    pictures = {row["image"] for row in rows}
+    assert len(pictures) == 20
+    assert json.loads((tmp_path / "scenes.json").read_text())["splits"]["train"] == 20

@@ -154,3 +154,15 @@ def test_scenes_config_carries_its_head_and_the_pooled_term_counts() -> None:
     torch.nn.init.eye_(model.head.pooled.weight)
     after = _outputs(model, pixels, ["a red circle", "a blue star"])[3]
     assert not torch.allclose(before, after)
+
+
+def test_images_that_share_a_caption_are_never_each_others_negatives(scenes, tmp_path) -> None:
+    records = load_dataset(f"scenes:{scenes}:train:en")
+    view = replace(records[5], image_path=tmp_path / "view.png",
+                   captions=(records[0].captions[0], "a caption of its own"))
+    shutil.copy(records[0].image_path, view.image_path)
+    data = TrainingSet(records + [view], create_model("twinrank-tiny").preprocess)
+    assert data.same_as.tolist() == list(range(len(records))) + [0]
+    rows = data.batch(epoch=0, index=0, batch_size=len(data))
+    order = data.epoch_order(0).tolist()
+    assert rows.image_ids.tolist() == [0 if i == len(records) else i for i in order]

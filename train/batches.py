@@ -26,11 +26,16 @@ Preprocess = Callable[[Image.Image], torch.Tensor]
 
 @dataclass(frozen=True)
 class TrainBatch:
-    """One batch: pixels (B, 3, H, W), captions (B,), and which image each row shows."""
+    """One batch: pixels (B, 3, H, W), captions (B,), and which picture each row shows.
+
+    ``image_ids`` tell the losses which rows are positives of each other: images that share
+    a caption (views of one scene, or two photos with one stock caption) get one id, so
+    neither is taken as the other's negative.
+    """
 
     pixels: torch.Tensor
     captions: list[str]
-    image_ids: torch.Tensor  # (B,) index into the TrainingSet's images
+    image_ids: torch.Tensor  # (B,) the TrainingSet's ``same_as`` of each row's image
 
 
 class TrainingSet:
@@ -56,6 +61,7 @@ class TrainingSet:
         self.lookalike_keys = [key for _, key in merged.values()]
         if any(not captions for captions in self.captions):
             raise ValueError("every training image needs at least one caption")
+        self.same_as = shared_caption_ids(self.captions)
         self.seed = seed
         self.group_lookalikes = group_lookalikes and any(self.lookalike_keys)
         self.pixels = decode_all(self.paths, preprocess)  # (N, 3, H, W) fp16
@@ -96,8 +102,32 @@ class TrainingSet:
         rng = np.random.default_rng([self.seed, epoch, 1])
         picks = rng.random(len(self))  # one draw per image and epoch
         captions = [self.captions[i][int(picks[i] * len(self.captions[i]))] for i in rows]
-        image_ids = torch.as_tensor(rows, dtype=torch.long)
-        return TrainBatch(self.pixels[image_ids].float(), captions, image_ids)
+        pixels = self.pixels[torch.as_tensor(rows, dtype=torch.long)].float()
+        return TrainBatch(pixels, captions, torch.as_tensor(self.same_as[rows]))
+
+
+def shared_caption_ids(captions: Sequence[Sequence[str]]) -> np.ndarray:
+    """(N,) int64: for each image, the lowest index of the images it shares a caption with,
+    directly or through others.
+
+    >>> shared_caption_ids([("a",), ("b",), ("c", "a"), ("b",)]).tolist()
+    [0, 1, 0, 1]
+    """
+    parent = list(range(len(captions)))
+
+    def root(index: int) -> int:
+        while parent[index] != index:
+            parent[index] = parent[parent[index]]
+            index = parent[index]
+        return index
+
+    first: dict[str, int] = {}
+    for index, texts in enumerate(captions):
+        for text in texts:
+            other = first.setdefault(text, index)
+            low, high = sorted((root(index), root(other)))
+            parent[high] = low
+    return np.asarray([root(index) for index in range(len(captions))], dtype=np.int64)
 
 
 def decode_all(paths: Sequence[Path], preprocess: Preprocess) -> torch.Tensor:

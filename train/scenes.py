@@ -220,10 +220,13 @@ class ScenesConfig:
     heldout_pairs: tuple[tuple[str, str], ...] = DEFAULT_HELDOUT_PAIRS
     background_noise: float = 4.0
     extra_objects: int = 0  # unnamed shapes per scene (0, 1 or 2), in the other row/column
+    train_views: int = 1  # pictures per training scene: new extras, places, tints and noise
 
     def __post_init__(self) -> None:
         if min(self.split_sizes().values()) < 0 or self.seed < 0:
             raise ValueError("split sizes and seed must be >= 0")
+        if self.train_views < 1:
+            raise ValueError(f"train_views must be at least 1, got {self.train_views}")
         if not 0 <= self.extra_objects <= 2:
             raise ValueError(f"extra_objects must be 0, 1 or 2, got {self.extra_objects}")
         if self.image_size < 16:
@@ -420,7 +423,22 @@ def plan_splits(config: ScenesConfig) -> dict[str, list[tuple[SceneSpec, int]]]:
     plan = {split: draw(split, seen, heldout.seen) for split in ("test", "val")}
     plan["zeroshot"] = draw("zeroshot", unseen, heldout.unseen)
     plan["train"] = draw("train", seen, None)
+    plan["train"] += more_views(plan["train"], config.train_views - 1, config, heldout)
     return {split: plan[split] for split in SPLITS}
+
+
+def more_views(items: list[tuple[SceneSpec, int]], count: int, config: ScenesConfig,
+               heldout: HeldOut) -> list[tuple[SceneSpec, int]]:
+    """``count`` more pictures of every scene in ``items``, after all of them, so the first
+    views stay byte-identical to a plan without more views.
+
+    A view keeps what the captions say and its group; with extras it gets new unnamed
+    objects, and every view gets its own places, tints and noise when it is drawn.
+    """
+    rng = np.random.default_rng([config.seed, len(SPLITS), 1])
+    return [(with_extras(SceneSpec(spec.objects, spec.relation), config.extra_objects, rng,
+                         heldout.extra_ok), group)
+            for _ in range(count) for spec, group in items]
 
 
 @dataclass(frozen=True)
@@ -486,7 +504,8 @@ def make_scenes(out_dir: Path, config: ScenesConfig | None = None,
     config = config if config is not None else ScenesConfig()
     out_dir = Path(out_dir)
     _prepare_out_dir(out_dir)
-    for split, items in plan_splits(config).items():
+    plan = plan_splits(config)
+    for split, items in plan.items():
         _write_split(out_dir, split, items, config)
         if progress:
             print(f"scenes: wrote {len(items)} {split} images to {out_dir}", file=sys.stderr)
@@ -494,7 +513,7 @@ def make_scenes(out_dir: Path, config: ScenesConfig | None = None,
         "format": "twinrank-scenes/1",
         "config": asdict(config),
         "heldout_pairs": [list(pair) for pair in config.heldout_pairs],
-        "splits": config.split_sizes(),
+        "splits": {split: len(items) for split, items in plan.items()},
         "languages": list(config.languages),
         "shapes": list(SHAPES), "colours": list(COLOURS), "sizes": list(SIZES),
         "relations": list(RELATIONS),
