@@ -152,16 +152,35 @@ def write_outputs(out_dir: Path, payload: dict[str, Any] | None,
         if not sweep:
             continue
         folder = out_dir / f"{index:02d}-{_safe(report.label)}"
-        references = report.result.tables.get("ce_subset") or report.result.tables["all"]
-        refs = {mode: dict(metrics) for mode, metrics in references.items()
-                if mode in ("bi", "cross-all")}
-        if "cross-all" in report.result.latency.get("modes", {}):
-            refs.setdefault("cross-all", {}).update(report.result.latency["modes"]["cross-all"])
         cost_key = "rerank_ms_p50" if "rerank_ms_p50" in next(iter(sweep.values())) else None
         for metric in ("t2i_recall@1", "i2t_recall@1"):
-            written += plot_sweep(sweep, folder, metric=metric,
+            curve, refs = plot_inputs(report.result, metric)
+            written += plot_sweep(curve, folder, metric=metric,
                                   cost_key=cost_key or metric, references=refs)
     return sorted(set(written))
+
+
+def plot_inputs(result: CorpusResult, metric: str
+                ) -> tuple[dict[int, dict[str, float]], dict[str, dict[str, float]]]:
+    """The COOP@k curve and the bi / cross-all reference lines of one plot, all measured on
+    the same queries.
+
+    Why: with ``--ce-queries`` the cross-encoder over all pairs only ran on a sample, so
+    its line must be drawn against COOP@k and the bi-encoder on that sample; a curve from
+    all queries next to references from a few would misstate the gaps. A metric the sample
+    lacks (i2t when only captions were sampled) is drawn from all queries.
+    """
+    sweep = result.sweep
+    subset = result.tables.get("ce_subset", {})
+    same = bool(subset) and subset.get("cross-all", {}).get(metric) is not None and all(
+        subset.get(f"coop@{k}", {}).get(metric) is not None for k in sweep)
+    table = subset if same else result.tables["all"]
+    curve = {k: {**costs, metric: table[f"coop@{k}"][metric]} for k, costs in sweep.items()}
+    refs: dict[str, dict[str, float]] = {mode: dict(table[mode]) for mode in ("bi", "cross-all")
+                                         if mode in table}
+    if "cross-all" in result.latency.get("modes", {}):
+        refs.setdefault("cross-all", {}).update(result.latency["modes"]["cross-all"])
+    return curve, refs
 
 
 def _safe(label: str) -> str:
@@ -211,4 +230,4 @@ def run_evaluation(job: EvaluateJob) -> tuple[str, dict[str, Any]]:
 
 
 __all__ = ["PROTOCOLS", "EvaluateJob", "Protocol", "evaluate_dataset", "format_report",
-           "get_protocol", "run_evaluation", "split_label", "write_outputs"]
+           "get_protocol", "plot_inputs", "run_evaluation", "split_label", "write_outputs"]

@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 
 from cli import app
 from evaluation.encode import EncodedCorpus, encode_corpus
-from evaluation.harness import HarnessConfig, evaluate_corpus, evaluate_folds
+from evaluation.harness import CorpusResult, HarnessConfig, evaluate_corpus, evaluate_folds
 from evaluation.metrics import fold_average, recall_metrics
+from evaluation.run import plot_inputs
 from models import TwinModel
 from train.data import load_dataset
 from train.scenes import ScenesConfig, make_scenes
@@ -119,6 +120,29 @@ def test_cli_writes_table_json_and_plots(scenes_dir: Path, tmp_path: Path) -> No
     assert pngs == [f"{d}/sweep_{m}.png" for d in ("00-en", "01-de")
                     for m in ("i2t_recall_at_1", "rerank_ms_p50", "t2i_recall_at_1")]
     assert all(p.read_bytes()[:8] == PNG for p in out.rglob("*.png"))
+
+
+def test_plots_draw_curve_and_references_from_the_same_queries() -> None:
+    # CE-all ran on a sample of captions only: the t2i plot must compare COOP@k, bi and
+    # CE-all on that sample (not a curve over all captions against lines from a few); i2t,
+    # which the sample lacks, is drawn from all queries.
+    t2i, i2t = "t2i_recall@1", "i2t_recall@1"
+    tables = {
+        "all": {"bi": {t2i: 14.0, i2t: 13.0}, "coop@5": {t2i: 24.0, i2t: 17.0},
+                "coop@20": {t2i: 27.0, i2t: 22.0}},
+        "ce_subset": {"bi": {t2i: 17.5, i2t: None}, "coop@5": {t2i: 21.0, i2t: None},
+                      "coop@20": {t2i: 25.0, i2t: None}, "cross-all": {t2i: 25.0, i2t: None}},
+    }
+    sweep = {5: {**tables["all"]["coop@5"], "rerank_ms_p50": 3.0},
+             20: {**tables["all"]["coop@20"], "rerank_ms_p50": 6.0}}
+    result = CorpusResult(tables, sweep, {"modes": {"cross-all": {"rerank_ms_p50": 600.0}}}, {})
+    curve, refs = plot_inputs(result, t2i)
+    assert {k: v[t2i] for k, v in curve.items()} == {5: 21.0, 20: 25.0}
+    assert refs["bi"][t2i] == 17.5 and refs["cross-all"][t2i] == 25.0
+    assert curve[20]["rerank_ms_p50"] == 6.0 and refs["cross-all"]["rerank_ms_p50"] == 600.0
+    curve, refs = plot_inputs(result, i2t)
+    assert {k: v[i2t] for k, v in curve.items()} == {5: 17.0, 20: 22.0}
+    assert refs["bi"][i2t] == 13.0 and refs["cross-all"].get(i2t) is None
 
 
 def test_cli_refuses_cross_all_above_the_limit(scenes_dir: Path) -> None:
