@@ -19,6 +19,7 @@ from train.scenes import (
     SceneSpec,
     all_scene_specs,
     captions_for,
+    draw_scene,
     make_scenes,
     plan_splits,
     render_scene,
@@ -252,3 +253,45 @@ def test_views_are_different_pictures_with_the_captions_of_their_scene(tmp_path)
     pictures = {row["image"] for row in rows}
     assert len(pictures) == 20
     assert json.loads((tmp_path / "scenes.json").read_text())["splits"]["train"] == 20
+
+
+# --- captions a picture makes true ------------------------------------------------------
+
+@pytest.mark.parametrize("relation", ["left of", "above"])
+def test_true_captions_are_the_pairs_the_picture_shows(relation: str) -> None:
+    yellow, white = ObjectSpec("circle", "yellow", "small"), ObjectSpec("cross", "white", "small")
+    objects = {"red": RED_CIRCLE, "blue": BLUE_SQUARE, "yellow": yellow, "white": white}
+    for seed in range(4):  # the render draws the lane; draw_scene reports it
+        image, drawn = draw_scene(SceneSpec((RED_CIRCLE, BLUE_SQUARE), relation,
+                                            (yellow, white)), 64, np.random.default_rng(seed),
+                                  background_noise=0)
+        centre = {objects[name]: _mask_centre(np.asarray(image), COLOURS[name])[:2]
+                  for name in objects}
+        shown = set()
+        for one, (x, y) in centre.items():  # every ordered pair, read off the pixels
+            for other, (other_x, other_y) in centre.items():
+                if abs(y - other_y) < 16 and x < other_x:
+                    shown.add(((one, other), "left of"))
+                if abs(x - other_x) < 16 and y < other_y:
+                    shown.add(((one, other), "above"))
+        assert drawn.lane is not None and drawn.true_captions() == shown
+        assert len(shown) == 4 and drawn.key in shown
+
+
+def test_scene_files_list_the_other_pictures_each_caption_is_true_of(tmp_path: Path) -> None:
+    make_scenes(tmp_path / "x", replace(EXTRAS, n_train=200, n_val=10, n_test=200,
+                                        n_zeroshot=10, image_size=16, languages=("en", "fr")))
+    rows = [json.loads(line) for line in (tmp_path / "x" / "train.fr.jsonl").open()]
+    specs = [SceneSpec.from_dict(row["scene"]) for row in rows]
+    listed = 0
+    for row, spec in zip(rows, specs, strict=True):
+        expected = [other["image_id"] for other, other_spec in zip(rows, specs, strict=True)
+                    if other is not row and spec.key in other_spec.true_captions()]
+        assert row.get("also_true", []) == expected
+        listed += bool(expected)
+    assert listed > 10  # with two extras, captions do hold for other pictures
+    records = read_captions_jsonl(tmp_path / "x" / "train.fr.jsonl")
+    assert [list(r.also_true) for r in records] == [row.get("also_true", []) for row in rows]
+    make_scenes(tmp_path / "plain", TINY)  # without extras a caption holds once: no new keys
+    for line in (tmp_path / "plain" / "test.en.jsonl").open():
+        assert "also_true" not in line and "lane" not in line

@@ -32,6 +32,9 @@ class CaptionedImage:
     ``lookalike_key`` is shared by images that differ only in binding or order (the scenes'
     swapped colours, sizes and positions); training batches such images together so the
     hard negatives it mines are the confusions that matter. Empty when unknown.
+
+    ``also_true`` names (by ``image_id``) the other images these captions are just as true
+    of; ``twinrank evaluate --positives all-true`` counts them as right answers too.
     """
 
     image_path: Path
@@ -39,6 +42,7 @@ class CaptionedImage:
     language: str = "en"
     image_id: str = ""
     lookalike_key: str = ""
+    also_true: tuple[str, ...] = ()
 
 
 def _read_text(path: Path, what: str) -> str:
@@ -79,7 +83,8 @@ def read_captions_jsonl(path: Path, root: Path | None = None,
 
     Relative image paths resolve against ``root``, else against the file's own folder, so a
     dataset folder can move as a whole. A line may carry ``"caption"`` (one string) instead
-    of ``"captions"``, plus ``"language"`` and ``"image_id"``; other keys are ignored.
+    of ``"captions"``, plus ``"language"``, ``"image_id"`` and ``"also_true"`` (image ids of
+    other images the captions are true of); other keys are ignored.
 
     >>> records = read_captions_jsonl(Path("data/scenes/test.de.jsonl"))  # doctest: +SKIP
     >>> records[0].captions[0]  # doctest: +SKIP
@@ -89,6 +94,7 @@ def read_captions_jsonl(path: Path, root: Path | None = None,
     base = Path(root) if root is not None else path.parent
     merged: dict[tuple[str, str], tuple[str, list[str]]] = {}
     keys: dict[tuple[str, str], str] = {}
+    also_true: dict[tuple[str, str], list[str]] = {}
     for lineno, line in enumerate(_read_lines(path, "captions file"), start=1):
         if not line.strip():
             continue
@@ -109,8 +115,13 @@ def read_captions_jsonl(path: Path, root: Path | None = None,
         merged.setdefault((image, language), (image_id, []))[1].extend(captions)
         if isinstance(row.get("scene"), dict):
             keys[(image, language)] = scene_lookalike_key(row["scene"])
+        others = row.get("also_true", [])
+        if not isinstance(others, list) or not all(isinstance(o, str) for o in others):
+            raise ValueError(f"{where}: 'also_true' must be a list of image id strings")
+        also_true.setdefault((image, language), []).extend(others)
     return [CaptionedImage(base / image, tuple(captions), language, image_id,
-                           keys.get((image, language), ""))
+                           keys.get((image, language), ""),
+                           tuple(dict.fromkeys(also_true.get((image, language), []))))
             for (image, language), (image_id, captions) in merged.items()]
 
 

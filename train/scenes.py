@@ -21,7 +21,7 @@ import json
 import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -104,11 +104,14 @@ class SceneSpec:
 
     ``extras`` are objects the captions do not name, drawn in the other row (for "left
     of") or column (for "above"); they differ from the named two and from each other.
+    ``lane`` puts the named pair in the top row (left column) with 0, the other with 1;
+    ``None`` leaves it to the render's random draw.
     """
 
     objects: tuple[ObjectSpec, ObjectSpec]
     relation: str = "left of"
     extras: tuple[ObjectSpec, ...] = ()
+    lane: int | None = None
 
     def __post_init__(self) -> None:
         if self.relation not in RELATIONS:
@@ -120,6 +123,8 @@ class SceneSpec:
         if len(set(self.objects + self.extras)) != 2 + len(self.extras):
             raise ValueError("a scene's extra objects must differ from its named ones and "
                              "from each other")
+        if self.lane not in (None, 0, 1):
+            raise ValueError(f"lane must be 0, 1 or None, got {self.lane!r}")
 
     @property
     def key(self) -> tuple[tuple[ObjectSpec, ObjectSpec], str]:
@@ -128,25 +133,23 @@ class SceneSpec:
 
     def swap_positions(self) -> SceneSpec:
         first, second = self.objects
-        return SceneSpec((second, first), self.relation, self.extras)
+        return replace(self, objects=(second, first))
 
     def swap_colours(self) -> SceneSpec:
         first, second = self.objects
-        return SceneSpec((ObjectSpec(first.shape, second.colour, first.size),
-                          ObjectSpec(second.shape, first.colour, second.size)), self.relation,
-                         self.extras)
+        return replace(self, objects=(ObjectSpec(first.shape, second.colour, first.size),
+                                      ObjectSpec(second.shape, first.colour, second.size)))
 
     def swap_sizes(self) -> SceneSpec:
         first, second = self.objects
-        return SceneSpec((ObjectSpec(first.shape, first.colour, second.size),
-                          ObjectSpec(second.shape, second.colour, first.size)), self.relation,
-                         self.extras)
+        return replace(self, objects=(ObjectSpec(first.shape, first.colour, second.size),
+                                      ObjectSpec(second.shape, second.colour, first.size)))
 
     def swap_with_extra(self, slot: int) -> SceneSpec:
         """Named object ``slot`` trades places with the first extra (so it leaves the row)."""
         named, extras = list(self.objects), list(self.extras)
         named[slot], extras[0] = extras[0], named[slot]
-        return SceneSpec((named[0], named[1]), self.relation, tuple(extras))
+        return replace(self, objects=(named[0], named[1]), extras=tuple(extras))
 
     def swap_colour_with_extra(self, slot: int) -> SceneSpec:
         """Named object ``slot`` and the first extra trade colours."""
@@ -154,7 +157,7 @@ class SceneSpec:
         one, other = named[slot], extras[0]
         named[slot] = ObjectSpec(one.shape, other.colour, one.size)
         extras[0] = ObjectSpec(other.shape, one.colour, other.size)
-        return SceneSpec((named[0], named[1]), self.relation, tuple(extras))
+        return replace(self, objects=(named[0], named[1]), extras=tuple(extras))
 
     def distractors(self) -> list[SceneSpec]:
         """Look-alikes with the same bag of objects: only binding or places tell them apart."""
@@ -172,15 +175,67 @@ class SceneSpec:
                 unique.append(spec)
         return unique
 
+    def cells(self) -> dict[ObjectSpec, tuple[int, int]] | None:
+        """(column, row) of every object on the 2 x 2 grid a scene with two extras is drawn
+        on; ``None`` before the lane is fixed, and with fewer extras (one extra's column is
+        drawn with the picture)."""
+        if len(self.extras) != 2 or self.lane is None:
+            return None
+        lane = self.lane
+        placed = [(obj, slot, lane) for slot, obj in enumerate(self.objects)]
+        placed += [(obj, slot, 1 - lane) for slot, obj in enumerate(self.extras)]
+        return {obj: (slot, row) if self.relation == "left of" else (row, slot)
+                for obj, slot, row in placed}
+
+    def true_captions(self) -> set[tuple[tuple[ObjectSpec, ObjectSpec], str]]:
+        """Every caption key this picture makes true: any two objects in one row, the left
+        one first ("left of"), or in one column, the top one first ("above").
+
+        With extras on a 2 x 2 grid that is four captions, and nothing in the picture says
+        which pair the captions name; a corpus where one picture makes another's caption
+        true has two right answers, and Recall@1 credits only one. Without a fixed lane
+        only the named pair and the extras' pair are known.
+
+        >>> a, b, c, d = (ObjectSpec(s, "red", "small") for s in SHAPES[:4])
+        >>> spec = SceneSpec((a, b), "above", (c, d), lane=0)  # a, b left; c, d right
+        >>> sorted((k[0][0].shape, k[1]) for k in spec.true_captions())
+        [('circle', 'above'), ('circle', 'left of'), ('square', 'left of'), ('triangle', 'above')]
+        """
+        grid = self.cells()
+        if grid is None:
+            keys = {self.key}
+            if len(self.extras) == 2:
+                keys.add(((self.extras[0], self.extras[1]), self.relation))
+            return keys
+        keys = set()
+        for one, (column, row) in grid.items():
+            for other, (other_column, other_row) in grid.items():
+                if row == other_row and column < other_column:
+                    keys.add(((one, other), "left of"))
+                if column == other_column and row < other_row:
+                    keys.add(((one, other), "above"))
+        return keys
+
     def shape_colour_pairs(self, with_extras: bool = False) -> set[tuple[str, str]]:
         """The named objects' (shape, colour) pairs; the extras' too with ``with_extras``."""
         objects = self.objects + self.extras if with_extras else self.objects
         return {(obj.shape, obj.colour) for obj in objects}
 
+    @classmethod
+    def from_dict(cls, scene: dict[str, Any]) -> SceneSpec:
+        """The spec a scenes file's ``"scene"`` holds (``to_dict``'s inverse)."""
+        objects = [ObjectSpec(**obj) for obj in scene["objects"]]
+        return cls((objects[0], objects[1]), scene["relation"],
+                   tuple(ObjectSpec(**obj) for obj in scene.get("extras", [])),
+                   scene.get("lane"))
+
     def to_dict(self) -> dict[str, Any]:
-        scene = {"relation": self.relation, "objects": [asdict(obj) for obj in self.objects]}
+        scene: dict[str, Any] = {"relation": self.relation,
+                                 "objects": [asdict(obj) for obj in self.objects]}
         if self.extras:
             scene["extras"] = [asdict(obj) for obj in self.extras]
+        if self.lane is not None:
+            scene["lane"] = self.lane
         return scene
 
 
@@ -338,6 +393,13 @@ def render_scene(spec: SceneSpec, image_size: int = 64, rng: np.random.Generator
     >>> render_scene(spec, 32, np.random.default_rng(0)).size
     (32, 32)
     """
+    return draw_scene(spec, image_size, rng, background_noise)[0]
+
+
+def draw_scene(spec: SceneSpec, image_size: int = 64, rng: np.random.Generator | None = None,
+               background_noise: float = 4.0) -> tuple[Image.Image, SceneSpec]:
+    """``render_scene``, plus the spec with the lane the picture was drawn with (scenes
+    with two extras), so every caption the picture makes true is known."""
     rng = rng if rng is not None else np.random.default_rng(0)
     side = image_size * _SUPERSAMPLE
     background = np.clip(rng.integers(25, 70) + rng.integers(-12, 13, size=3), 0, 255)
@@ -346,7 +408,10 @@ def render_scene(spec: SceneSpec, image_size: int = 64, rng: np.random.Generator
     placed: list[tuple[ObjectSpec, int, int | None]] = [
         (obj, slot, None) for slot, obj in enumerate(spec.objects)]
     if spec.extras:  # the named pair in one row (column), the extras in the other
-        lane = int(rng.integers(2))
+        lane = int(rng.integers(2))  # drawn even when fixed: later draws stay the same
+        lane = lane if spec.lane is None else spec.lane
+        if len(spec.extras) == 2:
+            spec = replace(spec, lane=lane)
         slots = [0, 1] if len(spec.extras) == 2 else [int(rng.integers(2))]
         placed = [(obj, slot, lane) for obj, slot, _ in placed]
         placed += [(obj, slot, 1 - lane) for obj, slot in zip(spec.extras, slots, strict=True)]
@@ -356,10 +421,10 @@ def render_scene(spec: SceneSpec, image_size: int = 64, rng: np.random.Generator
         _draw_shape(draw, obj.shape, cx, cy, radius, (int(tint[0]), int(tint[1]), int(tint[2])))
     image = canvas.resize((image_size, image_size), Image.Resampling.BOX)
     if background_noise <= 0:
-        return image
+        return image, spec
     noise = rng.normal(0.0, background_noise, size=(image_size, image_size, 3))
     pixels = np.clip(np.asarray(image, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
-    return Image.fromarray(pixels, "RGB")
+    return Image.fromarray(pixels, "RGB"), spec
 
 
 def all_scene_specs() -> list[SceneSpec]:
@@ -395,6 +460,20 @@ def draw_scene_groups(pool: list[SceneSpec], n: int, rng: np.random.Generator, u
         raise ValueError(f"asked for {n} scenes but only {len(chosen)} distinct ones are left; "
                          "lower the split sizes")
     return chosen
+
+
+def captions_true_elsewhere(specs: list[SceneSpec]) -> int:
+    """How many pictures' captions are also true of another picture in ``specs``.
+
+    >>> a, b, c, d = (ObjectSpec(s, "red", "small") for s in SHAPES[:4])
+    >>> captions_true_elsewhere([SceneSpec((a, b)), SceneSpec((c, d), extras=(a, b))])
+    1
+    """
+    makers: dict[Any, int] = {}
+    for spec in specs:
+        for key in spec.true_captions():
+            makers[key] = makers.get(key, 0) + 1
+    return sum(makers[spec.key] > 1 for spec in specs)
 
 
 def plan_splits(config: ScenesConfig) -> dict[str, list[tuple[SceneSpec, int]]]:
@@ -471,21 +550,47 @@ def _prepare_out_dir(out_dir: Path) -> None:
         (out_dir / "images" / split).mkdir(parents=True)
 
 
+def also_true_ids(specs: list[SceneSpec], split: str) -> list[list[str]]:
+    """For each picture, the image ids (``split/000123``) of the other pictures its caption
+    is true of; views of one scene list each other.
+
+    >>> a, b, c, d = (ObjectSpec(s, "red", "small") for s in SHAPES[:4])
+    >>> also_true_ids([SceneSpec((a, b)), SceneSpec((c, d), extras=(a, b), lane=0)], "test")
+    [['test/000001'], []]
+    """
+    makers: dict[Any, list[int]] = {}
+    for index, spec in enumerate(specs):
+        for key in spec.true_captions():
+            makers.setdefault(key, []).append(index)
+    return [[f"{split}/{other:06d}" for other in makers[spec.key] if other != index]
+            for index, spec in enumerate(specs)]
+
+
 def _write_split(out_dir: Path, split: str, items: list[tuple[SceneSpec, int]],
                  config: ScenesConfig) -> None:
     lines: dict[str, list[str]] = {language: [] for language in config.languages}
+    rows: list[dict[str, Any]] = []
+    drawn: list[SceneSpec] = []
     for index, (spec, group) in enumerate(items):
         rng = np.random.default_rng([config.seed, SPLITS.index(split), index])
         relative = f"images/{split}/{index:06d}.png"
-        image = render_scene(spec, config.image_size, rng, config.background_noise)
+        image, spec = draw_scene(spec, config.image_size, rng, config.background_noise)
         image.save(out_dir / relative, format="PNG")
+        drawn.append(spec)
         for language in config.languages:
-            row = {"image": relative, "language": language,
-                   "captions": captions_for(spec, language, rng)[: config.captions_per_image],
-                   "image_id": f"{split}/{index:06d}", "group": group, "scene": spec.to_dict()}
-            lines[language].append(json.dumps(row, ensure_ascii=False) + "\n")
-    for language, rows in lines.items():
-        (out_dir / f"{split}.{language}.jsonl").write_text("".join(rows), encoding="utf-8")
+            rows.append({"image": relative, "language": language,
+                         "captions": captions_for(spec, language, rng)[
+                             : config.captions_per_image],
+                         "image_id": f"{split}/{index:06d}", "group": group,
+                         "scene": spec.to_dict()})
+    others = also_true_ids(drawn, split)
+    for row in rows:
+        index = int(row["image_id"].rsplit("/", 1)[1])
+        if others[index]:  # only scenes with extras make other captions true
+            row["also_true"] = others[index]
+        lines[row["language"]].append(json.dumps(row, ensure_ascii=False) + "\n")
+    for language, texts in lines.items():
+        (out_dir / f"{split}.{language}.jsonl").write_text("".join(texts), encoding="utf-8")
     default = "en" if "en" in lines else config.languages[0]
     (out_dir / f"{split}.jsonl").write_text("".join(lines[default]), encoding="utf-8")
 
