@@ -406,6 +406,9 @@ def evaluate(
                                "reranker order).")] = 0.0,
     split_protocol: Annotated[str, typer.Option(
         help="full, coco5k, coco1k (mean of 5 folds), f30k or multi30k.")] = "full",
+    positives: Annotated[str, typer.Option(
+        help="own: a caption's right answer is its own image (the literature's protocol); "
+             "all-true: also the images its data lists under also_true.")] = "own",
     allow_ce_all: Annotated[bool, typer.Option(
         help="Run the cross-encoder over all pairs even above --ce-all-limit.")] = False,
     ce_all_limit: Annotated[int, typer.Option(min=0, help="Most pairs cross-all may score "
@@ -442,7 +445,7 @@ def evaluate(
             ce_all_limit=ce_all_limit, allow_ce_all=allow_ce_all, query_sample=query_sample,
             ce_queries=ce_queries, ce_image_queries=ce_image_queries,
             batch_size=batch_size, latency_queries=latency_queries,
-            search_backend=search_backend, seed=seed)
+            search_backend=search_backend, seed=seed, positives=positives)
         job = EvaluateJob(model=model, datasets=tuple(data), harness=harness,
                           protocol=split_protocol, pretrained=pretrained, device=device,
                           out_dir=out.expanduser() if out else None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,8 @@ class EncodedCorpus:
     text_mask: np.ndarray  # (M, L) bool, True on real tokens
     text_to_image: np.ndarray  # (M,) int64, the image each caption describes
     captions: tuple[str, ...]
+    # (P, 2) int64 (caption, image) pairs: other images a caption is just as true of
+    also_true: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))
 
     @property
     def n_images(self) -> int:
@@ -58,6 +60,9 @@ class EncodedCorpus:
         new_index = np.full(self.n_images, -1, dtype=np.int64)
         new_index[image_ids] = np.arange(image_ids.size)
         rows = np.flatnonzero(new_index[self.text_to_image] >= 0)
+        new_text = np.full(self.n_texts, -1, dtype=np.int64)
+        new_text[rows] = np.arange(rows.size)
+        pairs = np.stack([new_text[self.also_true[:, 0]], new_index[self.also_true[:, 1]]], 1)
         return EncodedCorpus(
             image_vectors=self.image_vectors[image_ids],
             image_tokens=self.image_tokens[image_ids],
@@ -66,6 +71,7 @@ class EncodedCorpus:
             text_mask=self.text_mask[rows],
             text_to_image=new_index[self.text_to_image[rows]],
             captions=tuple(self.captions[int(i)] for i in rows),
+            also_true=pairs[(pairs >= 0).all(axis=1)].reshape(-1, 2),
         )
 
 
@@ -77,8 +83,7 @@ def limit_captions(
         return list(records)
     if max_captions < 1:
         raise ValueError(f"max_captions must be at least 1, got {max_captions}")
-    return [CaptionedImage(r.image_path, r.captions[:max_captions], r.language, r.image_id)
-            for r in records]
+    return [replace(r, captions=r.captions[:max_captions]) for r in records]
 
 
 def _open_image(path: Path, target_size: int) -> Image.Image:
@@ -165,7 +170,25 @@ def encode_corpus(
         text_mask=text_mask,
         text_to_image=np.asarray(owners, dtype=np.int64),
         captions=tuple(captions),
+        also_true=also_true_pairs(records, np.asarray(owners, dtype=np.int64)),
     )
+
+
+def also_true_pairs(records: Sequence[CaptionedImage], text_to_image: np.ndarray) -> np.ndarray:
+    """(P, 2) (caption, image) pairs from each record's ``also_true`` image ids; ids not in
+    ``records`` (another split, a smaller sample) are skipped.
+
+    >>> records = [CaptionedImage(Path("a.png"), ("x", "y"), image_id="a", also_true=("b",)),
+    ...            CaptionedImage(Path("b.png"), ("z",), image_id="b")]
+    >>> also_true_pairs(records, np.array([0, 0, 1])).tolist()
+    [[0, 1], [1, 1]]
+    """
+    index = {record.image_id: i for i, record in enumerate(records)}
+    pairs = [(int(text), index[other])
+             for image, record in enumerate(records) if record.also_true
+             for text in np.flatnonzero(text_to_image == image)
+             for other in record.also_true if other in index and index[other] != image]
+    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
 
 
 __all__ = ["EncodedCorpus", "encode_corpus", "encode_images", "encode_texts", "limit_captions"]

@@ -8,6 +8,11 @@ One encoded corpus, three ways of ranking it, both directions:
   cached tokens (text->image: per caption, its top-k images; image->text: per image, its
   top-k captions); with ``bi_weight`` > 0 both stages' scores are blended.
 
+``positives="own"`` is the literature's protocol: a caption's right answer is its own image.
+``"all-true"`` also counts the images the dataset lists as just as true of it
+(``EncodedCorpus.also_true``; ECCV Caption's extra positives for MSCOCO, or synthetic
+scenes whose captions hold for more than one picture), in both directions.
+
 Ranks are kept per query, so any subset of queries can be scored afterwards: when the
 cross-encoder runs on a random sample of queries (all pairs for each), every mode is also
 reported on that same sample (table ``"ce_subset"``).
@@ -41,6 +46,7 @@ from evaluation.scoring import (
 from models import TwinModel
 
 MODES = ("bi", "cross-all", "coop")
+POSITIVES = ("own", "all-true")
 DEFAULT_SWEEP = (5, 10, 20, 50, 100)
 DEFAULT_CE_ALL_LIMIT = 2_000_000
 _ROW_CHUNK = 1024
@@ -66,6 +72,7 @@ class HarnessConfig:
     search_backend: str = "numpy"  # or "qdrant-edge"
     seed: int = 0
     precision: str = "auto"
+    positives: str = "own"  # or "all-true": also the corpus's also_true pairs
 
     def latency_plan(self) -> LatencyPlan:
         return LatencyPlan(tuple(sorted(set(self.ks))), self.latency_queries,
@@ -78,6 +85,9 @@ class HarnessConfig:
             raise ValueError(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
         if not self.ks or min(self.ks) < 1 or not self.recall_ks or min(self.recall_ks) < 1:
             raise ValueError(f"k values must be positive, got sweep {self.ks}")
+        if self.positives not in POSITIVES:
+            raise ValueError(f"unknown positives {self.positives!r}; use one of "
+                             f"{', '.join(POSITIVES)}")
         if not 0.0 <= self.bi_weight <= 1.0:
             raise ValueError(f"bi_weight must be in [0, 1], got {self.bi_weight}")
         for name in ("query_sample", "ce_queries", "ce_image_queries"):
@@ -159,9 +169,16 @@ def _coop_rows(first: np.ndarray, top: np.ndarray, rerank: np.ndarray, k: int,
     return best_positive_ranks(coop_ranking(first, second, k), positive)
 
 
+def _positive(rows: np.ndarray, t2i: bool, text_to_image: np.ndarray, n_candidates: int,
+              also_true: np.ndarray | None) -> np.ndarray:
+    return (t2i_positive(rows, text_to_image, n_candidates, also_true) if t2i
+            else i2t_positive(rows, text_to_image, also_true))
+
+
 def _coop_direction(scorer: PairScoring, first: np.ndarray, queries: np.ndarray,
                     k_max: int, ks: tuple[int, ...], config: HarnessConfig,
-                    t2i: bool, text_to_image: np.ndarray) -> dict[int, np.ndarray]:
+                    t2i: bool, text_to_image: np.ndarray,
+                    also_true: np.ndarray | None) -> dict[int, np.ndarray]:
     """COOP ranks of ``queries`` (rows of ``first``) at each k, one rerank pass at k_max."""
     out = {k: np.empty(queries.size, dtype=np.int64) for k in ks}
     for start in range(0, queries.size, _ROW_CHUNK):
@@ -171,8 +188,7 @@ def _coop_direction(scorer: PairScoring, first: np.ndarray, queries: np.ndarray,
         query_ids = np.repeat(rows, top.shape[1])
         text_ids, image_ids = (query_ids, top.ravel()) if t2i else (top.ravel(), query_ids)
         rerank = scorer.score(text_ids, image_ids).reshape(top.shape)
-        positive = (t2i_positive(rows, text_to_image, first.shape[1]) if t2i
-                    else i2t_positive(rows, text_to_image))
+        positive = _positive(rows, t2i, text_to_image, first.shape[1], also_true)
         for k in ks:
             out[k][start : start + rows.size] = _coop_rows(
                 block, top, rerank, k, config.bi_weight, positive)
@@ -180,7 +196,8 @@ def _coop_direction(scorer: PairScoring, first: np.ndarray, queries: np.ndarray,
 
 
 def _cross_all_direction(scorer: PairScoring, queries: np.ndarray, n_candidates: int,
-                         t2i: bool, text_to_image: np.ndarray) -> np.ndarray:
+                         t2i: bool, text_to_image: np.ndarray,
+                         also_true: np.ndarray | None) -> np.ndarray:
     ranks = np.empty(queries.size, dtype=np.int64)
     candidates = np.arange(n_candidates)
     rows_per_chunk = max(1, scorer.batch_size * 8 // max(n_candidates, 1))
@@ -190,8 +207,7 @@ def _cross_all_direction(scorer: PairScoring, queries: np.ndarray, n_candidates:
         other = np.tile(candidates, rows.size)
         scores = (scorer.score(query_ids, other) if t2i
                   else scorer.score(other, query_ids)).reshape(rows.size, n_candidates)
-        positive = (t2i_positive(rows, text_to_image, n_candidates) if t2i
-                    else i2t_positive(rows, text_to_image))
+        positive = _positive(rows, t2i, text_to_image, n_candidates, also_true)
         ranks[start : start + rows.size] = best_positive_ranks(scores, positive)
     return ranks
 
@@ -203,13 +219,13 @@ def _sample(ids: np.ndarray, count: int | None, rng: np.random.Generator) -> np.
 
 
 def _coop_ranks(scorer: PairScoring, corpus: EncodedCorpus, bi: np.ndarray,
-                texts: np.ndarray, images: np.ndarray,
-                config: HarnessConfig) -> dict[str, _Ranks]:
+                texts: np.ndarray, images: np.ndarray, config: HarnessConfig,
+                also_true: np.ndarray | None) -> dict[str, _Ranks]:
     """COOP@k ranks for every k of the sweep, both directions, from one rerank at max k."""
     ks = tuple(sorted(set(config.ks)))
     tti = corpus.text_to_image
-    t2i = _coop_direction(scorer, bi, texts, max(ks), ks, config, True, tti)
-    i2t = _coop_direction(scorer, bi.T, images, max(ks), ks, config, False, tti)
+    t2i = _coop_direction(scorer, bi, texts, max(ks), ks, config, True, tti, also_true)
+    i2t = _coop_direction(scorer, bi.T, images, max(ks), ks, config, False, tti, also_true)
     ranks: dict[str, _Ranks] = {}
     for k in ks:
         ranks[f"coop@{k}"] = _Ranks(np.full(corpus.n_texts, -1), np.full(corpus.n_images, -1))
@@ -219,11 +235,26 @@ def _coop_ranks(scorer: PairScoring, corpus: EncodedCorpus, bi: np.ndarray,
 
 
 def _cross_all_ranks(scorer: PairScoring, corpus: EncodedCorpus, texts: np.ndarray,
-                     images: np.ndarray) -> _Ranks:
+                     images: np.ndarray, also_true: np.ndarray | None) -> _Ranks:
     tti = corpus.text_to_image
     ranks = _Ranks(np.full(corpus.n_texts, -1), np.full(corpus.n_images, -1))
-    ranks.t2i[texts] = _cross_all_direction(scorer, texts, corpus.n_images, True, tti)
-    ranks.i2t[images] = _cross_all_direction(scorer, images, corpus.n_texts, False, tti)
+    ranks.t2i[texts] = _cross_all_direction(scorer, texts, corpus.n_images, True, tti,
+                                            also_true)
+    ranks.i2t[images] = _cross_all_direction(scorer, images, corpus.n_texts, False, tti,
+                                             also_true)
+    return ranks
+
+
+def _bi_ranks(bi: np.ndarray, tti: np.ndarray, also_true: np.ndarray | None) -> _Ranks:
+    """The bi-encoder's ranks over every caption and image (its scores cover all pairs)."""
+    if also_true is None or not len(also_true):
+        return _Ranks(t2i_ranks(bi, tti), i2t_ranks(bi, tti))
+    ranks = _Ranks(np.empty(bi.shape[0], dtype=np.int64), np.empty(bi.shape[1], dtype=np.int64))
+    for t2i, scores, out in ((True, bi, ranks.t2i), (False, bi.T, ranks.i2t)):
+        for start in range(0, scores.shape[0], _ROW_CHUNK):
+            rows = np.arange(start, min(start + _ROW_CHUNK, scores.shape[0]))
+            out[rows] = best_positive_ranks(
+                scores[rows], _positive(rows, t2i, tti, scores.shape[1], also_true))
     return ranks
 
 
@@ -244,9 +275,12 @@ def evaluate_corpus(model: TwinModel, corpus: EncodedCorpus,
     tti = corpus.text_to_image
     texts = _sample(np.arange(corpus.n_texts), config.query_sample, rng)  # t2i queries
     images = _sample(np.unique(tti), config.query_sample, rng)  # i2t queries: captioned images
+    also_true = corpus.also_true if config.positives == "all-true" else None
     info: dict[str, Any] = {"n_images": corpus.n_images, "n_texts": corpus.n_texts,
                             "n_text_queries": int(texts.size),
-                            "n_image_queries": int(images.size), "bi_weight": config.bi_weight}
+                            "n_image_queries": int(images.size), "bi_weight": config.bi_weight,
+                            "positives": config.positives,
+                            "also_true_pairs": 0 if also_true is None else len(also_true)}
     ce_texts, ce_images = texts, images
     if "cross-all" in config.modes:  # refuse before any work is done
         ce_texts = _sample(texts, config.ce_queries, rng)
@@ -255,12 +289,12 @@ def evaluate_corpus(model: TwinModel, corpus: EncodedCorpus,
                                             corpus.n_texts, config.ce_all_limit,
                                             config.allow_ce_all)
     scorer = scorer or PairScorer(model, corpus, config.batch_size, config.precision)
-    ranks = {"bi": _Ranks(t2i_ranks(bi, tti), i2t_ranks(bi, tti))}
+    ranks = {"bi": _bi_ranks(bi, tti, also_true)}
     if "coop" in config.modes:
-        ranks.update(_coop_ranks(scorer, corpus, bi, texts, images, config))
+        ranks.update(_coop_ranks(scorer, corpus, bi, texts, images, config, also_true))
         info["coop_pairs_scored"] = scorer.pairs_scored
     if "cross-all" in config.modes:
-        ranks["cross-all"] = _cross_all_ranks(scorer, corpus, ce_texts, ce_images)
+        ranks["cross-all"] = _cross_all_ranks(scorer, corpus, ce_texts, ce_images, also_true)
         info.update(ce_t2i_queries=int(ce_texts.size), ce_i2t_queries=int(ce_images.size))
     sampled = ce_texts.size < texts.size or ce_images.size < images.size
     tables = {"all": {mode: _recalls(r, config.recall_ks, texts, images)

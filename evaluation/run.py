@@ -195,7 +195,9 @@ def format_report(reports: Sequence[DatasetReport]) -> str:
         blocks.append(f"== {report.label}: {info.get('n_images')} images, "
                       f"{info.get('n_texts')} captions, protocol {info.get('protocol')}"
                       + (f", cross-all scored {info['ce_all_pairs']:.0f} pairs"
-                         if "ce_all_pairs" in info else ""))
+                         if "ce_all_pairs" in info else "")
+                      + (f", right answers: own image + {info['also_true_pairs']:.0f} also-true "
+                         "pairs" if info.get("positives") == "all-true" else ""))
         for name, table in report.result.tables.items():
             if name == "ce_subset":
                 blocks.append(f"-- on the cross-encoder's query sample ("

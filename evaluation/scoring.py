@@ -129,16 +129,42 @@ def best_positive_ranks(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def t2i_positive(text_ids: np.ndarray, text_to_image: np.ndarray, n_images: int) -> np.ndarray:
-    """Mask (len(text_ids), n_images): True at each caption's own image."""
+def t2i_positive(text_ids: np.ndarray, text_to_image: np.ndarray, n_images: int,
+                 also_true: np.ndarray | None = None) -> np.ndarray:
+    """Mask (len(text_ids), n_images): True at each caption's own image, and at the images
+    of its ``also_true`` (caption, image) pairs when given.
+
+    >>> t2i_positive(np.array([1]), np.array([0, 1]), 3, np.array([[1, 2]])).tolist()
+    [[False, True, True]]
+    """
+    text_ids = np.asarray(text_ids, dtype=np.int64)
     mask = np.zeros((len(text_ids), n_images), dtype=bool)
-    mask[np.arange(len(text_ids)), text_to_image[np.asarray(text_ids, dtype=np.int64)]] = True
+    mask[np.arange(len(text_ids)), text_to_image[text_ids]] = True
+    if also_true is not None and len(also_true):
+        row_of = np.full(text_to_image.size, -1, dtype=np.int64)
+        row_of[text_ids] = np.arange(len(text_ids))
+        rows = row_of[also_true[:, 0]]
+        mask[rows[rows >= 0], also_true[rows >= 0, 1]] = True
     return mask
 
 
-def i2t_positive(image_ids: np.ndarray, text_to_image: np.ndarray) -> np.ndarray:
-    """Mask (len(image_ids), n_texts): True at each image's own captions."""
-    return text_to_image[None, :] == np.asarray(image_ids, dtype=np.int64)[:, None]
+def i2t_positive(image_ids: np.ndarray, text_to_image: np.ndarray,
+                 also_true: np.ndarray | None = None) -> np.ndarray:
+    """Mask (len(image_ids), n_texts): True at each image's own captions, and at the
+    captions of its ``also_true`` (caption, image) pairs when given.
+
+    >>> i2t_positive(np.array([1]), np.array([0, 1]), np.array([[0, 1]])).tolist()
+    [[True, True]]
+    """
+    image_ids = np.asarray(image_ids, dtype=np.int64)
+    mask = text_to_image[None, :] == image_ids[:, None]
+    if also_true is not None and len(also_true):
+        row_of = np.full(max(int(image_ids.max(initial=0)), int(also_true[:, 1].max())) + 1, -1,
+                         dtype=np.int64)
+        row_of[image_ids] = np.arange(len(image_ids))
+        rows = row_of[also_true[:, 1]]
+        mask[rows[rows >= 0], also_true[rows >= 0, 0]] = True
+    return mask
 
 
 def recall_from_ranks(ranks: np.ndarray, ks: tuple[int, ...], prefix: str) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +168,54 @@ def test_select_images_makes_a_fold_with_its_own_captions() -> None:
     assert fold.text_to_image.tolist() == [0, 0, 1, 1]
     assert fold.captions == ("caption 4", "caption 5", "caption 6", "caption 7")
     assert np.array_equal(fold.text_vectors, corpus.text_vectors[4:8])
+
+
+def _brute_ranks(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """Rank of each row's best positive, one row at a time (ties count against it)."""
+    ranks = []
+    for row, is_positive in zip(scores, positive, strict=True):
+        best = row[is_positive].max()
+        ranks.append(int(((row >= best) & ~is_positive).sum()))
+    return np.array(ranks)
+
+
+def test_all_true_positives_count_every_image_a_caption_holds_for() -> None:
+    corpus = _corpus(30, 2)
+    bi = corpus.bi_scores()
+    top = bi.argmax(axis=1)
+    wrong = [m for m in range(corpus.n_texts) if top[m] != corpus.text_to_image[m]][:12]
+    assert len(wrong) >= 8  # the bi-encoder's mistakes become right answers
+    pairs = np.array([[m, top[m]] for m in wrong])
+    corpus = replace(corpus, also_true=pairs)
+    config = HarnessConfig(modes=("bi", "coop", "cross-all"), ks=(5,), latency_queries=0)
+    scorer = OracleScorer(corpus.text_to_image)
+    own = evaluate_corpus(None, corpus, config, scorer=scorer)  # type: ignore[arg-type]
+    true = evaluate_corpus(None, corpus, replace(config, positives="all-true"),  # type: ignore[arg-type]
+                           scorer=OracleScorer(corpus.text_to_image))
+    gain = true.tables["all"]["bi"]["t2i_recall@1"] - own.tables["all"]["bi"]["t2i_recall@1"]
+    assert gain == pytest.approx(100 * len(wrong) / corpus.n_texts)
+    assert own.info["also_true_pairs"] == 0 and true.info["also_true_pairs"] == len(wrong)
+    # both directions against a one-row-at-a-time count of the same positives
+    t2i = np.zeros(bi.shape, bool)
+    t2i[np.arange(corpus.n_texts), corpus.text_to_image] = True
+    t2i[pairs[:, 0], pairs[:, 1]] = True
+    for name, scores, positive in (("t2i", bi, t2i), ("i2t", bi.T, t2i.T)):
+        expected = recall_from_ranks(_brute_ranks(scores, positive), (1, 5, 10), name)
+        for key, value in expected.items():
+            assert true.tables["all"]["bi"][key] == pytest.approx(value)
+    # the oracle reranker puts each caption's own image first: a hit under both protocols
+    assert true.tables["all"]["cross-all"]["t2i_recall@1"] == 100.0
+    assert true.tables["all"]["coop@5"]["t2i_recall@1"] >= true.tables["all"]["bi"][
+        "t2i_recall@1"]
+
+
+def test_also_true_pairs_follow_a_fold_and_the_masks_hold_them() -> None:
+    corpus = replace(_corpus(6, 2), also_true=np.array([[0, 4], [5, 1], [9, 3]]))
+    fold = corpus.select_images([3, 4, 5])  # captions 6..11 become 0..5
+    assert fold.also_true.tolist() == [[3, 0]]  # only (caption 9, image 3) stays inside
+    assert t2i_positive(np.array([0, 5]), corpus.text_to_image, 6,
+                        corpus.also_true).nonzero()[1].tolist() == [0, 4, 1, 2]
+    assert i2t_positive(np.array([1, 4]), corpus.text_to_image,
+                        corpus.also_true).nonzero()[1].tolist() == [2, 3, 5, 0, 8, 9]
+    with pytest.raises(ValueError, match="positives"):
+        HarnessConfig(positives="some")
