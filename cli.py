@@ -308,6 +308,9 @@ def train_command(
                                                           "blocks of both towers.")] = 0,
     group_lookalikes: Annotated[bool, typer.Option(help="Batch look-alike scenes "
                                                         "together.")] = True,
+    also_true: Annotated[bool, typer.Option(
+        help="Never take an image a caption is also true of (the data's also_true lists) "
+             "as that caption's negative.")] = True,
     seed: Annotated[int, typer.Option(min=0)] = 0,
     device: DeviceOption = None,
     threads: Annotated[int, typer.Option(min=0, help="CPU threads; 0: torch's default. 1 is "
@@ -333,7 +336,8 @@ def train_command(
             warmup_steps=warmup_steps, contrastive_weight=contrastive_weight,
             match_weight=match_weight, easy_negatives=easy_negatives, rank_weight=rank_weight,
             rank_negatives=rank_negatives, freeze_layers=freeze_layers,
-            group_lookalikes=group_lookalikes, seed=seed, device=device, threads=threads,
+            group_lookalikes=group_lookalikes, also_true=also_true, seed=seed, device=device,
+            threads=threads,
             checkpoint_every=checkpoint_every, resume=resume, log_every=log_every,
             save_dtype=save_dtype, command=" ".join(["twinrank", *sys.argv[1:]]))
         result = train(config)

@@ -166,3 +166,21 @@ def test_images_that_share_a_caption_are_never_each_others_negatives(scenes, tmp
     rows = data.batch(epoch=0, index=0, batch_size=len(data))
     order = data.epoch_order(0).tolist()
     assert rows.image_ids.tolist() == [0 if i == len(records) else i for i in order]
+
+
+def test_batches_mark_captions_that_are_true_of_another_image(scenes) -> None:
+    records = load_dataset(f"scenes:{scenes}:train:en") + load_dataset(
+        f"scenes:{scenes}:train:de")
+    ids = sorted({r.image_id for r in records})
+    # image 0's captions also hold for image 5 (in both languages' records)
+    records = [replace(r, also_true=(ids[5],)) if r.image_id == ids[0] else r for r in records]
+    preprocess = create_model("twinrank-tiny").preprocess
+    data = TrainingSet(records, preprocess, seed=3, group_lookalikes=False)
+    batch = data.batch(epoch=0, index=0, batch_size=12)
+    rows = data.epoch_order(0).tolist()
+    assert batch.positives is not None
+    expected = torch.eye(12, dtype=torch.bool)
+    expected[rows.index(5), rows.index(0)] = True  # image 5 x caption of image 0
+    assert torch.equal(batch.positives, expected)
+    off = TrainingSet(records, preprocess, seed=3, group_lookalikes=False, also_true=False)
+    assert off.batch(epoch=0, index=0, batch_size=12).positives is None

@@ -204,3 +204,27 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny_model) -> None:
         optimizer.step()
         history.append(loss.item())
     assert history[-1] < 0.7 * history[0]
+
+
+def test_a_caption_is_never_the_negative_of_an_image_it_is_true_of() -> None:
+    sim = torch.tensor([[0.9, 0.8, 0.1], [0.2, 0.9, 0.7], [0.1, 0.6, 0.9]])
+    ids = torch.arange(3)
+    true_of = torch.zeros(3, 3, dtype=torch.bool)
+    true_of[0, 1] = True  # caption 1 also holds for image 0
+    before, after = mine_hard_negatives(sim, ids), mine_hard_negatives(sim, true_of)
+    assert before.text_for_image.tolist() == [1, 2, 1] and before.image_for_text[1] == 0
+    assert after.text_for_image[0] == 2 and after.image_for_text[1] == 2
+    ranked = mine_ranked_negatives(sim, true_of, 2)  # image 0 has one wrong caption left
+    assert ranked.text_for_image.shape == (3, 1) and ranked.text_for_image[0, 0] == 2
+    vectors = torch.nn.functional.normalize(sim, dim=1)
+    logits = vectors @ vectors.T
+    masked = logits.masked_fill(true_of, float("-inf"))
+    targets = torch.arange(3)
+    expected = (torch.nn.functional.cross_entropy(masked, targets)
+                + torch.nn.functional.cross_entropy(masked.T, targets)) / 2
+    loss = contrastive_loss(vectors, vectors, torch.tensor(0.0), true_of)
+    assert loss.item() == pytest.approx(expected.item())
+    assert loss.item() != pytest.approx(contrastive_loss(vectors, vectors, torch.tensor(0.0),
+                                                         ids).item())
+    with pytest.raises(ValueError, match="nothing to be a negative|at least two"):
+        mine_hard_negatives(sim, torch.ones(3, 3, dtype=torch.bool))

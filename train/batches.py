@@ -30,12 +30,14 @@ class TrainBatch:
 
     ``image_ids`` tell the losses which rows are positives of each other: images that share
     a caption (views of one scene, or two photos with one stock caption) get one id, so
-    neither is taken as the other's negative.
+    neither is taken as the other's negative. ``positives`` adds the captions the data lists
+    as true of other images (``also_true``): never a negative of those either.
     """
 
     pixels: torch.Tensor
     captions: list[str]
     image_ids: torch.Tensor  # (B,) the TrainingSet's ``same_as`` of each row's image
+    positives: torch.Tensor | None = None  # (B, B) image x caption: True where it holds
 
 
 class TrainingSet:
@@ -47,7 +49,7 @@ class TrainingSet:
     """
 
     def __init__(self, records: Sequence[CaptionedImage], preprocess: Preprocess,
-                 seed: int = 0, group_lookalikes: bool = True) -> None:
+                 seed: int = 0, group_lookalikes: bool = True, also_true: bool = True) -> None:
         if not records:
             raise ValueError("the training data holds no images; check the --data specs")
         merged: dict[Path, tuple[list[str], str]] = {}
@@ -62,6 +64,7 @@ class TrainingSet:
         if any(not captions for captions in self.captions):
             raise ValueError("every training image needs at least one caption")
         self.same_as = shared_caption_ids(self.captions)
+        self.true_of = also_true_rows(records, self.paths) if also_true else {}
         self.seed = seed
         self.group_lookalikes = group_lookalikes and any(self.lookalike_keys)
         self.pixels = decode_all(self.paths, preprocess)  # (N, 3, H, W) fp16
@@ -103,7 +106,36 @@ class TrainingSet:
         picks = rng.random(len(self))  # one draw per image and epoch
         captions = [self.captions[i][int(picks[i] * len(self.captions[i]))] for i in rows]
         pixels = self.pixels[torch.as_tensor(rows, dtype=torch.long)].float()
-        return TrainBatch(pixels, captions, torch.as_tensor(self.same_as[rows]))
+        ids = torch.as_tensor(self.same_as[rows])
+        positives = None
+        if self.true_of:
+            positives = ids[:, None] == ids[None, :]
+            where = {int(row): position for position, row in enumerate(rows)}
+            for column, row in enumerate(rows):
+                for image in self.true_of.get(int(row), ()):
+                    if image in where:
+                        positives[where[image], column] = True
+        return TrainBatch(pixels, captions, ids, positives)
+
+
+def also_true_rows(records: Sequence[CaptionedImage], paths: Sequence[Path]) -> dict[int, set[int]]:
+    """For each image row (index into ``paths``), the rows its captions are also true of,
+    from the records' ``also_true`` image ids; empty when the data lists none.
+
+    >>> records = [CaptionedImage(Path("a.png"), ("x",), image_id="a", also_true=("b",)),
+    ...            CaptionedImage(Path("b.png"), ("y",), image_id="b")]
+    >>> also_true_rows(records, [Path("a.png"), Path("b.png")])
+    {0: {1}}
+    """
+    row_of_path = {Path(path): row for row, path in enumerate(paths)}
+    row_of_id = {record.image_id: row_of_path[Path(record.image_path)]
+                 for record in records if record.image_id}
+    found: dict[int, set[int]] = {}
+    for record in records:
+        rows = {row_of_id[other] for other in record.also_true if other in row_of_id}
+        if rows:
+            found.setdefault(row_of_path[Path(record.image_path)], set()).update(rows)
+    return found
 
 
 def shared_caption_ids(captions: Sequence[Sequence[str]]) -> np.ndarray:

@@ -14,7 +14,10 @@
 
 Every function takes ``image_ids`` (B,): which image each batch row shows. Rows with the same
 id are the same image (several captions of one picture, or the same picture in another
-language), so they are never treated as negatives of each other.
+language), so they are never treated as negatives of each other. In their place a (B, B)
+bool mask may be given, image rows x caption columns, True where the caption is true of the
+image: a caption can hold for another picture (a scene whose unnamed objects happen to
+spell it), and taking that picture as its hard negative teaches the model a wrong answer.
 """
 
 from __future__ import annotations
@@ -38,6 +41,21 @@ def same_image_mask(image_ids: torch.Tensor) -> torch.Tensor:
     return image_ids[:, None] == image_ids[None, :]
 
 
+def positive_mask(image_ids: torch.Tensor) -> torch.Tensor:
+    """(B, B) image x caption mask of pairs that are not negatives: ``same_image_mask`` of
+    (B,) ids, or the given (B, B) mask with its diagonal set.
+
+    >>> positive_mask(torch.tensor([[False, True], [False, False]])).int().tolist()
+    [[1, 1], [0, 1]]
+    """
+    if image_ids.ndim == 1:
+        return same_image_mask(image_ids)
+    if image_ids.ndim != 2 or image_ids.shape[0] != image_ids.shape[1]:
+        raise ValueError(f"expected (B,) image ids or a (B, B) mask, got {tuple(image_ids.shape)}")
+    return image_ids.bool() | torch.eye(image_ids.shape[0], dtype=torch.bool,
+                                        device=image_ids.device)
+
+
 def contrastive_loss(
     image_vectors: torch.Tensor,
     text_vectors: torch.Tensor,
@@ -58,7 +76,7 @@ def contrastive_loss(
     """
     logits = logit_scale.exp() * image_vectors @ text_vectors.T  # (B, B) image x text
     if image_ids is not None:
-        others = same_image_mask(image_ids.to(logits.device))
+        others = positive_mask(image_ids.to(logits.device)).clone()
         others.fill_diagonal_(False)
         logits = logits.masked_fill(others, float("-inf"))
     targets = torch.arange(logits.shape[0], device=logits.device)
@@ -116,9 +134,9 @@ def mine_hard_negatives(
 
 
 def _negatives_mask(image_ids: torch.Tensor) -> torch.Tensor:
-    """``same_image_mask``, refused when some row has no other image to be a negative."""
-    same = same_image_mask(image_ids)
-    if bool(same.all(dim=1).any()):
+    """``positive_mask``, refused when some row or column has nothing to be a negative."""
+    same = positive_mask(image_ids)
+    if bool(same.all(dim=1).any() or same.all(dim=0).any()):
         raise ValueError("a batch needs at least two different images to mine negatives from; "
                          "use a larger batch or a dataset with more than one image")
     return same
@@ -166,7 +184,7 @@ def mine_ranked_negatives(
     """
     similarity = similarity.detach().float()
     same = _negatives_mask(image_ids.to(similarity.device))
-    count = min(count, int((~same).sum(dim=1).min()))
+    count = min(count, int((~same).sum(dim=1).min()), int((~same).sum(dim=0).min()))
     masked = (similarity / temperature).masked_fill(same, float("-inf"))  # (B, B)
     return HardNegatives(
         text_for_image=_draw_k(masked, count, generator),

@@ -77,7 +77,8 @@ def compute_losses(mode: str, models: nn.ModuleDict, pixels: torch.Tensor, ids: 
                    generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Named, weighted losses of one batch; the training loss is their sum.
 
-    ``pixels`` (B, 3, H, W), token ``ids`` (B, L) and ``image_ids`` (B,) are aligned rows.
+    ``pixels`` (B, 3, H, W), token ``ids`` (B, L) and ``image_ids`` (B,) are aligned rows;
+    ``image_ids`` may instead be the batch's (B, B) image x caption positives mask.
     """
     losses: dict[str, torch.Tensor] = {}
     found = twins(models)

@@ -61,6 +61,7 @@ class TrainConfig:
     rank_negatives: int = 7  # mined look-alikes per row in the rank loss
     freeze_layers: int = 0
     group_lookalikes: bool = True
+    also_true: bool = True  # the data's also_true images are never a caption's negatives
     seed: int = 0
     device: str | None = None
     threads: int = 0  # CPU threads; 0 keeps torch's default. 1 is fastest on a busy CPU
@@ -105,7 +106,8 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
     for model in twins(models).values():
         freeze_tower_layers(model, config.freeze_layers)
     records = [record for spec in config.data for record in load_dataset(spec)]
-    data = TrainingSet(records, base.preprocess, config.seed, config.group_lookalikes)
+    data = TrainingSet(records, base.preprocess, config.seed, config.group_lookalikes,
+                       config.also_true)
     total_steps = config.steps or max(1, math.ceil(
         config.epochs * data.batches_per_epoch(config.batch_size) / config.accum_steps))
     loop = _Loop(config, models, data, device, total_steps)
@@ -177,7 +179,8 @@ class _Loop:
                 losses = compute_losses(
                     config.mode, self.models, batch.pixels.to(self.device),
                     base.tokenize(batch.captions).to(self.device),
-                    batch.image_ids.to(self.device), self.weights, generator)
+                    (batch.image_ids if batch.positives is None
+                     else batch.positives).to(self.device), self.weights, generator)
                 loss = total_loss(losses) / config.accum_steps
             self.scaler.scale(loss).backward()
             for name, value in losses.items():
