@@ -44,8 +44,9 @@ class TrainingSet:
     """Unique images with all their captions, and the batches of each epoch.
 
     Example:
-        >>> data = TrainingSet(load_dataset("scenes:data/scenes:train:en"), model.preprocess)
-        >>> batch = data.batches(epoch=0, batch_size=64)[0]  # doctest: +SKIP
+        >>> data = TrainingSet(load_dataset("scenes:data/scenes:train"),  # doctest: +SKIP
+        ...                    model.preprocess)
+        >>> batch = data.batch(epoch=0, index=0, batch_size=64)  # doctest: +SKIP
     """
 
     def __init__(self, records: Sequence[CaptionedImage], preprocess: Preprocess,
