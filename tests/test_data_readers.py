@@ -144,6 +144,7 @@ def test_jsonl_resolves_paths_and_merges_lines(tmp_path: Path) -> None:
     ('{"captions": ["x"]}', "'image'"),
     ('{"image": "a.png"}', "'captions'"),
     ('{"image": "a.png", "captions": ["ok", ""]}', "non-empty string"),
+    ('{"image": "a.png", "captions": ["ok"], "also_true": "b.png"}', "'also_true'"),
 ])
 def test_jsonl_errors_give_file_and_line(tmp_path: Path, line: str, message: str) -> None:
     path = tmp_path / "bad.jsonl"
