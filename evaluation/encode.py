@@ -184,9 +184,12 @@ def also_true_pairs(records: Sequence[CaptionedImage], text_to_image: np.ndarray
     [[0, 1], [1, 1]]
     """
     index = {record.image_id: i for i, record in enumerate(records)}
-    pairs = [(int(text), index[other])
+    texts_of: dict[int, list[int]] = {}
+    for text, image in enumerate(text_to_image.tolist()):
+        texts_of.setdefault(image, []).append(text)
+    pairs = [(text, index[other])
              for image, record in enumerate(records) if record.also_true
-             for text in np.flatnonzero(text_to_image == image)
+             for text in texts_of.get(image, [])
              for other in record.also_true if other in index and index[other] != image]
     return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
 

@@ -140,11 +140,8 @@ def t2i_positive(text_ids: np.ndarray, text_to_image: np.ndarray, n_images: int,
     text_ids = np.asarray(text_ids, dtype=np.int64)
     mask = np.zeros((len(text_ids), n_images), dtype=bool)
     mask[np.arange(len(text_ids)), text_to_image[text_ids]] = True
-    if also_true is not None and len(also_true):
-        row_of = np.full(text_to_image.size, -1, dtype=np.int64)
-        row_of[text_ids] = np.arange(len(text_ids))
-        rows = row_of[also_true[:, 0]]
-        mask[rows[rows >= 0], also_true[rows >= 0, 1]] = True
+    if also_true is not None:
+        _mark_pairs(mask, text_ids, also_true[:, 0], also_true[:, 1])
     return mask
 
 
@@ -158,13 +155,16 @@ def i2t_positive(image_ids: np.ndarray, text_to_image: np.ndarray,
     """
     image_ids = np.asarray(image_ids, dtype=np.int64)
     mask = text_to_image[None, :] == image_ids[:, None]
-    if also_true is not None and len(also_true):
-        row_of = np.full(max(int(image_ids.max(initial=0)), int(also_true[:, 1].max())) + 1, -1,
-                         dtype=np.int64)
-        row_of[image_ids] = np.arange(len(image_ids))
-        rows = row_of[also_true[:, 1]]
-        mask[rows[rows >= 0], also_true[rows >= 0, 0]] = True
+    if also_true is not None:
+        _mark_pairs(mask, image_ids, also_true[:, 1], also_true[:, 0])
     return mask
+
+
+def _mark_pairs(mask: np.ndarray, queries: np.ndarray, pair_queries: np.ndarray,
+                pair_candidates: np.ndarray) -> None:
+    """Set ``mask[row, c]`` for every pair whose query is ``queries[row]``."""
+    rows, pairs = np.nonzero(queries[:, None] == pair_queries[None, :])
+    mask[rows, pair_candidates[pairs]] = True
 
 
 def recall_from_ranks(ranks: np.ndarray, ks: tuple[int, ...], prefix: str) -> dict[str, float]:

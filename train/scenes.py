@@ -462,20 +462,6 @@ def draw_scene_groups(pool: list[SceneSpec], n: int, rng: np.random.Generator, u
     return chosen
 
 
-def captions_true_elsewhere(specs: list[SceneSpec]) -> int:
-    """How many pictures' captions are also true of another picture in ``specs``.
-
-    >>> a, b, c, d = (ObjectSpec(s, "red", "small") for s in SHAPES[:4])
-    >>> captions_true_elsewhere([SceneSpec((a, b)), SceneSpec((c, d), extras=(a, b))])
-    1
-    """
-    makers: dict[Any, int] = {}
-    for spec in specs:
-        for key in spec.true_captions():
-            makers[key] = makers.get(key, 0) + 1
-    return sum(makers[spec.key] > 1 for spec in specs)
-
-
 def plan_splits(config: ScenesConfig) -> dict[str, list[tuple[SceneSpec, int]]]:
     """Scenes and distractor-group ids per split, disjoint across splits.
 
