@@ -306,6 +306,10 @@ def train_command(
         min=1, help="Look-alikes per caption and per image in the rank loss.")] = 7,
     freeze_layers: Annotated[int, typer.Option(min=0, help="Freeze embeddings + first N "
                                                           "blocks of both towers.")] = 0,
+    image_size: Annotated[int, typer.Option(
+        min=0, help="Train at this picture size in pixels, a multiple of the patch size "
+                    "(e.g. 64 for a 48 px model): the image tower's position embeddings "
+                    "are interpolated to the new patch grid. 0: the model's own.")] = 0,
     group_lookalikes: Annotated[bool, typer.Option(help="Batch look-alike scenes "
                                                         "together.")] = True,
     also_true: Annotated[bool, typer.Option(
@@ -335,7 +339,7 @@ def train_command(
             accum_steps=accum_steps, lr=lr, weight_decay=weight_decay,
             warmup_steps=warmup_steps, contrastive_weight=contrastive_weight,
             match_weight=match_weight, easy_negatives=easy_negatives, rank_weight=rank_weight,
-            rank_negatives=rank_negatives, freeze_layers=freeze_layers,
+            rank_negatives=rank_negatives, freeze_layers=freeze_layers, image_size=image_size,
             group_lookalikes=group_lookalikes, also_true=also_true, seed=seed, device=device,
             threads=threads,
             checkpoint_every=checkpoint_every, resume=resume, log_every=log_every,

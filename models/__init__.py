@@ -4,7 +4,14 @@ from pathlib import Path
 
 from models.config import FusionConfig, TwinConfig, twin_config
 from models.device import pick_device
-from models.factory import ModelLoadError, create_model, load_model, model_id, save_model
+from models.factory import (
+    ModelLoadError,
+    create_model,
+    load_model,
+    model_id,
+    save_model,
+    with_image_size,
+)
 from models.pair import SepTwinModel
 from models.twin import ImageEncoding, TextEncoding, TwinModel
 
@@ -27,4 +34,5 @@ __all__ = [
     "pick_device",
     "save_model",
     "twin_config",
+    "with_image_size",
 ]

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from models.config import TwinConfig, twin_config
@@ -152,6 +155,47 @@ def load_model(folder: str | Path) -> TwinModel:
         raise ModelLoadError(f"Could not load the model folder {str(folder)!r}: {error}") from error
     model.model_id = recorded_id or f"{config.name}@{_file_digest(folder / WEIGHTS_FILE)}"
     return model
+
+
+def with_image_size(model: TwinModel, image_size: int) -> TwinModel:
+    """The same model for ``image_size`` x ``image_size`` pictures, to fine-tune at a new
+    resolution (as FixRes and open_clip's ``resize_pos_embed`` do): every weight is kept
+    and the image tower's position embeddings are interpolated (bicubic) to the new patch
+    grid. The fusion head reads tokens without positions of its own, so it carries over.
+
+    >>> model = create_model("twinrank-tiny")
+    >>> with_image_size(model, 48).config.image_size, model.config.image_size
+    (48, 32)
+    """
+    config = model.config
+    if image_size == config.image_size:
+        return model
+    vision = config.clip_cfg["vision_cfg"]
+    patch = int(vision.get("patch_size") or 0)
+    if config.token_grid or not patch or image_size <= 0 or image_size % patch:
+        raise ValueError(
+            f"cannot resize {config.name} to {image_size} px: the size must be a positive "
+            f"multiple of the patch size ({patch or 'unknown'}), on a model that caches every "
+            f"patch token (token_grid 0)")
+    clip_cfg = {**config.clip_cfg, "vision_cfg": {**vision, "image_size": image_size}}
+    resized = type(model)(replace(config, clip_cfg=clip_cfg))
+    state = model.state_dict()
+    for key, value in resized.state_dict().items():
+        if key.endswith("visual.positional_embedding") and value.shape != state[key].shape:
+            state[key] = resize_positions(state[key], value.shape[0])
+    resized.load_state_dict(state)
+    resized.model_id = f"{model.model_id}+{image_size}px"
+    return resized.to(next(model.parameters()).device).train(model.training)
+
+
+def resize_positions(table: torch.Tensor, tokens: int) -> torch.Tensor:
+    """A ViT's (1 + g*g, D) position table, class token first, interpolated to ``tokens``
+    rows: the g x g grid resampled bicubically, the class token's row kept."""
+    old, new = math.isqrt(table.shape[0] - 1), math.isqrt(tokens - 1)
+    grid = table[1:].reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=(new, new), mode="bicubic", antialias=True,
+                         align_corners=False)
+    return torch.cat([table[:1], grid.permute(0, 2, 3, 1).reshape(new * new, -1).to(table)])
 
 
 def model_id(model: TwinModel) -> str:

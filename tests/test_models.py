@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from models import ModelLoadError, create_model, model_id, save_model
 from models.config import FusionConfig
@@ -130,3 +131,32 @@ def test_text_mask_follows_the_tokenizers_pad_id(tiny_model, tmp_path) -> None:
     assert ids.tolist() == [[4, 5, 6], [4, 1, 1]]  # cut to the longest text, not the context
     mask = tiny_model.encode_text(ids).text_mask
     assert mask.tolist() == [[True, True, True], [True, False, False]]
+
+
+def test_resizing_the_image_input_interpolates_only_the_position_table(tmp_path):
+    import open_clip.model
+
+    from models import with_image_size
+    from models.pair import SepTwinModel
+
+    model = create_model("twinrank-tiny")
+    bigger = with_image_size(model, 48)
+    assert bigger.config.image_size == 48 and model.config.image_size == 32  # a copy
+    assert bigger.config.image_token_count == 36 and with_image_size(model, 32) is model
+    old, new = model.state_dict(), bigger.state_dict()
+    key = "clip.visual.positional_embedding"
+    assert old[key].shape == (17, 128) and new[key].shape == (37, 128)
+    assert all(torch.equal(old[k], new[k]) for k in old if k != key)
+    reference = {"visual.positional_embedding": old[key].clone()}
+    open_clip.model.resize_pos_embed(reference, bigger.clip)  # open_clip's own resizer
+    assert torch.allclose(new[key], reference["visual.positional_embedding"], atol=1e-6)
+    with torch.no_grad():
+        image = bigger.encode_image(torch.randn(2, 3, 48, 48))
+    assert image.image_tokens.shape[:2] == (2, 36)
+    assert bigger.preprocess(Image.new("RGB", (100, 80))).shape == (3, 48, 48)
+    save_model(bigger, tmp_path / "m")  # and it saves and loads at its new size
+    assert create_model(tmp_path / "m").config.image_size == 48
+    sep = with_image_size(SepTwinModel(model.config), 48)
+    assert isinstance(sep, SepTwinModel) and sep.config.image_size == 48
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        with_image_size(model, 50)

@@ -184,3 +184,25 @@ def test_batches_mark_captions_that_are_true_of_another_image(scenes) -> None:
     assert torch.equal(batch.positives, expected)
     off = TrainingSet(records, preprocess, seed=3, group_lookalikes=False, also_true=False)
     assert off.batch(epoch=0, index=0, batch_size=12).positives is None
+
+
+def test_training_at_a_new_image_size_keeps_the_start_models_weights(scenes, tmp_path) -> None:
+    from cli import app
+
+    start = tmp_path / "start"
+    save_model(create_model("twinrank-tiny"), start)
+    out = tmp_path / "bigger"
+    result = CliRunner().invoke(app, ["train", "--data", f"scenes:{scenes}:train:en",
+                                      "--out", str(out), "--model", str(start),
+                                      "--image-size", "48", "--steps", "1", "--lr", "0",
+                                      "--batch-size", "4", "--mode", "bi"])
+    assert result.exit_code == 0, result.output
+    trained = create_model(out)
+    assert trained.config.image_size == 48 and trained.preprocess.transforms[0].size == 48
+    before, after = load_file(str(start / "model.safetensors")), trained.state_dict()
+    assert torch.equal(before["clip.text.token_embedding.weight"],
+                       after["clip.text.token_embedding.weight"])  # lr 0: nothing moved
+    bad = CliRunner().invoke(app, ["train", "--data", f"scenes:{scenes}:train:en",
+                                   "--out", str(tmp_path / "bad"), "--model", str(start),
+                                   "--image-size", "50", "--steps", "1"])
+    assert bad.exit_code == 1 and "multiple of the patch size" in bad.output

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from models import TwinModel, create_model, pick_device, save_model
+from models import TwinModel, create_model, pick_device, save_model, with_image_size
 from train.batches import TrainingSet
 from train.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from train.data import load_dataset
@@ -60,6 +60,7 @@ class TrainConfig:
     rank_weight: float = 0.0  # listwise rank loss of the cross-encoder (0: off)
     rank_negatives: int = 7  # mined look-alikes per row in the rank loss
     freeze_layers: int = 0
+    image_size: int = 0  # train at this picture size (0: the model's own)
     group_lookalikes: bool = True
     also_true: bool = True  # the data's also_true images are never a caption's negatives
     seed: int = 0
@@ -102,6 +103,8 @@ def train(config: TrainConfig) -> TrainResult:
 def _train(config: TrainConfig, device: torch.device) -> TrainResult:
     torch.manual_seed(config.seed)
     base = create_model(config.model, config.pretrained, device=device, seed=config.seed)
+    if config.image_size:
+        base = with_image_size(base, config.image_size)
     models = build_models(config.mode, base).train()
     for model in twins(models).values():
         freeze_tower_layers(model, config.freeze_layers)
