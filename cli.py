@@ -310,6 +310,10 @@ def train_command(
         min=0, help="Train at this picture size in pixels, a multiple of the patch size "
                     "(e.g. 64 for a 48 px model): the image tower's position embeddings "
                     "are interpolated to the new patch grid. 0: the model's own.")] = 0,
+    fusion_layers: Annotated[int, typer.Option(
+        min=0, help="Grow the fusion head (the cross-encoder) to this many layers: the new "
+                    "ones start as identities, so the start model's scores are kept. "
+                    "0: keep its depth.")] = 0,
     group_lookalikes: Annotated[bool, typer.Option(help="Batch look-alike scenes "
                                                         "together.")] = True,
     also_true: Annotated[bool, typer.Option(
@@ -340,6 +344,7 @@ def train_command(
             warmup_steps=warmup_steps, contrastive_weight=contrastive_weight,
             match_weight=match_weight, easy_negatives=easy_negatives, rank_weight=rank_weight,
             rank_negatives=rank_negatives, freeze_layers=freeze_layers, image_size=image_size,
+            fusion_layers=fusion_layers,
             group_lookalikes=group_lookalikes, also_true=also_true, seed=seed, device=device,
             threads=threads,
             checkpoint_every=checkpoint_every, resume=resume, log_every=log_every,

@@ -10,6 +10,7 @@ from models.factory import (
     load_model,
     model_id,
     save_model,
+    with_fusion_layers,
     with_image_size,
 )
 from models.pair import SepTwinModel
@@ -34,5 +35,6 @@ __all__ = [
     "pick_device",
     "save_model",
     "twin_config",
+    "with_fusion_layers",
     "with_image_size",
 ]

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from models.config import TwinConfig, twin_config
 from models.device import pick_device
+from models.fusion import FusionHead
 from models.pair import SEP_LAYOUT, SepTwinModel
 from models.twin import TwinModel, build_clip
 
@@ -186,6 +187,37 @@ def with_image_size(model: TwinModel, image_size: int) -> TwinModel:
     resized.load_state_dict(state)
     resized.model_id = f"{model.model_id}+{image_size}px"
     return resized.to(next(model.parameters()).device).train(model.training)
+
+
+def with_fusion_layers(model: TwinModel, layers: int) -> TwinModel:
+    """The same model with a deeper fusion head: ``layers`` decoder layers, the first ones
+    the trained head's and the new ones appended as identities (their attention and MLP
+    output projections start at zero, so every score is unchanged until training moves
+    them), the way a trained network is grown without losing what it learned.
+
+    >>> model = create_model("twinrank-tiny")
+    >>> len(with_fusion_layers(model, 3).head.layers), len(model.head.layers)
+    (3, 2)
+    """
+    config = model.config
+    if layers == config.fusion.layers:
+        return model
+    if layers < config.fusion.layers:
+        raise ValueError(f"--fusion-layers {layers} would drop trained layers of a head with "
+                         f"{config.fusion.layers}; it can only grow")
+    grown = type(model)(replace(config, fusion=replace(config.fusion, layers=layers)))
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(".layers." not in key for key in missing):
+        raise ValueError(f"cannot grow this head: unexpected {unexpected}, missing {missing}")
+    for head in (module for module in grown.modules() if isinstance(module, FusionHead)):
+        for layer in list(head.layers)[config.fusion.layers:]:
+            for name in ("self_attn.out_proj", "multihead_attn.out_proj", "linear2"):
+                projection = layer.get_submodule(name)
+                assert isinstance(projection, torch.nn.Linear)
+                torch.nn.init.zeros_(projection.weight)
+                torch.nn.init.zeros_(projection.bias)
+    grown.model_id = f"{model.model_id}+head{layers}"
+    return grown.to(next(model.parameters()).device).train(model.training)
 
 
 def resize_positions(table: torch.Tensor, tokens: int) -> torch.Tensor:

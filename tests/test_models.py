@@ -160,3 +160,25 @@ def test_resizing_the_image_input_interpolates_only_the_position_table(tmp_path)
     assert isinstance(sep, SepTwinModel) and sep.config.image_size == 48
     with pytest.raises(ValueError, match="multiple of the patch size"):
         with_image_size(model, 50)
+
+
+def test_growing_the_fusion_head_keeps_every_score_until_it_trains():
+    from models import with_fusion_layers
+    from models.pair import SepTwinModel
+
+    model = create_model("twinrank-tiny")
+    grown = with_fusion_layers(model, 4)
+    assert len(grown.head.layers) == 4 and grown.config.fusion.layers == 4
+    assert with_fusion_layers(model, 2) is model and len(model.head.layers) == 2
+    ids = model.tokenize(["a red circle", "two blue squares left of a star"])
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        scores = [m.match_logit(m.encode_text(ids).text_tokens, m.encode_text(ids).text_mask,
+                                m.encode_image(pixels).image_tokens) for m in (model, grown)]
+    assert torch.allclose(scores[0], scores[1], atol=1e-5)
+    new_layer = grown.head.layers[3]
+    assert not new_layer.linear2.weight.any() and new_layer.linear1.weight.any()
+    sep = with_fusion_layers(SepTwinModel(model.config), 3)
+    assert isinstance(sep, SepTwinModel) and sep.config.fusion.layers == 3
+    with pytest.raises(ValueError, match="can only grow"):
+        with_fusion_layers(model, 1)

@@ -186,7 +186,7 @@ def test_batches_mark_captions_that_are_true_of_another_image(scenes) -> None:
     assert off.batch(epoch=0, index=0, batch_size=12).positives is None
 
 
-def test_training_at_a_new_image_size_keeps_the_start_models_weights(scenes, tmp_path) -> None:
+def test_training_at_a_new_image_size_and_depth_keeps_the_start_models_weights(scenes, tmp_path) -> None:
     from cli import app
 
     start = tmp_path / "start"
@@ -194,11 +194,13 @@ def test_training_at_a_new_image_size_keeps_the_start_models_weights(scenes, tmp
     out = tmp_path / "bigger"
     result = CliRunner().invoke(app, ["train", "--data", f"scenes:{scenes}:train:en",
                                       "--out", str(out), "--model", str(start),
-                                      "--image-size", "48", "--steps", "1", "--lr", "0",
+                                      "--image-size", "48", "--fusion-layers", "3",
+                                      "--steps", "1", "--lr", "0",
                                       "--batch-size", "4", "--mode", "bi"])
     assert result.exit_code == 0, result.output
     trained = create_model(out)
     assert trained.config.image_size == 48 and trained.preprocess.transforms[0].size == 48
+    assert trained.config.fusion.layers == 3 and len(trained.head.layers) == 3
     before, after = load_file(str(start / "model.safetensors")), trained.state_dict()
     assert torch.equal(before["clip.text.token_embedding.weight"],
                        after["clip.text.token_embedding.weight"])  # lr 0: nothing moved

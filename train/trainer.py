@@ -24,7 +24,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from models import TwinModel, create_model, pick_device, save_model, with_image_size
+from models import (
+    TwinModel,
+    create_model,
+    pick_device,
+    save_model,
+    with_fusion_layers,
+    with_image_size,
+)
 from train.batches import TrainingSet
 from train.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from train.data import load_dataset
@@ -61,6 +68,7 @@ class TrainConfig:
     rank_negatives: int = 7  # mined look-alikes per row in the rank loss
     freeze_layers: int = 0
     image_size: int = 0  # train at this picture size (0: the model's own)
+    fusion_layers: int = 0  # grow the fusion head to this many layers (0: keep it)
     group_lookalikes: bool = True
     also_true: bool = True  # the data's also_true images are never a caption's negatives
     seed: int = 0
@@ -105,6 +113,8 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
     base = create_model(config.model, config.pretrained, device=device, seed=config.seed)
     if config.image_size:
         base = with_image_size(base, config.image_size)
+    if config.fusion_layers:
+        base = with_fusion_layers(base, config.fusion_layers)
     models = build_models(config.mode, base).train()
     for model in twins(models).values():
         freeze_tower_layers(model, config.freeze_layers)
