@@ -186,7 +186,7 @@ def test_batches_mark_captions_that_are_true_of_another_image(scenes) -> None:
     assert off.batch(epoch=0, index=0, batch_size=12).positives is None
 
 
-def test_training_at_a_new_image_size_and_depth_keeps_the_start_models_weights(scenes, tmp_path) -> None:
+def test_training_at_a_new_image_size_and_depth_keeps_the_start_weights(scenes, tmp_path) -> None:
     from cli import app
 
     start = tmp_path / "start"
