@@ -224,6 +224,9 @@ def resize_positions(table: torch.Tensor, tokens: int) -> torch.Tensor:
     """A ViT's (1 + g*g, D) position table, class token first, interpolated to ``tokens``
     rows: the g x g grid resampled bicubically, the class token's row kept."""
     old, new = math.isqrt(table.shape[0] - 1), math.isqrt(tokens - 1)
+    if old * old != table.shape[0] - 1 or new * new != tokens - 1:
+        raise ValueError(f"cannot resize a position table of {table.shape[0]} rows to {tokens}: "
+                         f"only a class token plus a square patch grid is supported")
     grid = table[1:].reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
     grid = F.interpolate(grid, size=(new, new), mode="bicubic", antialias=True,
                          align_corners=False)

@@ -137,6 +137,7 @@ def test_resizing_the_image_input_interpolates_only_the_position_table(tmp_path)
     import open_clip.model
 
     from models import with_image_size
+    from models.factory import resize_positions
     from models.pair import SepTwinModel
 
     model = create_model("twinrank-tiny")
@@ -160,6 +161,8 @@ def test_resizing_the_image_input_interpolates_only_the_position_table(tmp_path)
     assert isinstance(sep, SepTwinModel) and sep.config.image_size == 48
     with pytest.raises(ValueError, match="multiple of the patch size"):
         with_image_size(model, 50)
+    with pytest.raises(ValueError, match="square patch grid"):
+        resize_positions(torch.zeros(12, 4), 17)
 
 
 def test_growing_the_fusion_head_keeps_every_score_until_it_trains():
