@@ -55,9 +55,9 @@ def set_threads(threads: int | None) -> None:
 @contextlib.contextmanager
 def friendly_errors() -> Iterator[None]:
     """Errors a user can cause become one red line and exit code 1, never a traceback."""
-    from models import ModelLoadError
-    from search import StoreError
-    from search.client import QueryError
+    from twinrank.models import ModelLoadError
+    from twinrank.search import StoreError
+    from twinrank.search.client import QueryError
 
     try:
         yield
@@ -120,8 +120,8 @@ def ingest(
     skipped and listed, never fatal. Safe to interrupt (even kill -9): run it again to
     finish.
     """
-    from ingest.job import IngestInterrupted, IngestJob, ingest_folder
-    from ingest.runner import IngestConfig
+    from twinrank.ingest.job import IngestInterrupted, IngestJob, ingest_folder
+    from twinrank.ingest.runner import IngestConfig
 
     config = IngestConfig(
         root=folder.expanduser(), batch_size=batch_size, workers=workers,
@@ -172,8 +172,8 @@ def search(
     threads: ThreadsOption = None,
 ) -> None:
     """Search the store by text and print the best matches."""
-    from search import SearchClient
-    from search.filters import filter_from_text
+    from twinrank.search import SearchClient
+    from twinrank.store.filters import filter_from_text
 
     set_threads(threads)
     location = url or store.expanduser()
@@ -212,7 +212,7 @@ def rerank_command(
     threads: ThreadsOption = None,
 ) -> None:
     """Score IMAGE files against QUERY with a cross-encoder and print them best first."""
-    from rerank.files import RerankFilesRequest, rerank_files
+    from twinrank.rerank.files import RerankFilesRequest, rerank_files
 
     set_threads(threads)
     request = RerankFilesRequest(query, images, reranker, model, pretrained, store, device)
@@ -235,7 +235,7 @@ def ui(
     threads: ThreadsOption = None,
 ) -> None:
     """Open the app: results before and after reranking, side by side."""
-    from ui.launch import UIStartError, is_loopback, run_ui
+    from twinrank.ui.launch import UIStartError, is_loopback, run_ui
 
     if not is_loopback(host):
         typer.secho(f"Warning: listening on {host}; anyone who can reach it can search "
@@ -265,7 +265,7 @@ def make_scenes_command(
                     "(the scenes' captions run out near 4,000 training scenes).")] = 1,
 ) -> None:
     """Generate synthetic compositional scenes (shapes, colours, relations) with captions."""
-    from train.scenes import ScenesConfig, make_scenes
+    from twinrank.captions.scenes import ScenesConfig, make_scenes
 
     config = ScenesConfig(n_train=n_train, n_test=n_test, image_size=image_size, seed=seed,
                           extra_objects=extra_objects, train_views=train_views)
@@ -334,7 +334,7 @@ def train_command(
     """Fine-tune a model as bi-encoder and cross-encoder (JOINT), or SEP / one of them."""
     import sys
 
-    from train.trainer import TrainConfig, train
+    from twinrank.train.trainer import TrainConfig, train
 
     with friendly_errors():
         config = TrainConfig(
@@ -382,10 +382,10 @@ def demo(
     threads: ThreadsOption = None,
 ) -> None:
     """Offline demo: generate scenes, index them with the demo model, open the app."""
-    from ingest.job import IngestJob, ingest_folder
-    from ingest.runner import IngestConfig
-    from models import DEMO_MODEL
-    from train.scenes import ScenesConfig, make_scenes
+    from twinrank.captions.scenes import ScenesConfig, make_scenes
+    from twinrank.ingest.job import IngestJob, ingest_folder
+    from twinrank.ingest.runner import IngestConfig
+    from twinrank.models import DEMO_MODEL
 
     home = home.expanduser()
     set_threads(threads)
@@ -447,8 +447,8 @@ def evaluate(
     threads: ThreadsOption = None,
 ) -> None:
     """Recall@K (both directions) and cost per query: bi-encoder, cross-encoder, COOP@k."""
-    from evaluation.harness import HarnessConfig
-    from evaluation.run import EvaluateJob, run_evaluation
+    from twinrank.evaluation.harness import HarnessConfig
+    from twinrank.evaluation.run import EvaluateJob, run_evaluation
 
     set_threads(threads)
     with friendly_errors():

@@ -17,8 +17,8 @@ import torch
 
 
 def export(model_dir: str, out: Path, n_images: int = 30_000, n_texts: int = 200) -> None:
-    from models import create_model
-    from train.scenes import all_scene_specs, captions_for, render_scene
+    from twinrank.captions.scenes import all_scene_specs, captions_for, render_scene
+    from twinrank.models import create_model
 
     torch.set_num_threads(2)
     model = create_model(model_dir, device="cpu").eval()

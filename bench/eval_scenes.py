@@ -37,20 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from evaluation.encode import encode_corpus
-from evaluation.harness import HarnessConfig
-from evaluation.latency import measure_latency
-from evaluation.run import (
-    PROTOCOLS,
-    DatasetReport,
-    EvaluateJob,
-    evaluate_dataset,
-    write_outputs,
-)
-from evaluation.scoring import PairScorer
-from models import create_model, model_id
-from train.data import load_dataset
-from train.scenes import (
+from twinrank.captions.data import load_dataset
+from twinrank.captions.scenes import (
     HeldOut,
     ScenesConfig,
     all_scene_specs,
@@ -60,6 +48,18 @@ from train.scenes import (
     plan_splits,
     render_scene,
 )
+from twinrank.evaluation.encode import encode_corpus
+from twinrank.evaluation.harness import HarnessConfig
+from twinrank.evaluation.latency import measure_latency
+from twinrank.evaluation.run import (
+    PROTOCOLS,
+    DatasetReport,
+    EvaluateJob,
+    evaluate_dataset,
+    write_outputs,
+)
+from twinrank.evaluation.scoring import PairScorer
+from twinrank.models import create_model, model_id
 
 RESULTS = Path(__file__).parent / "results"
 

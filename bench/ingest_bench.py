@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ingest import IngestConfig, run_ingest
-from ingest.embed import ImageEmbedder
-from models import create_model
-from search import collection_info, open_store
+from twinrank.ingest import IngestConfig, run_ingest
+from twinrank.models import create_model
+from twinrank.models.encode import ImageEmbedder
+from twinrank.search import collection_info, open_store
 
 RESULTS = Path(__file__).parent / "results" / "ingest_bench.json"
 

@@ -34,12 +34,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ingest import IngestConfig, run_ingest
-from ingest.embed import ImageEmbedder
-from models import create_model
-from rerank import BlipItmReranker, FusedReranker
-from search import SearchClient, collection_info, open_store
-from search.hits import Hit
+from twinrank.ingest import IngestConfig, run_ingest
+from twinrank.models import create_model
+from twinrank.models.encode import ImageEmbedder
+from twinrank.rerank import BlipItmReranker, FusedReranker
+from twinrank.search import SearchClient, collection_info, open_store
+from twinrank.search.hits import Hit
 
 QUERY = "a small red circle left of a large blue square"
 RESULTS = Path(__file__).parent / "results" / "rerank_bench.json"
@@ -102,7 +102,8 @@ def blip_base_reranker() -> BlipItmReranker:
 def run(ks: list[int], repeats: int, heavy_repeats: int, threads: int | None) -> dict:
     if threads:
         torch.set_num_threads(threads)
-    logging.getLogger("rerank.fused").setLevel(logging.ERROR)  # the recompute path is on purpose
+    # the recompute path is on purpose
+    logging.getLogger("twinrank.rerank.fused").setLevel(logging.ERROR)
     work = Path(tempfile.mkdtemp(prefix="rerank_bench_"))
     (work / "photos").mkdir()
     make_photos(work / "photos", max(ks))

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from bench.train_quality import cross_scores, encode
-from models import create_model
-from train.data import scene_lookalike_key
+from twinrank.captions.data import scene_lookalike_key
+from twinrank.models import create_model
 
 ATTRIBUTES = ("shape", "colour", "size")
 

@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from search.filters import SearchFilter, ancestor_folders
-from search.schema import CollectionInfo, PointRecord, SearchPlan, search_plan
-from search.store import EdgeStore, RemoteStore, open_store
+from twinrank.store import EdgeStore, RemoteStore, open_store
+from twinrank.store.filters import SearchFilter, ancestor_folders
+from twinrank.store.schema import CollectionInfo, PointRecord, SearchPlan, search_plan
 
 K = 20
 FILTER = SearchFilter(folder="/photos/3", formats=("jpeg",))  # ~7.5% of the points

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from models import create_model
-from models.pair import SepTwinModel
-from train.objectives import LossWeights, build_models, compute_losses
+from twinrank.models import create_model
+from twinrank.models.pair import SepTwinModel
+from twinrank.train.objectives import LossWeights, build_models, compute_losses
 
 RESULT = Path(__file__).parent / "results" / "train_bench.json"
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evaluation.metrics import coop_ranking, t2i_recall, topk_indices
-from models import TwinModel, create_model
-from train.batches import decode_all
-from train.data import load_dataset
+from twinrank.captions.data import load_dataset
+from twinrank.evaluation.metrics import coop_ranking, t2i_recall, topk_indices
+from twinrank.models import TwinModel, create_model
+from twinrank.train.batches import decode_all
 
 
 @torch.inference_mode()

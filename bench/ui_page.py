@@ -25,9 +25,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from search.store import CollectionInfo, PointRecord, open_store  # noqa: E402
-from ui.facets import collect_facets  # noqa: E402
-from ui.thumbs import THUMB_SIZE, ThumbnailCache, open_image  # noqa: E402
+from twinrank.store import CollectionInfo, PointRecord, open_store  # noqa: E402
+from twinrank.ui.facets import collect_facets  # noqa: E402
+from twinrank.ui.thumbs import THUMB_SIZE, ThumbnailCache, open_image  # noqa: E402
 
 PAGE = 16  # images on one before/after page (k = 8, two columns)
 PHOTO = (4000, 3000)  # a 12 MP camera JPEG

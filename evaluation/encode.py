@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ingest.decode import DecodeError, decode_image
-from ingest.embed import ImageEmbedder
-from models import TwinModel
-from models.device import autocast, inference_dtype
-from train.data import CaptionedImage, flatten_captions
+from twinrank.captions.data import CaptionedImage, flatten_captions
+from twinrank.models import TwinModel
+from twinrank.models.device import autocast, inference_dtype
+from twinrank.models.encode import ImageEmbedder
+from twinrank.models.images import DecodeError, decode_image
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.encode import EncodedCorpus
-from evaluation.latency import SEARCH_BACKENDS, LatencyPlan, measure_latency
-from evaluation.metrics import (
+from twinrank.evaluation.encode import EncodedCorpus
+from twinrank.evaluation.latency import SEARCH_BACKENDS, LatencyPlan, measure_latency
+from twinrank.evaluation.metrics import (
     DEFAULT_KS,
     combine_scores,
     coop_ranking,
@@ -35,7 +35,7 @@ from evaluation.metrics import (
     t2i_ranks,
     topk_indices,
 )
-from evaluation.scoring import (
+from twinrank.evaluation.scoring import (
     PairScorer,
     PairScoring,
     best_positive_ranks,
@@ -43,7 +43,7 @@ from evaluation.scoring import (
     recall_from_ranks,
     t2i_positive,
 )
-from models import TwinModel
+from twinrank.models import TwinModel
 
 MODES = ("bi", "cross-all", "coop")
 POSITIVES = ("own", "all-true")

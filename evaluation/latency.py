@@ -20,11 +20,11 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from evaluation.encode import EncodedCorpus
-from evaluation.metrics import latency_summary
-from evaluation.scoring import PairScoring
-from models import TwinModel
-from models.device import autocast, inference_dtype
+from twinrank.evaluation.encode import EncodedCorpus
+from twinrank.evaluation.metrics import latency_summary
+from twinrank.evaluation.scoring import PairScoring
+from twinrank.models import TwinModel
+from twinrank.models.device import autocast, inference_dtype
 
 SEARCH_BACKENDS = ("numpy", "qdrant-edge")
 
@@ -64,7 +64,7 @@ class EdgeSearch:
     name = "qdrant-edge"
 
     def __init__(self, image_vectors: np.ndarray, image_tokens: np.ndarray) -> None:
-        from search.store import CollectionInfo, EdgeStore, PointRecord
+        from twinrank.store import CollectionInfo, EdgeStore, PointRecord
 
         self._folder = Path(tempfile.mkdtemp(prefix="twinrank-eval-"))
         info = CollectionInfo(model_id="evaluation", vector_size=int(image_vectors.shape[1]),

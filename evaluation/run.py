@@ -15,17 +15,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evaluation.encode import encode_corpus, limit_captions
-from evaluation.harness import (
+from twinrank.captions.data import load_dataset
+from twinrank.evaluation.encode import encode_corpus, limit_captions
+from twinrank.evaluation.harness import (
     CorpusResult,
     HarnessConfig,
     evaluate_corpus,
     evaluate_folds,
     planned_ce_pairs,
 )
-from evaluation.report import format_table, plot_sweep
-from models import TwinModel, create_model, model_id
-from train.data import load_dataset
+from twinrank.evaluation.report import format_table, plot_sweep
+from twinrank.models import TwinModel, create_model, model_id
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from evaluation.encode import EncodedCorpus
-from models import TwinModel
-from models.device import autocast, inference_dtype
+from twinrank.evaluation.encode import EncodedCorpus
+from twinrank.models import TwinModel
+from twinrank.models.device import autocast, inference_dtype
 
 _RANK_CHUNK = 512  # query rows per block when ranking, bounding the boolean temporaries
 

@@ -12,10 +12,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ingest.report import IngestReport
-from ingest.walk import WalkOptions, iter_image_files
-from ingest.write import remove_paths
-from search.store import VectorStore
+from twinrank.ingest.report import IngestReport
+from twinrank.ingest.walk import WalkOptions, iter_image_files
+from twinrank.ingest.write import remove_paths
+from twinrank.store import VectorStore
 
 
 @dataclass(frozen=True)

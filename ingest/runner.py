@@ -25,14 +25,21 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ingest.decode import MAX_PIXELS, DecodeError, decode_image, read_file
-from ingest.embed import ImageEmbedder
-from ingest.plan import Candidate, StoreIndex, plan_run, prune_gone
-from ingest.pool import ReadAheadPool
-from ingest.report import IngestReport
-from ingest.walk import WalkOptions
-from ingest.write import FileFacts, ImageFacts, add_path, build_payload, make_record, remove_paths
-from search.store import PointRecord, VectorStore, point_id_for
+from twinrank.ingest.plan import Candidate, StoreIndex, plan_run, prune_gone
+from twinrank.ingest.pool import ReadAheadPool
+from twinrank.ingest.report import IngestReport
+from twinrank.ingest.walk import WalkOptions
+from twinrank.ingest.write import (
+    FileFacts,
+    ImageFacts,
+    add_path,
+    build_payload,
+    make_record,
+    remove_paths,
+)
+from twinrank.models.encode import ImageEmbedder
+from twinrank.models.images import MAX_PIXELS, DecodeError, decode_image, read_file
+from twinrank.store import PointRecord, VectorStore, point_id_for
 
 __all__ = ["IngestConfig", "IngestReport", "run_ingest"]
 

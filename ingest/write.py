@@ -9,8 +9,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from search.filters import ancestor_folders
-from search.store import PointRecord
+from twinrank.store import PointRecord
+from twinrank.store.filters import ancestor_folders
 
 
 @dataclass(frozen=True)

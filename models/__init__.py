@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from models.config import FusionConfig, TwinConfig, twin_config
-from models.device import pick_device
-from models.factory import (
+from twinrank.models.config import FusionConfig, TwinConfig, twin_config
+from twinrank.models.device import pick_device
+from twinrank.models.factory import (
     ModelLoadError,
     create_model,
     load_model,
@@ -13,8 +13,8 @@ from models.factory import (
     with_fusion_layers,
     with_image_size,
 )
-from models.pair import SepTwinModel
-from models.twin import ImageEncoding, TextEncoding, TwinModel
+from twinrank.models.pair import SepTwinModel
+from twinrank.models.twin import ImageEncoding, TextEncoding, TwinModel
 
 _SHIPPED_DEMO = Path(__file__).parent / "demo"
 # The model `twinrank demo` uses: the one trained on generated scenes when it is shipped.

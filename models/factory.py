@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from models.config import TwinConfig, twin_config
-from models.device import pick_device
-from models.fusion import FusionHead
-from models.pair import SEP_LAYOUT, SepTwinModel
-from models.twin import TwinModel, build_clip
+from twinrank.models.config import TwinConfig, twin_config
+from twinrank.models.device import pick_device
+from twinrank.models.fusion import FusionHead
+from twinrank.models.pair import SEP_LAYOUT, SepTwinModel
+from twinrank.models.twin import TwinModel, build_clip
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

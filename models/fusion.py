@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.config import FusionConfig
+from twinrank.models.config import FusionConfig
 
 
 class FusionHead(nn.Module):

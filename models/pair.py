@@ -15,8 +15,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from models.config import TwinConfig
-from models.twin import ImageEncoding, TextEncoding, TwinModel, build_clip, text_forward
+from twinrank.models.config import TwinConfig
+from twinrank.models.twin import ImageEncoding, TextEncoding, TwinModel, build_clip, text_forward
 
 SEP_LAYOUT = "sep"
 

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from models.config import TwinConfig
-from models.fusion import FusionHead
+from twinrank.models.config import TwinConfig
+from twinrank.models.fusion import FusionHead
 
 
 @dataclass

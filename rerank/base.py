@@ -10,7 +10,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from search.hits import Hit
+from twinrank.search.hits import Hit
 
 
 class ImageReadError(ValueError):

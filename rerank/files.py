@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from models import TwinModel, create_model
-from rerank.base import CrossEncoder, apply_scores, open_rgb
-from rerank.registry import make_reranker, parse_reranker_spec
-from search.hits import Hit
+from twinrank.models import TwinModel, create_model
+from twinrank.rerank.base import CrossEncoder, apply_scores, open_rgb
+from twinrank.rerank.registry import make_reranker, parse_reranker_spec
+from twinrank.search.hits import Hit
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,8 @@ def _twin_model(request: RerankFilesRequest) -> TwinModel:
     if request.model:
         return create_model(request.model, pretrained=request.pretrained, device=request.device)
     if request.store is not None:
-        from search.client import load_collection_model
-        from search.store import read_info
+        from twinrank.search.client import load_collection_model
+        from twinrank.store import read_info
 
         info = read_info(Path(request.store).expanduser())
         if info is None:

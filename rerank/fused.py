@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models import TextEncoding, TwinModel
-from models.device import autocast, inference_dtype
-from rerank.base import open_rgb
-from rerank.one_query import one_query_logits, supports_one_query
-from search.hits import Hit
-from search.store import VectorStore
+from twinrank.models import TextEncoding, TwinModel
+from twinrank.models.device import autocast, inference_dtype
+from twinrank.rerank.base import open_rgb
+from twinrank.rerank.one_query import one_query_logits, supports_one_query
+from twinrank.search.hits import Hit
+from twinrank.store import VectorStore
 
 log = logging.getLogger(__name__)
 

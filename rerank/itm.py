@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models import ModelLoadError
-from models.device import autocast, inference_dtype, pick_device
-from models.factory import hub_reachable
-from rerank.base import open_rgb
-from search.hits import Hit
+from twinrank.models import ModelLoadError
+from twinrank.models.device import autocast, inference_dtype, pick_device
+from twinrank.models.factory import hub_reachable
+from twinrank.rerank.base import open_rgb
+from twinrank.search.hits import Hit
 
 DEFAULT_BLIP_ITM = "Salesforce/blip-itm-base-coco"
 

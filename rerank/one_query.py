@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.fusion import FusionHead
+from twinrank.models.fusion import FusionHead
 
 
 def supports_one_query(head: FusionHead) -> bool:

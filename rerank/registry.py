@@ -22,12 +22,12 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from models import TwinModel
-from models.device import pick_device
-from rerank.base import Reranker
-from rerank.fused import FusedReranker
-from rerank.itm import DEFAULT_BLIP_ITM, BlipItmReranker
-from search.store import VectorStore
+from twinrank.models import TwinModel
+from twinrank.models.device import pick_device
+from twinrank.rerank.base import Reranker
+from twinrank.rerank.fused import FusedReranker
+from twinrank.rerank.itm import DEFAULT_BLIP_ITM, BlipItmReranker
+from twinrank.store import VectorStore
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,8 @@ client uses the rerankers.
 
 from typing import Any
 
-from search.filters import SearchFilter
-from search.hits import Hit, SearchResults
-from search.store import (
+from twinrank.search.hits import Hit, SearchResults
+from twinrank.store import (
     CollectionInfo,
     CollectionMismatchError,
     StoreBusyError,
@@ -16,6 +15,7 @@ from search.store import (
     VectorStore,
     open_store,
 )
+from twinrank.store.filters import SearchFilter
 
 __all__ = [
     "CollectionInfo",
@@ -35,7 +35,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in ("SearchClient", "QueryError", "collection_info"):
-        from search import client
+        from twinrank.search import client
 
         return getattr(client, name)
     raise AttributeError(name)

@@ -23,19 +23,19 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from models import TextEncoding, TwinModel, create_model, model_id
-from models.device import autocast, inference_dtype
-from rerank.base import Reranker, apply_scores, rerank_hits
-from search.filters import SearchFilter
-from search.hits import Hit, SearchResults
-from search.schema import file_content_hash
-from search.store import (
+from twinrank.models import TextEncoding, TwinModel, create_model, model_id
+from twinrank.models.device import autocast, inference_dtype
+from twinrank.rerank.base import Reranker, apply_scores, rerank_hits
+from twinrank.search.hits import Hit, SearchResults
+from twinrank.store import (
     CollectionInfo,
     CollectionMismatchError,
     VectorStore,
     open_store,
     point_id_for,
 )
+from twinrank.store.filters import SearchFilter
+from twinrank.store.schema import file_content_hash
 
 DEFAULT_RERANK_TOP_K = 20
 
@@ -123,7 +123,9 @@ class SearchClient:
     def _make_reranker(self, reranker: Reranker | str | None) -> Reranker | None:
         if reranker is None or not isinstance(reranker, str):
             return reranker
-        from rerank.registry import make_reranker  # specs: "fused", "blip-itm:<id>", "none"
+        from twinrank.rerank.registry import (
+            make_reranker,  # specs: "fused", "blip-itm:<id>", "none"
+        )
 
         return make_reranker(reranker, self.model, self.store, device=str(self.model.device))
 
@@ -145,7 +147,7 @@ class SearchClient:
 
     def _reuses_query_encoding(self) -> bool:
         """Whether the reranker reads the same text tower output the search computes."""
-        from rerank.fused import FusedReranker
+        from twinrank.rerank.fused import FusedReranker
 
         return (isinstance(self.reranker, FusedReranker) and self.reranker.model is self.model
                 and self.reranker.dtype == self._dtype)
@@ -288,7 +290,7 @@ class SearchClient:
         if do_rerank and self.reranker is not None and text is not None:
             started = time.perf_counter()
             if encoding is not None:  # only kept when the reranker can reuse it
-                from rerank.fused import FusedReranker
+                from twinrank.rerank.fused import FusedReranker
 
                 scores = cast(FusedReranker, self.reranker).score_encoded(encoding, hits)
                 hits = apply_scores(hits, scores, self.bi_weight)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models import TwinModel, create_model
+from twinrank.models import TwinModel, create_model
 
 torch.set_num_threads(2)
 

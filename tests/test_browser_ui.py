@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from test_ui import QUERY, K, build_store
 
-from search import SearchClient
-from search.hits import Hit
-from ui.launch import wait_until_ready
-from ui.lookup import similar_to
-from ui.views import caption, file_name
+from twinrank.search import SearchClient
+from twinrank.search.hits import Hit
+from twinrank.ui.launch import wait_until_ready
+from twinrank.ui.lookup import similar_to
+from twinrank.ui.views import caption, file_name
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -7,7 +7,7 @@ import os
 
 from typer.testing import CliRunner
 
-from cli import app
+from twinrank.cli import app
 
 runner = CliRunner()
 
@@ -40,7 +40,7 @@ def test_plain_search_output_and_no_rerank(image_folder, tmp_path):
 def test_threads_option_sets_torch_threads_and_the_apps_environment(image_folder, tmp_path):
     import torch
 
-    from ui.launch import ui_environment
+    from twinrank.ui.launch import ui_environment
 
     store = tmp_path / "store"
     runner.invoke(app, ["ingest", str(image_folder), "--store", str(store)])

@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli import app
-from ingest import IngestConfig, run_ingest
-from ingest.embed import ImageEmbedder
-from search import CollectionMismatchError, SearchClient, SearchFilter, collection_info
-from search.client import QueryError
-from search.store import open_store
+from twinrank.cli import app
+from twinrank.ingest import IngestConfig, run_ingest
+from twinrank.models.encode import ImageEmbedder
+from twinrank.search import CollectionMismatchError, SearchClient, SearchFilter, collection_info
+from twinrank.search.client import QueryError
+from twinrank.store import open_store
 
 
 def ingest_into(model, root: Path, location: str | Path, **options):

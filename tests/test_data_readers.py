@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from train.data import (
+from twinrank.captions.data import (
     CaptionedImage,
     CaptionPairs,
     flatten_captions,

@@ -7,9 +7,9 @@ import importlib
 
 import pytest
 
-MODULES = ("train.scenes", "train.batches", "train.losses", "train.data",
-           "evaluation.metrics", "evaluation.scoring", "evaluation.encode",
-           "evaluation.harness")
+MODULES = ("twinrank.captions.scenes", "twinrank.train.batches", "twinrank.train.losses",
+           "twinrank.captions.data", "twinrank.evaluation.metrics", "twinrank.evaluation.scoring",
+           "twinrank.evaluation.encode", "twinrank.evaluation.harness")
 
 
 @pytest.mark.parametrize("name", MODULES)

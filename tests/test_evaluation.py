@@ -8,17 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evaluation.encode import EncodedCorpus, limit_captions
-from evaluation.harness import HarnessConfig, ce_all_pairs, evaluate_corpus
-from evaluation.metrics import i2t_ranks, t2i_ranks
-from evaluation.run import get_protocol, split_label
-from evaluation.scoring import (
+from twinrank.captions.data import CaptionedImage
+from twinrank.evaluation.encode import EncodedCorpus, limit_captions
+from twinrank.evaluation.harness import HarnessConfig, ce_all_pairs, evaluate_corpus
+from twinrank.evaluation.metrics import i2t_ranks, t2i_ranks
+from twinrank.evaluation.run import get_protocol, split_label
+from twinrank.evaluation.scoring import (
     best_positive_ranks,
     i2t_positive,
     recall_from_ranks,
     t2i_positive,
 )
-from train.data import CaptionedImage
 
 # 3 images, 2 captions each (image 0: captions 0,1 ...); rows are captions.
 CAPTION_IMAGE = np.array([0, 0, 1, 1, 2, 2])

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli import app
-from evaluation.encode import EncodedCorpus, encode_corpus
-from evaluation.harness import CorpusResult, HarnessConfig, evaluate_corpus, evaluate_folds
-from evaluation.metrics import fold_average, recall_metrics
-from evaluation.run import plot_inputs
-from models import TwinModel
-from train.data import load_dataset
-from train.scenes import ScenesConfig, make_scenes
+from twinrank.captions.data import load_dataset
+from twinrank.captions.scenes import ScenesConfig, make_scenes
+from twinrank.cli import app
+from twinrank.evaluation.encode import EncodedCorpus, encode_corpus
+from twinrank.evaluation.harness import CorpusResult, HarnessConfig, evaluate_corpus, evaluate_folds
+from twinrank.evaluation.metrics import fold_average, recall_metrics
+from twinrank.evaluation.run import plot_inputs
+from twinrank.models import TwinModel
 
 N_IMAGES = 16
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
-from ingest.decode import DecodeError, decode_image, read_file
-from ingest.pool import ReadAheadPool
-from ingest.walk import WalkOptions, image_suffixes, iter_image_files
+from twinrank.ingest.pool import ReadAheadPool
+from twinrank.ingest.walk import WalkOptions, image_suffixes, iter_image_files
+from twinrank.models.images import DecodeError, decode_image, read_file
 
 
 def _image(path: Path, size=(40, 20), color=(200, 30, 30), **save) -> Path:

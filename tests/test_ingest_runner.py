@@ -14,11 +14,11 @@ import torch
 from conftest import make_image
 from typer.testing import CliRunner
 
-import ingest.runner as runner_module
-from cli import app
-from ingest import IngestConfig, run_ingest
-from ingest.embed import ImageEmbedder, choose_dtype
-from search import collection_info, open_store
+import twinrank.ingest.runner as runner_module
+from twinrank.cli import app
+from twinrank.ingest import IngestConfig, run_ingest
+from twinrank.models.encode import ImageEmbedder, choose_dtype
+from twinrank.search import collection_info, open_store
 
 
 def _run(model, root: Path, store_path: Path, embedder=None, **options):

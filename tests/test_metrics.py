@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evaluation.metrics import (
+from twinrank.evaluation.metrics import (
     ce_all_guard,
     combine_scores,
     coop_ranking,
@@ -22,7 +22,7 @@ from evaluation.metrics import (
     t2i_recall,
     topk_indices,
 )
-from evaluation.report import format_table, plot_sweep, write_json
+from twinrank.evaluation.report import format_table, plot_sweep, write_json
 
 # 3 images, 2 captions each; rows are captions, columns images.
 CAPTION_IMAGE = np.array([0, 0, 1, 1, 2, 2])

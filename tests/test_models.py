@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from models import ModelLoadError, create_model, model_id, save_model
-from models.config import FusionConfig
-from models.fusion import FusionHead
+from twinrank.models import ModelLoadError, create_model, model_id, save_model
+from twinrank.models.config import FusionConfig
+from twinrank.models.fusion import FusionHead
 
 
 def test_shapes_of_both_encoders_and_the_head(tiny_model):
@@ -136,9 +136,9 @@ def test_text_mask_follows_the_tokenizers_pad_id(tiny_model, tmp_path) -> None:
 def test_resizing_the_image_input_interpolates_only_the_position_table(tmp_path):
     import open_clip.model
 
-    from models import with_image_size
-    from models.factory import resize_positions
-    from models.pair import SepTwinModel
+    from twinrank.models import with_image_size
+    from twinrank.models.factory import resize_positions
+    from twinrank.models.pair import SepTwinModel
 
     model = create_model("twinrank-tiny")
     bigger = with_image_size(model, 48)
@@ -166,8 +166,8 @@ def test_resizing_the_image_input_interpolates_only_the_position_table(tmp_path)
 
 
 def test_growing_the_fusion_head_keeps_every_score_until_it_trains():
-    from models import with_fusion_layers
-    from models.pair import SepTwinModel
+    from twinrank.models import with_fusion_layers
+    from twinrank.models.pair import SepTwinModel
 
     model = create_model("twinrank-tiny")
     grown = with_fusion_layers(model, 4)

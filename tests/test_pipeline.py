@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from ingest import IngestConfig, run_ingest
-from ingest.embed import ImageEmbedder
-from models import create_model
-from rerank import FusedReranker
-from rerank.base import apply_scores
-from search import CollectionMismatchError, SearchClient, collection_info, open_store
-from search.client import QueryError
-from search.hits import Hit
+from twinrank.ingest import IngestConfig, run_ingest
+from twinrank.models import create_model
+from twinrank.models.encode import ImageEmbedder
+from twinrank.rerank import FusedReranker
+from twinrank.rerank.base import apply_scores
+from twinrank.search import CollectionMismatchError, SearchClient, collection_info, open_store
+from twinrank.search.client import QueryError
+from twinrank.search.hits import Hit
 
 
 def ingest(model, root: Path, store_path: Path, **options):

@@ -11,16 +11,22 @@ import torch
 from conftest import make_image
 from typer.testing import CliRunner
 
-from cli import app
-from ingest import IngestConfig, run_ingest
-from ingest.embed import ImageEmbedder
-from models import create_model
-from models.device import pick_device
-from rerank import FusedReranker, apply_scores, available_rerankers, make_reranker, rerank_hits
-from rerank.base import CrossEncoder, ImageReadError, open_rgb
-from rerank.registry import parse_reranker_spec
-from search import SearchClient, collection_info, open_store
-from search.hits import Hit
+from twinrank.cli import app
+from twinrank.ingest import IngestConfig, run_ingest
+from twinrank.models import create_model
+from twinrank.models.device import pick_device
+from twinrank.models.encode import ImageEmbedder
+from twinrank.rerank import (
+    FusedReranker,
+    apply_scores,
+    available_rerankers,
+    make_reranker,
+    rerank_hits,
+)
+from twinrank.rerank.base import CrossEncoder, ImageReadError, open_rgb
+from twinrank.rerank.registry import parse_reranker_spec
+from twinrank.search import SearchClient, collection_info, open_store
+from twinrank.search.hits import Hit
 
 QUERY = "a red circle left of a blue square"
 
@@ -79,7 +85,7 @@ def test_missing_tokens_are_recomputed_from_files_with_one_warning(model, indexe
     client, hits = indexed
     full = FusedReranker(model, client.store).score(QUERY, hits)
     partial = FusedReranker(model, HideTokens(client.store, [h.id for h in hits[::3]]))
-    with caplog.at_level(logging.WARNING, logger="rerank.fused"):
+    with caplog.at_level(logging.WARNING, logger="twinrank.rerank.fused"):
         first = partial.score(QUERY, hits)
         second = partial.score("a green square", hits)
     warnings = [r for r in caplog.records if "no cached reranker tokens" in r.getMessage()]
@@ -241,9 +247,9 @@ def test_cuda_reranking_agrees_with_cpu(model, indexed):
 
 @pytest.mark.parametrize("layers", [1, 3])
 def test_one_query_shortcut_gives_the_heads_own_logits(layers):
-    from models.config import FusionConfig
-    from models.fusion import FusionHead
-    from rerank.one_query import one_query_logits, supports_one_query
+    from twinrank.models.config import FusionConfig
+    from twinrank.models.fusion import FusionHead
+    from twinrank.rerank.one_query import one_query_logits, supports_one_query
 
     torch.manual_seed(layers)
     head = FusionHead(FusionConfig(width=32, layers=layers, heads=4), 24, 40).eval()

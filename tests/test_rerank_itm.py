@@ -11,11 +11,11 @@ import torch
 from conftest import make_image
 from typer.testing import CliRunner
 
-from cli import app
-from models import ModelLoadError
-from rerank import BlipItmReranker, make_reranker, open_rgb, rerank_hits
-from rerank.registry import clear_reranker_cache
-from search.hits import Hit
+from twinrank.cli import app
+from twinrank.models import ModelLoadError
+from twinrank.rerank import BlipItmReranker, make_reranker, open_rgb, rerank_hits
+from twinrank.rerank.registry import clear_reranker_cache
+from twinrank.search.hits import Hit
 
 WORDS = "a red blue green circle square left right of the two".split()
 
@@ -157,10 +157,10 @@ def test_rerank_command_with_blip(blip_folder, images, reranker):
 
 
 def test_search_client_reranks_with_blip_by_spec(blip_folder, images, tmp_path, reranker):
-    from ingest import IngestConfig, run_ingest
-    from ingest.embed import ImageEmbedder
-    from models import create_model
-    from search import SearchClient, collection_info, open_store
+    from twinrank.ingest import IngestConfig, run_ingest
+    from twinrank.models import create_model
+    from twinrank.models.encode import ImageEmbedder
+    from twinrank.search import SearchClient, collection_info, open_store
 
     model = create_model("twinrank-tiny", device="cpu")
     store = open_store(tmp_path / "store", collection_info(model, "twinrank-tiny"))

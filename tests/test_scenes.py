@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train.data import read_captions_jsonl
-from train.scenes import (
+from twinrank.captions.data import read_captions_jsonl
+from twinrank.captions.scenes import (
     COLOURS,
     LANGUAGES,
     SPLITS,

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search.filters import SearchFilter, ancestor_folders
-from search.store import (
+from twinrank.store import (
     CollectionInfo,
     CollectionMismatchError,
     EdgeStore,
@@ -24,6 +23,7 @@ from search.store import (
     open_store,
     search_plan,
 )
+from twinrank.store.filters import SearchFilter, ancestor_folders
 
 INFO = CollectionInfo(model_id="model-a", vector_size=16, token_count=4, token_width=8,
                       model_source="twinrank-tiny")
@@ -206,7 +206,7 @@ def test_wrong_api_key_is_a_clear_error_that_never_shows_the_key(monkeypatch):
 
 
 def test_a_far_query_is_searched_again_exactly():
-    from search.schema import FAR_QUERY_COSINE, SearchPlan, StoredHit, planned_search
+    from twinrank.store.schema import FAR_QUERY_COSINE, SearchPlan, StoredHit, planned_search
 
     plans: list[SearchPlan] = []
 

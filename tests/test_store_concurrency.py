@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search.store import EdgeStore, StoreBusyError, open_store
 from tests.test_store import BACKENDS, INFO, open_backend, records
+from twinrank.store import EdgeStore, StoreBusyError, open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
 WRITER = """
 import sys, time
 sys.path.insert(0, {root!r})
-from search.store import open_store
+from twinrank.store import open_store
 from tests.test_store import INFO, records
 store = open_store({folder!r}, INFO)
 data = records({total})

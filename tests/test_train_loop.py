@@ -12,13 +12,13 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from models import create_model, save_model
-from models.pair import SepTwinModel
-from train.batches import TrainingSet
-from train.checkpoints import latest_checkpoint
-from train.data import load_dataset
-from train.scenes import ScenesConfig, make_scenes
-from train.trainer import METRICS_FILE, TrainConfig, train
+from twinrank.captions.data import load_dataset
+from twinrank.captions.scenes import ScenesConfig, make_scenes
+from twinrank.models import create_model, save_model
+from twinrank.models.pair import SepTwinModel
+from twinrank.train.batches import TrainingSet
+from twinrank.train.checkpoints import latest_checkpoint
+from twinrank.train.trainer import METRICS_FILE, TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_batches_merge_languages_and_keep_look_alikes_together(scenes) -> None:
 
 
 def test_train_command_trains_and_reports(scenes, tmp_path) -> None:
-    from cli import app
+    from twinrank.cli import app
 
     out = tmp_path / "cli"
     result = CliRunner().invoke(app, ["train", "--data", f"scenes:{scenes}:train:en",
@@ -187,7 +187,7 @@ def test_batches_mark_captions_that_are_true_of_another_image(scenes) -> None:
 
 
 def test_training_at_a_new_image_size_and_depth_keeps_the_start_weights(scenes, tmp_path) -> None:
-    from cli import app
+    from twinrank.cli import app
 
     start = tmp_path / "start"
     save_model(create_model("twinrank-tiny"), start)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from train.losses import (
+from twinrank.train.losses import (
     CONTRASTIVE,
     MATCH,
     RANK,
@@ -19,7 +19,7 @@ from train.losses import (
     rank_loss,
     same_image_mask,
 )
-from train.objectives import LossWeights, build_models, compute_losses, listwise_rank_loss
+from twinrank.train.objectives import LossWeights, build_models, compute_losses, listwise_rank_loss
 
 
 def _ce(logits: list[float], target: int) -> float:

@@ -12,13 +12,13 @@ import pytest
 from conftest import make_image
 from streamlit.testing.v1 import AppTest
 
-from ingest import IngestConfig, run_ingest
-from ingest.embed import ImageEmbedder
-from models import create_model
-from search import SearchClient, collection_info, open_store
-from search.hits import Hit
-from ui.launch import STORE_ENV, app_url, is_loopback
-from ui.views import caption, movement, path_name, timing_line
+from twinrank.ingest import IngestConfig, run_ingest
+from twinrank.models import create_model
+from twinrank.models.encode import ImageEmbedder
+from twinrank.search import SearchClient, collection_info, open_store
+from twinrank.search.hits import Hit
+from twinrank.ui.launch import STORE_ENV, app_url, is_loopback
+from twinrank.ui.views import caption, movement, path_name, timing_line
 
 APP = str(Path(__file__).parents[1] / "ui" / "app.py")
 QUERY = "a red block"

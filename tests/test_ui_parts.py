@@ -9,10 +9,10 @@ import pytest
 from conftest import make_image
 from PIL import Image
 
-from search.filters import SearchFilter
-from ui.facets import FilterChoices, collect_facets
-from ui.thumbs import THUMB_SIZE, ThumbnailCache, open_image
-from ui.views import human_bytes, metadata_rows
+from twinrank.store.filters import SearchFilter
+from twinrank.ui.facets import FilterChoices, collect_facets
+from twinrank.ui.thumbs import THUMB_SIZE, ThumbnailCache, open_image
+from twinrank.ui.views import human_bytes, metadata_rows
 
 POINT = str(uuid.uuid4())
 

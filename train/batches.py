@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from train.data import CaptionedImage
+from twinrank.captions.data import CaptionedImage
 
 Preprocess = Callable[[Image.Image], torch.Tensor]
 

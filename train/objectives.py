@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models import ImageEncoding, TextEncoding, TwinModel
-from models.pair import SepTwinModel
-from train.losses import (
+from twinrank.models import ImageEncoding, TextEncoding, TwinModel
+from twinrank.models.pair import SepTwinModel
+from twinrank.train.losses import (
     CONTRASTIVE,
     MATCH,
     RANK,

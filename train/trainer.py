@@ -24,7 +24,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from models import (
+from twinrank.captions.data import load_dataset
+from twinrank.models import (
     TwinModel,
     create_model,
     pick_device,
@@ -32,12 +33,17 @@ from models import (
     with_fusion_layers,
     with_image_size,
 )
-from train.batches import TrainingSet
-from train.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
-from train.data import load_dataset
-from train.losses import total_loss
-from train.objectives import LossWeights, build_models, compute_losses, exported_model, twins
-from train.objectives import freeze_layers as freeze_tower_layers
+from twinrank.train.batches import TrainingSet
+from twinrank.train.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from twinrank.train.losses import total_loss
+from twinrank.train.objectives import (
+    LossWeights,
+    build_models,
+    compute_losses,
+    exported_model,
+    twins,
+)
+from twinrank.train.objectives import freeze_layers as freeze_tower_layers
 
 METRICS_FILE = "metrics.jsonl"
 RECORD_FILE = "train.json"

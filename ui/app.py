@@ -17,12 +17,12 @@ from pathlib import Path
 import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
-from models import ModelLoadError
-from search import QueryError, SearchClient, SearchFilter, StoreBusyError, StoreError
-from search.store import read_info
-from ui.facets import Facets, FilterChoices, collect_facets
-from ui.launch import MAX_UPLOAD_MB, STORE_ENV
-from ui.lookup import (
+from twinrank.models import ModelLoadError
+from twinrank.search import QueryError, SearchClient, SearchFilter, StoreBusyError, StoreError
+from twinrank.store import read_info
+from twinrank.ui.facets import Facets, FilterChoices, collect_facets
+from twinrank.ui.launch import MAX_UPLOAD_MB, STORE_ENV
+from twinrank.ui.lookup import (
     RERANK_OFF,
     UnknownImageError,
     client_with_reranker,
@@ -31,9 +31,15 @@ from ui.lookup import (
     similar_to,
     source_payload,
 )
-from ui.render import MODE_KEY, SIMILAR_KEY, before_after, grid, source_card
-from ui.thumbs import THUMBS_DIR, ImageReadError, ThumbnailCache, collection_paths, open_image
-from ui.views import path_name
+from twinrank.ui.render import MODE_KEY, SIMILAR_KEY, before_after, grid, source_card
+from twinrank.ui.thumbs import (
+    THUMBS_DIR,
+    ImageReadError,
+    ThumbnailCache,
+    collection_paths,
+    open_image,
+)
+from twinrank.ui.views import path_name
 
 log = logging.getLogger("twinrank.ui")
 HOW_TO_INGEST = (

@@ -15,10 +15,10 @@ from typing import Any
 
 from PIL import Image
 
-from rerank.registry import available_rerankers
-from search import SearchClient, SearchFilter
-from search.client import QueryError
-from search.hits import SearchResults
+from twinrank.rerank.registry import available_rerankers
+from twinrank.search import SearchClient, SearchFilter
+from twinrank.search.client import QueryError
+from twinrank.search.hits import SearchResults
 
 RERANK_OFF = "off"
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import streamlit as st
 
-from search import SearchClient
-from search.hits import Hit
-from ui.lookup import source_payload
-from ui.thumbs import PREVIEW_SIZE, ThumbnailCache
-from ui.views import caption, file_name, metadata_rows, moved_summary, timing_line
+from twinrank.search import SearchClient
+from twinrank.search.hits import Hit
+from twinrank.ui.lookup import source_payload
+from twinrank.ui.thumbs import PREVIEW_SIZE, ThumbnailCache
+from twinrank.ui.views import caption, file_name, metadata_rows, moved_summary, timing_line
 
 CARD_WIDTH = 200  # px on the page; thumbnails are made at 256 so they stay sharp
 GRID_COLUMNS = 4

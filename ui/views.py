@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from search.hits import Hit
+from twinrank.search.hits import Hit
 
 TIMING_LABELS = {
     "encode_ms": "text encoding",

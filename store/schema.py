@@ -18,7 +18,7 @@ from typing import Any, Protocol, Self
 
 import numpy as np
 
-from search.filters import SearchFilter
+from twinrank.store.filters import SearchFilter
 
 SCHEMA_VERSION = 1
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from search.filters import INDEXED_FIELDS, SearchFilter, to_rfc3339
-from search.lease import ShardLease
-from search.schema import (
+from twinrank.store.filters import INDEXED_FIELDS, SearchFilter, to_rfc3339
+from twinrank.store.lease import ShardLease
+from twinrank.store.schema import (
     CollectionInfo,
     PointRecord,
     SearchPlan,

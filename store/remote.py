@@ -25,8 +25,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from search.filters import INDEXED_FIELDS, SearchFilter, to_utc
-from search.schema import (
+from twinrank.store.filters import INDEXED_FIELDS, SearchFilter, to_utc
+from twinrank.store.schema import (
     CollectionInfo,
     PointRecord,
     SearchPlan,

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models import TwinModel
-from models.device import autocast, inference_dtype
+from twinrank.models import TwinModel
+from twinrank.models.device import autocast, inference_dtype
 
 BF16_MIN_PARAMS = 10_000_000  # image towers below this are overhead-bound: bf16 gains nothing
 

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from search.schema import StoreBusyError, StoreError
+from twinrank.store.schema import StoreBusyError, StoreError
 
 REQUESTS_DIR = ".requests"
 LOCK_FILE = ".lock"

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from search.edge import META_FILE, SHARD_DIR, EdgeStore, read_info
-from search.remote import API_KEY_ENV, DEFAULT_COLLECTION, RemoteStore, is_remote_location
-from search.schema import (
+from twinrank.store.edge import META_FILE, SHARD_DIR, EdgeStore, read_info
+from twinrank.store.remote import API_KEY_ENV, DEFAULT_COLLECTION, RemoteStore, is_remote_location
+from twinrank.store.schema import (
     EXACT_SEARCH_BELOW,
     SCHEMA_VERSION,
     CollectionInfo,
