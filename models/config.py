@@ -47,6 +47,9 @@ class TwinConfig:
     pretrained: str | None = None
     fusion: FusionConfig = field(default_factory=FusionConfig)
     token_grid: int = 0  # pool patch tokens to grid x grid before caching; 0 keeps all
+    # True only once a match objective trained the fusion head (``twinrank train``); a
+    # pretrained open_clip wrapped in a TwinModel has a random head and is no reranker.
+    reranker_trained: bool = False
     image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 

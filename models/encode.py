@@ -43,7 +43,7 @@ def choose_dtype(model: TwinModel, precision: str = "auto") -> torch.dtype:
     device = model.device
     if precision != "auto" or device.type != "cpu":
         return inference_dtype(device, precision)
-    params = sum(p.numel() for p in model.clip.visual.parameters())
+    params = sum(p.numel() for m in model.image_modules() for p in m.parameters())
     if cpu_has_native_bf16() and params >= BF16_MIN_PARAMS:
         return torch.bfloat16
     return torch.float32
@@ -62,9 +62,8 @@ class ImageEmbedder:
         self.model = model
         self.device = model.device
         self.dtype = choose_dtype(model, precision)
-        split = _split_transform(model.preprocess)
-        self._split = split is not None
-        self._pil_steps, mean, std = split or ([], (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        self.preparer = ImagePreparer(model.preprocess, int(model.config.image_size))
+        mean, std = self.preparer.mean, self.preparer.std
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self._tower = model
@@ -76,15 +75,11 @@ class ImageEmbedder:
     @property
     def target_size(self) -> int:
         """The model's input size: JPEGs are decoded at the smallest scale that covers it."""
-        return int(self.model.config.image_size)
+        return self.preparer.target_size
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         """The PIL half of preprocessing (thread-safe): RGB image -> (H, W, 3) uint8."""
-        if not self._split:  # an unusual transform: run all of it here -> (3, H, W) float
-            return np.asarray(self.model.preprocess(image), dtype=np.float32)
-        for step in self._pil_steps:
-            image = step(image)
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        return self.preparer.prepare(image)
 
     def pixels_from_arrays(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
         """The tensor half, per batch: uint8 (H, W, 3) arrays -> normalised (B, 3, H, W)."""
@@ -115,6 +110,34 @@ class ImageEmbedder:
         return self.embed_pixels(self.pixels(images))
 
 
+class ImagePreparer:
+    """The PIL half of a model's preprocessing, without the model.
+
+    Small and picklable (the transform's steps, no weights), so decode workers in other
+    processes (Ray tasks) prepare images exactly as ``ImageEmbedder.prepare`` does.
+
+    Example:
+        >>> preparer = ImagePreparer(model.preprocess, model.config.image_size)
+        >>> preparer.prepare(image).shape
+        (32, 32, 3)
+    """
+
+    def __init__(self, preprocess: Any, target_size: int) -> None:
+        self.preprocess = preprocess
+        self.target_size = target_size
+        split = _split_transform(preprocess)
+        self.split = split is not None
+        self.pil_steps, self.mean, self.std = split or ([], (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """RGB image -> (H, W, 3) uint8 (thread-safe)."""
+        if not self.split:  # an unusual transform: run all of it here -> (3, H, W) float
+            return np.asarray(self.preprocess(image), dtype=np.float32)
+        for step in self.pil_steps:
+            image = step(image)
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
 def _split_transform(
     transform: Any,
 ) -> tuple[list[Callable[[Any], Any]], Sequence[float], Sequence[float]] | None:
@@ -134,14 +157,23 @@ def _split_transform(
 
 
 def _image_tower_copy(model: TwinModel, dtype: torch.dtype) -> TwinModel:
-    """A copy of ``model`` whose image tower and head run in ``dtype``.
+    """A copy of ``model`` whose image modules (``model.image_modules()``) run in ``dtype``.
 
-    The text tower and tokenizer are shared, not copied (ingest never runs them), so the
-    copy costs only the image tower's weights; the caller's model is left untouched.
+    Only the image modules and the modules that hold them are copied: the text towers,
+    tokenizers and everything else ingest never runs are shared, so the copy costs the
+    image weights alone and the caller's model is left untouched. Every image module is
+    cast — a SEP pair has two image towers, and casting only one left the other fp32 and
+    made ``encode_image`` fail on bf16 input.
     """
-    shared = {id(model.clip.text): model.clip.text, id(model.tokenizer): model.tokenizer}
+    image_modules = model.image_modules()
+    inside = {id(m) for top in image_modules for m in top.modules()}
+    holders = {id(m) for m in model.modules()
+               if any(id(sub) in inside for sub in m.modules())}
+    shared: dict[int, object] = {
+        id(m): m for m in model.modules() if id(m) not in inside and id(m) not in holders}
+    shared.update({id(v): v for name, v in vars(model).items()  # tokenizer, config, ...
+                   if not name.startswith("_") and not isinstance(v, torch.nn.Module)})
     twin = copy.deepcopy(model, memo=shared)
-    twin.clip.visual.to(dtype)
-    twin.head.to(dtype)
-    twin.model_id = model.model_id
+    for module in twin.image_modules():
+        module.to(dtype)
     return twin

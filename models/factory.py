@@ -68,8 +68,8 @@ def create_model(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             clip = _pretrained_clip(config) if pretrained else build_clip(config)
-            model = TwinModel(config, clip)
-        model.model_id = f"{config.name}:{pretrained or 'random'}:{seed}"
+            model = TwinModel(config, clip, f"{config.name}:{pretrained or 'random'}:{seed}")
+    model._source = str(Path(name_or_path).resolve()) if path.is_dir() else str(name_or_path)
     return model.to(target).eval()
 
 
@@ -122,12 +122,15 @@ def _in_hub_cache(name: str, tag: str) -> bool:
     return any(isinstance(try_to_load_from_cache(repo, f), str) for f in files)
 
 
-def save_model(model: TwinModel, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+def save_model(model: TwinModel, folder: str | Path, dtype: torch.dtype | None = None,
+               reranker_trained: bool | None = None) -> Path:
     """Write ``config.json`` + ``model.safetensors``; the folder loads with ``create_model``.
 
     ``dtype=torch.float16`` halves the file (floating-point weights only); loading casts
     the weights back to the model's fp32 parameters. A ``SepTwinModel`` (SEP's bi-encoder
-    + cross-encoder pair) is recorded as such and loads back as one.
+    + cross-encoder pair) is recorded as such and loads back as one. ``reranker_trained``
+    records whether a match objective trained the fusion head (``twinrank train`` says so);
+    None keeps the model's own record.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -136,7 +139,10 @@ def save_model(model: TwinModel, folder: str | Path, dtype: torch.dtype | None =
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     save_file(state, str(folder / WEIGHTS_FILE))
     digest = _file_digest(folder / WEIGHTS_FILE)
-    data = model.config.to_dict() | {"model_id": f"{model.config.name}@{digest}"}
+    config = model.config
+    if reranker_trained is not None:
+        config = replace(config, reranker_trained=reranker_trained)
+    data = config.to_dict() | {"model_id": f"{model.config.name}@{digest}"}
     if isinstance(model, SepTwinModel):
         data["layout"] = SEP_LAYOUT
     (folder / CONFIG_FILE).write_text(json.dumps(data, indent=2))
@@ -150,11 +156,12 @@ def load_model(folder: str | Path) -> TwinModel:
         recorded_id = data.pop("model_id", None)
         layout = data.pop("layout", None)
         config = TwinConfig.from_dict(data).with_pretrained(None)
-        model = SepTwinModel(config) if layout == SEP_LAYOUT else TwinModel(config)
+        identity = recorded_id or f"{config.name}@{_file_digest(folder / WEIGHTS_FILE)}"
+        model = (SepTwinModel(config, model_id=identity) if layout == SEP_LAYOUT
+                 else TwinModel(config, model_id=identity))
         model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
         raise ModelLoadError(f"Could not load the model folder {str(folder)!r}: {error}") from error
-    model.model_id = recorded_id or f"{config.name}@{_file_digest(folder / WEIGHTS_FILE)}"
     return model
 
 
@@ -179,13 +186,13 @@ def with_image_size(model: TwinModel, image_size: int) -> TwinModel:
             f"multiple of the patch size ({patch or 'unknown'}), on a model that caches every "
             f"patch token (token_grid 0)")
     clip_cfg = {**config.clip_cfg, "vision_cfg": {**vision, "image_size": image_size}}
-    resized = type(model)(replace(config, clip_cfg=clip_cfg))
+    resized = type(model)(replace(config, clip_cfg=clip_cfg),
+                          model_id=f"{model.model_id}+{image_size}px")
     state = model.state_dict()
     for key, value in resized.state_dict().items():
         if key.endswith("visual.positional_embedding") and value.shape != state[key].shape:
             state[key] = resize_positions(state[key], value.shape[0])
     resized.load_state_dict(state)
-    resized.model_id = f"{model.model_id}+{image_size}px"
     return resized.to(next(model.parameters()).device).train(model.training)
 
 
@@ -205,7 +212,8 @@ def with_fusion_layers(model: TwinModel, layers: int) -> TwinModel:
     if layers < config.fusion.layers:
         raise ValueError(f"--fusion-layers {layers} would drop trained layers of a head with "
                          f"{config.fusion.layers}; it can only grow")
-    grown = type(model)(replace(config, fusion=replace(config.fusion, layers=layers)))
+    grown = type(model)(replace(config, fusion=replace(config.fusion, layers=layers)),
+                        model_id=f"{model.model_id}+head{layers}")
     missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
     if unexpected or any(".layers." not in key for key in missing):
         raise ValueError(f"cannot grow this head: unexpected {unexpected}, missing {missing}")
@@ -216,7 +224,6 @@ def with_fusion_layers(model: TwinModel, layers: int) -> TwinModel:
                 assert isinstance(projection, torch.nn.Linear)
                 torch.nn.init.zeros_(projection.weight)
                 torch.nn.init.zeros_(projection.bias)
-    grown.model_id = f"{model.model_id}+head{layers}"
     return grown.to(next(model.parameters()).device).train(model.training)
 
 

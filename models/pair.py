@@ -32,9 +32,13 @@ class SepTwinModel(TwinModel):
     layout = SEP_LAYOUT
 
     def __init__(self, config: TwinConfig, clip: torch.nn.Module | None = None,
-                 cross_clip: torch.nn.Module | None = None) -> None:
-        super().__init__(config, clip)
+                 cross_clip: torch.nn.Module | None = None, model_id: str | None = None) -> None:
+        super().__init__(config, clip, model_id)
         self.cross_clip: Any = cross_clip if cross_clip is not None else build_clip(config)
+
+    def image_modules(self) -> list[torch.nn.Module]:
+        """Both image towers run at ingest (vector from one, tokens from the other)."""
+        return [self.clip.visual, self.cross_clip.visual, self.head]
 
     @classmethod
     def from_pair(cls, bi: TwinModel, cross: TwinModel) -> SepTwinModel:
@@ -43,9 +47,8 @@ class SepTwinModel(TwinModel):
         if bi.config.clip_cfg != cross.config.clip_cfg or bi.config.fusion != cross.config.fusion:
             raise ValueError("SEP needs the bi-encoder and cross-encoder to have the same "
                              "architecture; build both from the same --model")
-        pair = cls(bi.config, bi.clip, cross.clip)
+        pair = cls(bi.config, bi.clip, cross.clip, model_id=f"{bi.config.name}:sep")
         pair.head = cross.head
-        pair.model_id = f"{bi.config.name}:sep"
         return pair
 
     @property

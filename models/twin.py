@@ -65,6 +65,12 @@ def pad_token_id(tokenizer: Any) -> int:
 class TwinModel(nn.Module):
     """Bi-encoder and cross-encoder over shared towers.
 
+    Every model family (this one, SEP pairs, BLIP in ``models.blip``) offers the same
+    surface, which is all that ingest, the store, search and rerank use: ``model_id``,
+    ``image_size``, ``vector_size``, ``token_shape``, ``reranker_trained``, ``tokenize``,
+    ``preprocess_images``, ``encode_image``, ``encode_text``, ``match_logit`` and
+    ``image_modules`` (see ``models.Encoder``).
+
     Example:
         >>> model = create_model("twinrank-tiny")  # from models.factory
         >>> text = model.encode_text(model.tokenize(["a red circle"]))
@@ -72,14 +78,61 @@ class TwinModel(nn.Module):
         torch.Size([1, 64])
     """
 
-    def __init__(self, config: TwinConfig, clip: nn.Module | None = None) -> None:
+    family = "open_clip"
+
+    def __init__(self, config: TwinConfig, clip: nn.Module | None = None,
+                 model_id: str | None = None) -> None:
         super().__init__()
         self.config = config
         self.clip: Any = clip if clip is not None else build_clip(config)
-        self.model_id = f"{config.name}:unknown"  # set by the factory that builds it
+        self._model_id = model_id or f"{config.name}:unknown"
         self.head = FusionHead(config.fusion, self.text_width, self.vision_width)
         self.tokenizer = build_tokenizer(config)
         self._preprocess: Any = None
+
+    @property
+    def model_id(self) -> str:
+        """The identity a collection records, so it is never searched with another model.
+
+        Fixed when the model is built or loaded (``models.factory``); a changed copy (a new
+        image size, a deeper head) is built with its own id.
+        """
+        return self._model_id
+
+    @property
+    def image_size(self) -> int:
+        """The side of the square picture the image tower reads."""
+        return self.config.image_size
+
+    @property
+    def vector_size(self) -> int:
+        """Length of the image and text vectors the store indexes."""
+        return self.config.embed_dim
+
+    @property
+    def token_shape(self) -> tuple[int, int]:
+        """(tokens, width) of the image tokens cached per image for the reranker."""
+        return (self.config.image_token_count, self.config.fusion.width)
+
+    @property
+    def reranker_trained(self) -> bool:
+        """Whether ``match_logit`` was trained (a ``twinrank train`` match objective): a
+        pretrained open_clip wrapped here has a random fusion head, never a reranker."""
+        return self.config.reranker_trained
+
+    @property
+    def source(self) -> str:
+        """How to load this model again: a name or a model folder (set by the factory)."""
+        return getattr(self, "_source", self.config.name)
+
+    @property
+    def pretrained(self) -> str | None:
+        """The open_clip pretrained tag (or weights file) this model was built with."""
+        return self.config.pretrained
+
+    def image_modules(self) -> list[nn.Module]:
+        """The modules ``encode_image`` runs: ingest casts a copy of them to bf16."""
+        return [self.clip.visual, self.head]
 
     @property
     def towers(self) -> nn.Module:

@@ -23,9 +23,7 @@ def _tiny_model_once() -> TwinModel:
 @pytest.fixture
 def tiny_model(_tiny_model_once: TwinModel) -> TwinModel:
     """A fresh copy of the session's tiny random model (tests may change it)."""
-    model = copy.deepcopy(_tiny_model_once)
-    model.model_id = _tiny_model_once.model_id
-    return model
+    return copy.deepcopy(_tiny_model_once)
 
 
 def make_image(path: Path, seed: int, size: tuple[int, int] = (48, 40)) -> Path:

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from twinrank.cli import app
 from twinrank.ingest import IngestConfig, run_ingest
+from twinrank.models import TwinModel
 from twinrank.models.encode import ImageEmbedder
 from twinrank.search import CollectionMismatchError, SearchClient, SearchFilter, collection_info
 from twinrank.search.client import QueryError
@@ -133,9 +134,9 @@ def test_many_threads_get_the_answers_one_thread_gets(client):
 def test_wrong_model_is_refused_naming_both(tiny_model, image_folder, tmp_path):
     local = ingest_into(tiny_model, image_folder, "", url=f"path:{tmp_path / 'local'}")
     local.close()
-    tiny_model.model_id = "someone-elses-model"
+    other = TwinModel(tiny_model.config, tiny_model.clip, model_id="someone-elses-model")
     with pytest.raises(CollectionMismatchError, match="twinrank-tiny.*someone-elses-model"):
-        SearchClient(f"path:{tmp_path / 'local'}", model=tiny_model)
+        SearchClient(f"path:{tmp_path / 'local'}", model=other)
 
 
 def test_cli_search_filters_and_json(tiny_model, image_folder, tmp_path):

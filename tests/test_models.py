@@ -2,11 +2,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from twinrank.models import ModelLoadError, create_model, model_id, save_model
+from twinrank.models import (
+    ModelLoadError,
+    SepTwinModel,
+    TwinModel,
+    create_model,
+    model_id,
+    save_model,
+)
 from twinrank.models.config import FusionConfig
 from twinrank.models.fusion import FusionHead
 
@@ -185,3 +193,18 @@ def test_growing_the_fusion_head_keeps_every_score_until_it_trains():
     assert isinstance(sep, SepTwinModel) and sep.config.fusion.layers == 3
     with pytest.raises(ValueError, match="can only grow"):
         with_fusion_layers(model, 1)
+
+
+def test_sep_pair_embeds_in_bf16_with_both_image_towers_cast(tiny_model: TwinModel) -> None:
+    """A SEP pair runs two image towers at ingest; with bf16 both must be cast (the second
+    stayed fp32 and encode_image raised a dtype error), and the caller's pair stays fp32."""
+    from twinrank.models.encode import ImageEmbedder
+
+    cross = create_model("twinrank-tiny", seed=1)
+    pair = SepTwinModel.from_pair(tiny_model, cross)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), np.uint8))
+    vectors, tokens = ImageEmbedder(pair, precision="bf16").embed([image])
+    exact, _ = ImageEmbedder(pair, precision="fp32").embed([image])
+    assert vectors.shape == (1, 64) and tokens.shape == (1, *pair.token_shape)
+    assert float(vectors[0] @ exact[0]) > 0.99
+    assert next(pair.cross_clip.visual.parameters()).dtype == torch.float32

@@ -180,12 +180,20 @@ class _Loop:
                     save_checkpoint(out, self.step, self._state())
         bar.close()
         model = exported_model(self.config.mode, self.models).eval()
-        save_model(model, out, SAVE_DTYPES[self.config.save_dtype])
+        save_model(model, out, SAVE_DTYPES[self.config.save_dtype],
+                   reranker_trained=self.trains_reranker)
         record = {"config": asdict(self.config) | {"out": str(self.config.out)},
                   "steps": self.total_steps, "images": len(self.data), "final_losses": losses}
         (out / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
         return TrainResult(out, self.total_steps, time.perf_counter() - started, losses,
                            resumed_from)
+
+    @property
+    def trains_reranker(self) -> bool:
+        """Whether this run trains the cross-encoder's match objective, so the saved model
+        may rerank. A bi-only run moves the towers under an untouched head, whose scores
+        then no longer fit the tokens: its reranker is recorded as untrained."""
+        return self.config.mode != "bi" and self.config.match_weight > 0
 
     def _optimizer_step(self, base: TwinModel) -> dict[str, float]:
         config, summed = self.config, dict[str, float]()
