@@ -21,7 +21,7 @@ from twinrank.captions.data import CaptionedImage, flatten_captions
 from twinrank.models import TwinModel
 from twinrank.models.device import autocast, inference_dtype
 from twinrank.models.encode import ImageEmbedder
-from twinrank.models.images import DecodeError, decode_image
+from twinrank.models.images import ImageReadError, open_image
 
 
 @dataclass(frozen=True)
@@ -92,9 +92,10 @@ def _open_image(path: Path, target_size: int) -> Image.Image:
             f"evaluation image not found: {path}; check the dataset's image root"
         )
     try:
-        return decode_image(path, target_size).image
-    except DecodeError as error:
-        raise ValueError(f"cannot evaluate on {path}: {error}; remove it from the split") from None
+        return open_image(path, target_size=target_size)
+    except ImageReadError as error:
+        raise ValueError(f"cannot evaluate on {path} ({error.reason}); remove it from the "
+                         f"split") from None
 
 
 def encode_images(

@@ -19,7 +19,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from hashlib import sha256
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +37,13 @@ from twinrank.ingest.write import (
     remove_paths,
 )
 from twinrank.models.encode import ImageEmbedder
-from twinrank.models.images import MAX_PIXELS, DecodeError, decode_image, read_file
+from twinrank.models.images import (
+    MAX_FILE_BYTES,
+    MAX_PIXELS,
+    ImageReadError,
+    decode_image,
+    read_hashed,
+)
 from twinrank.store import PointRecord, VectorStore, point_id_for
 
 __all__ = ["IngestConfig", "IngestReport", "run_ingest"]
@@ -60,6 +65,7 @@ class IngestConfig:
     prune: bool = False
     decode_timeout: float = 60.0  # seconds per file before it is skipped as hung
     max_pixels: int = MAX_PIXELS
+    max_file_bytes: int = MAX_FILE_BYTES  # larger files are refused from their size, unread
     read_ahead: int = 0  # files decoded ahead of the model; 0: two batches
     decode_nice: int = 10  # decode threads yield the CPU to the model's threads; 0: don't
     flush_every_s: float = 30.0  # flush segments this often (the WAL covers what is between)
@@ -98,7 +104,7 @@ def run_ingest(
     index = StoreIndex.load(store)
     plan = plan_run(root, config.walk_options(), index, report)
     report.add_time("walk", time.perf_counter() - started)
-    load = _loader(embedder, index, config.max_pixels)
+    load = _loader(embedder, index, config.max_pixels, config.max_file_bytes)
     writer = _Writer(config, embedder, store, index, report, load)
     bar = tqdm(total=len(plan.candidates), unit="img", desc="ingest", disable=not config.progress,
                smoothing=0.1)
@@ -123,19 +129,18 @@ def run_ingest(
 
 
 def _loader(
-    embedder: ImageEmbedder, index: StoreIndex, max_pixels: int
+    embedder: ImageEmbedder, index: StoreIndex, max_pixels: int, max_file_bytes: int
 ) -> Callable[[Candidate], Loaded]:
-    """The worker's job for one candidate: read once, hash, and decode only if new."""
+    """The worker's job for one candidate: read once (hashed while streaming, refused
+    from ``stat`` when over ``max_file_bytes``), and decode only if the content is new."""
     target = embedder.target_size
 
     def load(candidate: Candidate) -> Loaded:
-        data = read_file(candidate.path)
-        info_size = len(data)
-        digest = sha256(data).hexdigest()
-        facts = FileFacts(candidate.path, info_size, candidate.mtime_ns, digest)
+        data, digest = read_hashed(candidate.path, max_file_bytes)
+        facts = FileFacts(candidate.path, len(data), candidate.mtime_ns, digest)
         if point_id_for(digest) in index.point_ids:
             return Loaded(facts)
-        decoded = decode_image(data, target, max_pixels)
+        decoded = decode_image(data, target, max_pixels, max_file_bytes)
         image = ImageFacts(decoded.width, decoded.height, decoded.format, decoded.captured_at)
         return Loaded(facts, image, embedder.prepare(decoded.image))
 
@@ -265,8 +270,8 @@ def _restat(facts: FileFacts) -> FileFacts:
 
 
 def _reason(error: BaseException) -> str:
-    if isinstance(error, DecodeError):
-        return str(error)
+    if isinstance(error, ImageReadError):
+        return error.reason
     if isinstance(error, TimeoutError):
         return f"decoding took too long ({error}); skipped"
     if isinstance(error, MemoryError):

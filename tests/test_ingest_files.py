@@ -155,9 +155,9 @@ def test_bad_files_raise_a_reason_never_anything_else(tmp_path):
         good, format="JPEG")
     files = {
         "empty.jpg": (b"", "empty file"),
-        "truncated.jpg": (good.getvalue()[: len(good.getvalue()) // 2], "cannot read image"),
-        "corrupt.png": (b"\x89PNG\r\n\x1a\n" + os.urandom(200), "cannot read image"),
-        "text.jpg": (b"hello, I am a text file", "cannot read image"),
+        "truncated.jpg": (good.getvalue()[: len(good.getvalue()) // 2], "damaged or truncated"),
+        "corrupt.png": (b"\x89PNG\r\n\x1a\n" + os.urandom(200), "damaged|not an image"),
+        "text.jpg": (b"hello, I am a text file", "not an image file"),
     }
     for name, (data, reason) in files.items():
         (tmp_path / name).write_bytes(data)

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from twinrank.captions.data import CaptionedImage
+from twinrank.models.images import ImageReadError, open_image
 
 Preprocess = Callable[[Image.Image], torch.Tensor]
 
@@ -168,9 +169,9 @@ def decode_all(paths: Sequence[Path], preprocess: Preprocess) -> torch.Tensor:
     tensors = []
     for path in paths:
         try:
-            with Image.open(path) as image:
-                tensors.append(preprocess(ImageOps.exif_transpose(image).convert("RGB")))
-        except (OSError, ValueError) as error:
-            raise ValueError(f"cannot read training image {path}: {error}; remove it from "
-                             f"the captions file or fix the path") from error
+            image = open_image(path)
+        except ImageReadError as error:
+            raise ValueError(f"cannot read training image {path} ({error.reason}); remove "
+                             f"it from the captions file or fix the path") from None
+        tensors.append(preprocess(image))
     return torch.stack(tensors).half()

@@ -17,52 +17,23 @@ import logging
 import os
 import tempfile
 import uuid
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from PIL import Image, ImageOps
+from PIL import Image
+
+# The project's one image reader, for thumbnails and uploads alike (the app imports it
+# from here): the same pixel and file-size limits as ingest, so an image that was indexed
+# can be shown.
+from twinrank.models.images import ImageReadError as ImageReadError
+from twinrank.models.images import open_image as open_image
 
 log = logging.getLogger(__name__)
 
 THUMB_SIZE = 256  # longest side, pixels: sharp at the app's 160-200 px display width
 PREVIEW_SIZE = 1600  # the "details" view: big enough to look at, never a 40 MP original
-MAX_PIXELS = 180_000_000  # same bomb guard as ingest
 THUMBS_DIR = "thumbs"
-
-
-class ImageReadError(ValueError):
-    """An image could not be read; the message says which and why."""
-
-
-def open_image(source: str | Path | IO[bytes], max_side: int | None = None) -> Image.Image:
-    """An RGB, upright, size-guarded image from a file or an uploaded buffer.
-
-    ``max_side`` lets JPEG decoding skip detail that will be thrown away (``draft``), which
-    is most of the cost of a thumbnail from a large photo.
-    """
-    name = getattr(source, "name", str(source))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as opened:
-                if opened.width * opened.height > MAX_PIXELS:
-                    raise ImageReadError(f"{name} is too large ({opened.width}x{opened.height}).")
-                if max_side and opened.format == "JPEG":
-                    opened.draft("RGB", (max_side, max_side))
-                image = ImageOps.exif_transpose(opened)
-                if image.mode in ("P", "LA", "PA"):
-                    image = image.convert("RGBA")
-                if image.mode != "RGB":
-                    image = image.convert("RGB")
-                image.load()
-                return image
-    except ImageReadError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as error:
-        raise ImageReadError(f"Could not read {name} as an image ({error}).") from error
 
 
 def collection_paths(payload: dict[str, Any]) -> list[str]:
@@ -98,7 +69,7 @@ class ThumbnailCache:
         if source is None:
             return None
         try:
-            image = open_image(source, max_side=size)
+            image = open_image(source, target_size=size)
         except ImageReadError as error:
             log.warning("%s", error)
             return None
