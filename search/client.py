@@ -21,10 +21,11 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from twinrank.models import TextEncoding, TwinModel, create_model, model_id
 from twinrank.models.device import autocast, inference_dtype
+from twinrank.models.images import ImageReadError, open_image
 from twinrank.rerank.base import Reranker, apply_scores, rerank_hits
 from twinrank.search.hits import Hit, SearchResults
 from twinrank.store import (
@@ -358,13 +359,12 @@ def _as_rgb(image: Image.Image | Path) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     path = Path(image).expanduser()
+    if not path.exists() and not path.is_symlink():
+        raise QueryError(f"No such image file: {path}.")
     try:
-        with Image.open(path) as opened:
-            return ImageOps.exif_transpose(opened).convert("RGB")
-    except FileNotFoundError:
-        raise QueryError(f"No such image file: {path}.") from None
-    except OSError as error:
-        raise QueryError(f"Cannot read the image {path}: {error}.") from None
+        return open_image(path)  # the one reader: limits, no hang on a FIFO
+    except ImageReadError as error:
+        raise QueryError(str(error)) from None
 
 
 def _is_uuid(text: str) -> bool:
