@@ -9,6 +9,7 @@ import torch
 
 from twinrank.ingest.report import IngestReport
 from twinrank.ingest.runner import IngestConfig, run_ingest
+from twinrank.ingest.walk import FORMATS, has_images
 from twinrank.models import create_model
 from twinrank.models.encode import ImageEmbedder
 from twinrank.search.client import collection_info
@@ -49,6 +50,9 @@ def ingest_folder(job: IngestJob) -> IngestReport:
     root = job.config.root
     if not root.is_dir() and not root.is_file():
         raise FileNotFoundError(f"No such folder: {root}. Pass the folder of images to ingest.")
+    if read_info(job.store) is None and not has_images(root, job.config.walk_options()):
+        raise ValueError(f"No image files under {root}, so no store was created. Check the "
+                         f"folder (and --include/--exclude); formats: {FORMATS}.")
     if job.torch_threads:
         torch.set_num_threads(job.torch_threads)
     existing = read_info(job.store)

@@ -1,0 +1,32 @@
+"""The layout of a query-side ONNX export, shared by the writer and the reader.
+
+``models.export`` writes it (with torch); ``search.fast`` reads it (without). This module
+imports neither, so the fast search path can check an export without loading torch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+FAST_DIR = "fast"  # inside the collection folder
+MANIFEST = "fast.json"  # written last: its presence means the export is complete
+TEXT_GRAPH = "text.onnx"
+HEAD_GRAPH = "head.onnx"
+BPE_VOCAB = "bpe_simple_vocab_16e6.txt.gz"
+FORMAT_VERSION = 1
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """An export folder's manifest, or None when the export is missing or incomplete.
+
+    Example:
+        >>> read_manifest(Path("store") / FAST_DIR)["model_id"]
+        'twinrank-tiny:random:0'
+    """
+    try:
+        data: dict[str, Any] = json.loads((Path(folder) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
