@@ -361,7 +361,15 @@ def bench(
                                                     "Extra options go to the benchmark.")] = None,
 ) -> None:
     """Run a benchmark from bench/ (results land in bench/results/NAME.json)."""
-    from bench import BENCHMARKS, run_benchmark
+    try:  # bench/ belongs to the source checkout, not to the installed package
+        from bench import BENCHMARKS, run_benchmark
+    except ModuleNotFoundError as error:
+        if error.name != "bench":
+            raise
+        typer.secho("Error: the benchmarks live in the source repository's bench/ folder; "
+                    "run `twinrank bench` from a checkout of twinrank.", fg=typer.colors.RED,
+                    err=True)
+        raise typer.Exit(1) from None
 
     if name is None:
         for key, text in BENCHMARKS.items():
