@@ -16,7 +16,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from twinrank.store.edge import META_FILE, SHARD_DIR, EdgeStore, read_info
-from twinrank.store.remote import API_KEY_ENV, DEFAULT_COLLECTION, RemoteStore, is_remote_location
+from twinrank.store.remote import (
+    API_KEY_ENV,
+    DEFAULT_COLLECTION,
+    ClusterLayout,
+    RemoteStore,
+    is_remote_location,
+)
 from twinrank.store.schema import (
     EXACT_SEARCH_BELOW,
     SCHEMA_VERSION,
@@ -40,6 +46,7 @@ __all__ = [
     "META_FILE",
     "SCHEMA_VERSION",
     "SHARD_DIR",
+    "ClusterLayout",
     "CollectionInfo",
     "CollectionMismatchError",
     "EdgeStore",
@@ -64,6 +71,7 @@ def open_store(
     url: str | None = None,
     api_key: str | None = None,
     collection: str | None = None,
+    layout: ClusterLayout | None = None,
 ) -> VectorStore:
     """Open (or, given ``info``, create) a collection; the location picks the back end.
 
@@ -73,7 +81,7 @@ def open_store(
     - ``":memory:"`` or ``"path:DIR"``: qdrant-client's local mode, a stand-in for tests.
 
     ``collection`` names the server collection (default ``"twinrank"``); a folder is one
-    collection. Opening with another model's ``info`` raises ``CollectionMismatchError``.
+    collection; ``layout`` spreads a new server collection (shards, replicas). Opening with another model's ``info`` raises ``CollectionMismatchError``.
 
     Example:
         >>> store = open_store("~/.twinrank/store")
@@ -81,5 +89,6 @@ def open_store(
     """
     target = url or (str(location) if is_remote_location(location) else None)
     if target:
-        return RemoteStore.open(target, info, collection=collection, api_key=api_key)
+        return RemoteStore.open(target, info, collection=collection, api_key=api_key,
+                                layout=layout)
     return EdgeStore.open(location, info)

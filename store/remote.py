@@ -20,7 +20,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -43,6 +43,25 @@ DEFAULT_COLLECTION = "twinrank"
 TIMEOUT_S = 5  # a server that does not answer in this long is reported, not waited for
 COUNT_TTL_S = 30.0  # how stale the point count that picks exact vs HNSW search may be
 METADATA_KEY = "twinrank"
+
+
+@dataclass(frozen=True)
+class ClusterLayout:
+    """How a new collection is spread over a Qdrant cluster (None: the server's default).
+
+    ``shards`` split the points across nodes (fixed when the collection is created);
+    ``replicas`` copies of each shard; ``write_consistency`` replicas that must accept a
+    write before it is acknowledged. Applied when the collection is created.
+    """
+
+    shards: int | None = None
+    replicas: int | None = None
+    write_consistency: int | None = None
+
+    def create_args(self) -> dict[str, int | None]:
+        """The keyword arguments of qdrant-client's ``create_collection``."""
+        return {"shard_number": self.shards, "replication_factor": self.replicas,
+                "write_consistency_factor": self.write_consistency}
 
 
 T = TypeVar("T")
@@ -80,8 +99,10 @@ class RemoteStore(StoreBase):
         info: CollectionInfo | None = None,
         collection: str | None = None,
         api_key: str | None = None,
+        layout: ClusterLayout | None = None,
     ) -> RemoteStore:
-        """Open ``collection`` at ``url``; create it when ``info`` is given and it is new.
+        """Open ``collection`` at ``url``; create it when ``info`` is given and it is new
+        (spread as ``layout`` says).
 
         Nothing is written before the server has answered and accepted the key.
         """
@@ -95,7 +116,7 @@ class RemoteStore(StoreBase):
                     f"No collection {collection!r} at {_safe_url(url)}. Create it with "
                     f"`twinrank ingest IMAGES --url {_safe_url(url)} --collection {collection}`."
                 )
-            _guard(url, lambda: _create_collection(client, collection, info))
+            _guard(url, lambda: _create_collection(client, collection, info, layout))
             return cls(client, collection, info, url)
         metadata = _guard(url, lambda: client.get_collection(collection).config.metadata) or {}
         if METADATA_KEY not in metadata:
@@ -228,7 +249,9 @@ def make_client(url: str, api_key: str | None = None) -> Any:
     return QdrantClient(url=url, api_key=key, timeout=TIMEOUT_S, check_compatibility=False)
 
 
-def _create_collection(client: Any, collection: str, info: CollectionInfo) -> None:
+def _create_collection(
+    client: Any, collection: str, info: CollectionInfo, layout: ClusterLayout | None = None
+) -> None:
     from qdrant_client import models
 
     tokens = models.VectorParams(
@@ -241,7 +264,8 @@ def _create_collection(client: Any, collection: str, info: CollectionInfo) -> No
     )
     image = models.VectorParams(size=info.vector_size, distance=models.Distance.COSINE)
     client.create_collection(collection, vectors_config={"image": image, "tokens": tokens},
-                             metadata={METADATA_KEY: asdict(info)})
+                             metadata={METADATA_KEY: asdict(info)},
+                             **(layout or ClusterLayout()).create_args())
     kinds = {"keyword": models.PayloadSchemaType.KEYWORD,
              "integer": models.PayloadSchemaType.INTEGER,
              "datetime": models.PayloadSchemaType.DATETIME}
