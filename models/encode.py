@@ -62,7 +62,7 @@ class ImageEmbedder:
         self.model = model
         self.device = model.device
         self.dtype = choose_dtype(model, precision)
-        self.preparer = ImagePreparer(model.preprocess, int(model.config.image_size))
+        self.preparer = ImagePreparer(model.preprocess, int(model.image_size))
         mean, std = self.preparer.mean, self.preparer.std
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)

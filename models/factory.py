@@ -29,6 +29,7 @@ from twinrank.models.twin import TwinModel, build_clip
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 HUB_HOST = ("huggingface.co", 443)
+BLIP_MARKER_FILE = "twinrank.json"  # a BLIP folder twinrank saved (models.blip)
 
 
 class ModelLoadError(RuntimeError):
@@ -53,6 +54,10 @@ def create_model(
     """
     target = pick_device(str(device) if device is not None else None)
     path = Path(name_or_path)
+    if str(name_or_path).startswith("blip:") or (path / BLIP_MARKER_FILE).is_file():
+        from twinrank.models.blip import load_blip  # transformers loads only for BLIP
+
+        return load_blip(str(name_or_path), target)  # type: ignore[return-value]
     if (path / CONFIG_FILE).is_file():
         model = load_model(path)
     elif path.suffix in (".json", ".safetensors") or os.sep in str(name_or_path):

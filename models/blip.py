@@ -1,0 +1,330 @@
+"""BLIP as a jointly trained retrieve-and-rerank model (the paper's JOIN+CO, downloadable).
+
+``BlipForImageTextRetrieval`` holds both halves over one vision transformer: its
+contrastive head (ITC: ``vision_proj`` of the image CLS, ``text_proj`` of the text CLS) is
+the bi-encoder, its image-text matching head (ITM: the text encoder cross-attending to the
+image's token states) the cross-encoder. ``BlipTwinModel`` gives it the surface every
+twinrank model family has, so ingest, the store, search and the cached-token reranker run
+it unchanged: one vision forward per image yields the dense vector *and* the token states
+the ITM head reads, so a rerank never re-reads an image.
+
+Example:
+    >>> model = create_model("blip:Salesforce/blip-itm-base-coco")  # doctest: +SKIP
+    >>> image = model.encode_image(model.preprocess_images([photo]))  # doctest: +SKIP
+    >>> image.image_vector.shape, image.image_tokens.shape  # doctest: +SKIP
+    (torch.Size([1, 256]), torch.Size([1, 577, 768]))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from twinrank.models.factory import BLIP_MARKER_FILE, ModelLoadError, hub_reachable
+from twinrank.models.twin import ImageEncoding, TextEncoding
+
+BLIP_PREFIX = "blip:"
+MARKER_FILE = BLIP_MARKER_FILE  # what twinrank adds to a BLIP folder it saves
+WEIGHTS_FILE = "model.safetensors"
+DEFAULT_BLIP = "Salesforce/blip-itm-base-coco"
+ITC_TEMPERATURE = 0.07  # BLIP's initial contrastive temperature (learned when fine-tuning)
+
+
+class BlipTwinModel(nn.Module):
+    """``BlipForImageTextRetrieval`` + its ``BlipProcessor`` as a twinrank model family.
+
+    ``text_tokens`` are token ids (B, L): the ITM side re-runs the text encoder with
+    cross-attention, so it needs ids, not states.
+    """
+
+    family = "blip"
+
+    def __init__(self, retrieval: Any, processor: Any, source: str, model_id: str,
+                 reranker_trained: bool = True, logit_scale: float | None = None) -> None:
+        super().__init__()
+        self.retrieval = retrieval
+        self.processor = processor
+        self._source = source
+        self._model_id = model_id
+        self._reranker_trained = reranker_trained
+        scale = math.log(1 / ITC_TEMPERATURE) if logit_scale is None else logit_scale
+        self.logit_scale = nn.Parameter(torch.tensor(float(scale)))
+        self.preprocess = blip_transform(processor.image_processor)
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @property
+    def pretrained(self) -> str | None:
+        return None
+
+    @property
+    def reranker_trained(self) -> bool:
+        return self._reranker_trained
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def image_size(self) -> int:
+        return int(self.retrieval.config.vision_config.image_size)
+
+    @property
+    def vector_size(self) -> int:
+        return int(self.retrieval.config.image_text_hidden_size)
+
+    @property
+    def token_shape(self) -> tuple[int, int]:
+        """Cached tokens per image: the class token + one per patch, vision width."""
+        vision = self.retrieval.config.vision_config
+        return (vision.image_size // vision.patch_size) ** 2 + 1, int(vision.hidden_size)
+
+    @property
+    def max_text_length(self) -> int:
+        limit = int(self.retrieval.config.text_config.max_position_embeddings)
+        return min(limit, int(getattr(self.processor.tokenizer, "model_max_length", limit)))
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids (B, L) as ``BlipProcessor`` makes them, padded to the longest text."""
+        encoded = self.processor.tokenizer(list(texts), padding="longest", truncation=True,
+                                           max_length=self.max_text_length,
+                                           return_tensors="pt")
+        ids: torch.Tensor = encoded["input_ids"]
+        return ids
+
+    def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Pixels (B, 3, H, W) equal to ``BlipProcessor``'s ``pixel_values``."""
+        return torch.stack([self.preprocess(image) for image in images])
+
+    def image_modules(self) -> list[nn.Module]:
+        return [self.retrieval.vision_model, self.retrieval.vision_proj]
+
+    def encode_image(self, pixels: torch.Tensor) -> ImageEncoding:
+        """One vision forward: the ITC vector (B, D) and the token states (B, T, W)."""
+        states = self.retrieval.vision_model(pixel_values=pixels).last_hidden_state
+        vector = self.retrieval.vision_proj(states[:, 0, :])  # (B, D)
+        return ImageEncoding(image_vector=F.normalize(vector, dim=-1), image_tokens=states)
+
+    def encode_text(self, ids: torch.Tensor) -> TextEncoding:
+        """The ITC vector of the unimodal text encoder's CLS; the ids serve the ITM side."""
+        ids = ids.to(self.device)
+        mask = ids != self.pad_id  # (B, L)
+        states = self.retrieval.text_encoder(input_ids=ids,
+                                             attention_mask=mask.long()).last_hidden_state
+        vector = self.retrieval.text_proj(states[:, 0, :])  # (B, D)
+        return TextEncoding(text_vector=F.normalize(vector, dim=-1), text_tokens=ids,
+                            text_mask=mask)
+
+    def match_logit(self, text_tokens: torch.Tensor, text_mask: torch.Tensor,
+                    image_tokens: torch.Tensor) -> torch.Tensor:
+        """ITM logit[1] - logit[0] (B,): the text encoder cross-attends to image tokens."""
+        image_tokens = image_tokens.to(next(self.retrieval.text_encoder.parameters()).dtype)
+        image_mask = torch.ones(image_tokens.shape[:-1], dtype=torch.long,
+                                device=image_tokens.device)
+        states = self.retrieval.text_encoder(
+            input_ids=text_tokens, attention_mask=text_mask.long(),
+            encoder_hidden_states=image_tokens, encoder_attention_mask=image_mask,
+        ).last_hidden_state
+        logits = self.retrieval.itm_head(states[:, 0, :])  # (B, 2): no match, match
+        return logits[:, 1] - logits[:, 0]
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.processor.tokenizer.pad_token_id
+        return int(pad) if pad is not None else 0
+
+    def save(self, folder: str | Path, dtype: torch.dtype | None = None,
+             reranker_trained: bool | None = None) -> Path:
+        """A folder that loads with ``create_model("blip:FOLDER")`` (or the folder alone):
+        ``save_pretrained`` of model and processor, plus twinrank's marker file."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        retrieval = self.retrieval
+        if dtype is not None:
+            retrieval = copy.deepcopy(retrieval).to(dtype)
+        with _quiet_progress():
+            retrieval.save_pretrained(folder)
+            self.processor.save_pretrained(folder)
+        trained = self.reranker_trained if reranker_trained is None else reranker_trained
+        marker = {"family": self.family,
+                  "model_id": f"blip:{folder.name}@{_weights_digest(folder)}",
+                  "reranker_trained": trained, "logit_scale": float(self.logit_scale.detach())}
+        (folder / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
+        return folder
+
+
+def is_blip_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a BLIP folder twinrank saved (``create_model`` loads it as BLIP)."""
+    marker = Path(path) / MARKER_FILE
+    try:
+        return bool(json.loads(marker.read_text()).get("family") == BlipTwinModel.family)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def load_blip(source: str, device: torch.device | str | None = None) -> BlipTwinModel:
+    """A BLIP model from ``blip:HF_ID``, ``blip:FOLDER`` or a BLIP folder twinrank saved.
+
+    Weights come from the Hugging Face cache (``HF_HOME``; ``HF_HUB_OFFLINE`` respected);
+    offline and not cached, one sentence within seconds says how to get them.
+    """
+    name = source[len(BLIP_PREFIX):] if source.startswith(BLIP_PREFIX) else source
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        retrieval, processor = load_blip_itm(str(folder))
+        marker = _read_marker(folder)
+        model_id = marker.get("model_id") or f"blip:{folder.name}@{_weights_digest(folder)}"
+        model = BlipTwinModel(retrieval, processor, f"{BLIP_PREFIX}{folder.resolve()}",
+                              model_id, bool(marker.get("reranker_trained", True)),
+                              marker.get("logit_scale"))
+    else:
+        retrieval, processor = load_blip_itm(name)
+        model = BlipTwinModel(retrieval, processor, f"{BLIP_PREFIX}{name}",
+                              f"blip:{name}@{_hub_revision(name)}")
+    return model.to(device or "cpu").eval()
+
+
+def load_blip_itm(source: str, pull_name: str | None = None) -> tuple[Any, Any]:
+    """``BlipForImageTextRetrieval`` and ``BlipProcessor`` from a Hugging Face id or a
+    folder, or one clear sentence (``ModelLoadError``) when they cannot be had.
+
+    Offline, ``from_pretrained`` would retry the hub for ~25 s and then fail; this checks
+    first and fails at once unless the model is already in the local hub cache.
+    """
+    from transformers import BlipForImageTextRetrieval, BlipProcessor
+
+    folder = Path(source).expanduser()
+    local_only = False
+    if folder.is_dir():
+        source = str(folder)
+    elif source.startswith(("/", ".", "~")) or source.count("/") != 1:
+        raise ModelLoadError(
+            f"BLIP model {source!r} is neither a model folder nor a Hugging Face id; pass an "
+            f"existing folder or an id like {DEFAULT_BLIP!r}.")
+    elif not in_hub_cache(source):
+        if not hub_reachable():
+            name = pull_name or f"{BLIP_PREFIX}{source}"
+            raise ModelLoadError(
+                f"BLIP model {source!r} is not in the Hugging Face cache and the hub is "
+                f"unreachable: run `twinrank models pull {name}` on a connected machine and "
+                f"copy its HF_HOME here, or use --model demo for the offline demo.")
+    else:
+        local_only = True
+    try:
+        with _quiet_progress():
+            model = BlipForImageTextRetrieval.from_pretrained(source, local_files_only=local_only)
+            processor = BlipProcessor.from_pretrained(source, local_files_only=local_only)
+    except Exception as error:  # transformers raises many kinds; all mean "could not load"
+        raise ModelLoadError(
+            f"Could not load the BLIP model {source!r} ({type(error).__name__}: {error}); "
+            f"pass a BLIP ITM checkpoint such as {DEFAULT_BLIP!r} or its folder.") from error
+    return model.eval(), processor
+
+
+def in_hub_cache(repo_id: str) -> bool:
+    """Whether ``repo_id``'s config is in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+class TorchvisionResize:
+    """The torchvision-backend ``BlipImageProcessor`` resize as a PIL -> PIL step: the same
+    ``resize`` call on the same uint8 tensor, so the pixels are identical."""
+
+    def __init__(self, size: tuple[int, int], interpolation: Any) -> None:
+        self.size, self.interpolation = size, interpolation
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        from torchvision.transforms.v2 import functional as tvF
+
+        tensor = tvF.pil_to_tensor(image.convert("RGB"))  # (3, H, W) uint8
+        resized = tvF.resize(tensor, list(self.size), interpolation=self.interpolation,
+                             antialias=True)
+        return Image.fromarray(resized.permute(1, 2, 0).contiguous().numpy())
+
+    def __repr__(self) -> str:
+        return f"TorchvisionResize(size={self.size}, interpolation={self.interpolation})"
+
+
+def blip_transform(image_processor: Any) -> Any:
+    """``image_processor``'s steps as a torchvision Compose of PIL steps, ToTensor and
+    Normalize, so ingest can resize on its decode workers and normalise per batch."""
+    from torchvision import transforms as T
+    from torchvision.transforms.v2 import functional as tvF
+
+    size = image_processor.size
+    height, width = int(size["height"]), int(size["width"])
+    resample = int(image_processor.resample)  # PIL's code, as the processor stores it
+    if "Pil" in type(image_processor).__name__:  # the PIL backend resizes with PIL
+        resize: Any = T.Resize((height, width), interpolation=T.InterpolationMode(
+            _PIL_TO_MODE[resample]))
+    else:
+        resize = TorchvisionResize((height, width), tvF.InterpolationMode(_PIL_TO_MODE[resample]))
+    return T.Compose([_to_rgb, resize, T.ToTensor(),
+                      T.Normalize(list(image_processor.image_mean),
+                                  list(image_processor.image_std))])
+
+
+_PIL_TO_MODE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _read_marker(folder: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((folder / MARKER_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _weights_digest(folder: Path) -> str:
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    digest = hashlib.sha256()
+    for path in files:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def _hub_revision(repo_id: str) -> str:
+    """The cached snapshot's commit (the folder name under ``snapshots/``), or "hub"."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "config.json")
+    return Path(found).parent.name[:12] if isinstance(found, str) else "hub"
+
+
+@contextlib.contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """No "Loading weights" progress bar in the CLI's output."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

@@ -1,0 +1,162 @@
+"""BLIP as a twinrank model family, on a tiny random BLIP saved like a hub checkpoint.
+
+Equivalence with transformers' own ``BlipForImageTextRetrieval`` (no weights can be
+downloaded here; the architecture and the code paths are the real ones): pixels equal
+``BlipProcessor``'s, the bi-encoder cosine equals the model's ITC output
+(``use_itm_head=False``), the rerank score over tokens cached at ingest equals its ITM
+output (logit[1] - logit[0]) and today's read-the-image ``BlipItmReranker``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from conftest import make_image
+from PIL import Image
+from typer.testing import CliRunner
+
+from twinrank.cli import app
+from twinrank.models import ModelLoadError, create_model
+from twinrank.models.blip import BlipTwinModel
+from twinrank.models.blip_random import save_random_blip
+from twinrank.models.encode import ImageEmbedder
+
+# Tolerances. Model-level equalities are the same float32 arithmetic in another order:
+# 1e-5. Scores over cached tokens went through the store's float16 (relative rounding
+# 2^-11 of every token feature): 2e-2 on logits of spread ~1-10.
+EXACT = 1e-5
+CACHED = 2e-2
+QUERIES = ["a red circle left of a blue square", "dog", "a big green triangle on the beach"]
+
+
+@pytest.fixture(scope="session")
+def blip_folder(tmp_path_factory):
+    return save_random_blip(tmp_path_factory.mktemp("blip") / "tiny", "tiny", init_std=0.3)
+
+
+@pytest.fixture(scope="session")
+def blip(blip_folder) -> BlipTwinModel:
+    model = create_model(f"blip:{blip_folder}", device="cpu")
+    assert isinstance(model, BlipTwinModel)
+    return model
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("blip-photos")
+    return [make_image(root / f"p{i}.png", seed=100 + i, size=(64 + 8 * i, 48)) for i in range(6)]
+
+
+def open_rgb(path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def reference_scores(model: BlipTwinModel, text: str, image: Image.Image) -> tuple[float, float]:
+    """(ITC cosine, ITM logit[1] - logit[0]) as transformers computes them from scratch."""
+    inputs = model.processor(images=[image], text=[text], return_tensors="pt")
+    with torch.no_grad():
+        itc = model.retrieval(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"],
+                              attention_mask=inputs["attention_mask"], use_itm_head=False)
+        itm = model.retrieval(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"],
+                              attention_mask=inputs["attention_mask"])
+    logits = itm.itm_score[0]
+    return float(itc.itm_score[0, 0]), float(logits[1] - logits[0])
+
+
+def test_surface_of_the_family(blip):
+    assert blip.family == "blip" and blip.reranker_trained
+    assert blip.image_size == 32 and blip.vector_size == 16
+    assert blip.token_shape == (17, 32)  # class token + (32 / 8)^2 patches, vision width
+    assert blip.model_id.startswith("blip:tiny@") and blip.source.startswith("blip:")
+
+
+def test_pixels_and_ids_equal_blip_processor(blip, photos):
+    images = [open_rgb(p) for p in photos[:3]]
+    images.append(images[0].convert("RGBA").resize((33, 70)))  # alpha, odd size
+    images.append(images[1].convert("L"))  # grayscale
+    expected = blip.processor(images=images, return_tensors="pt")["pixel_values"]
+    assert torch.allclose(blip.preprocess_images(images), expected, atol=EXACT)
+    embedder = ImageEmbedder(blip, precision="fp32")  # ingest's split: PIL steps + normalise
+    assert embedder.preparer.split
+    assert torch.allclose(embedder.pixels(images), expected, atol=EXACT)
+    ids = blip.processor(text=QUERIES, padding=True, return_tensors="pt")["input_ids"]
+    assert torch.equal(blip.tokenize(QUERIES), ids)
+
+
+def test_one_vision_forward_gives_itc_vector_and_itm_tokens(blip, photos):
+    image = open_rgb(photos[0])
+    calls: list[int] = []
+    hook = blip.retrieval.vision_model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with torch.no_grad():
+            encoded = blip.encode_image(blip.preprocess_images([image]))
+    finally:
+        hook.remove()
+    assert len(calls) == 1
+    assert encoded.image_tokens.shape == (1, *blip.token_shape)
+    for query in QUERIES:
+        with torch.no_grad():
+            text = blip.encode_text(blip.tokenize([query]))
+            cosine = float(encoded.image_vector @ text.text_vector.T)
+            match = float(blip.match_logit(text.text_tokens, text.text_mask,
+                                           encoded.image_tokens))
+        assert (cosine, match) == pytest.approx(reference_scores(blip, query, image), abs=EXACT)
+
+
+def test_offline_hub_id_not_cached_is_one_sentence_at_once(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-home" / "hub"))
+    started = time.perf_counter()
+    with pytest.raises(ModelLoadError) as caught:
+        create_model("blip:Salesforce/blip-itm-base-coco", device="cpu")
+    assert time.perf_counter() - started < 5  # no retry loop against the hub
+    message = str(caught.value)
+    assert "Salesforce/blip-itm-base-coco" in message and "twinrank models pull" in message
+    assert "--model demo" in message and "\n" not in message
+
+
+def test_save_and_reload_keeps_identity_and_scores(blip, photos, tmp_path):
+    folder = blip.save(tmp_path / "saved", reranker_trained=True)
+    again = create_model(folder, device="cpu")  # a saved folder loads without the prefix
+    assert isinstance(again, BlipTwinModel) and again.model_id == create_model(
+        f"blip:{folder}", device="cpu").model_id
+    pixels = blip.preprocess_images([open_rgb(photos[1])])
+    ids = blip.tokenize(QUERIES)
+    with torch.no_grad():
+        for model_a, model_b in [(blip, again)]:
+            a, b = model_a.encode_image(pixels), model_b.encode_image(pixels)
+            assert torch.allclose(a.image_vector, b.image_vector, atol=EXACT)
+            ta, tb = model_a.encode_text(ids), model_b.encode_text(ids)
+            assert torch.allclose(ta.text_vector, tb.text_vector, atol=EXACT)
+
+
+def test_ingest_search_rerank_end_to_end(blip_folder, blip, photos, tmp_path):
+    """CLI ingest with --model blip:FOLDER, then the client: the bi-encoder score is the
+    ITC cosine, the rerank score (from tokens cached at ingest) is the ITM output, and
+    equals today's read-the-image BlipItmReranker."""
+    from twinrank.rerank.itm import BlipItmReranker
+    from twinrank.search import SearchClient
+
+    store = tmp_path / "store"
+    result = CliRunner().invoke(app, ["ingest", str(photos[0].parent), "--store", str(store),
+                                      "--model", f"blip:{blip_folder}", "--device", "cpu",
+                                      "--precision", "fp32", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    query = QUERIES[0]
+    with SearchClient(store, reranker="fused", device="cpu") as client:
+        assert isinstance(client.model, BlipTwinModel)
+        assert client.store.info.bytes_per_image() == 17 * 32 * 2
+        hits = client.search(query, k=len(photos))
+    assert len(hits) == len(photos)
+    itm = BlipItmReranker(blip.retrieval, blip.processor, device="cpu", precision="fp32")
+    read_images = itm.score(query, hits)
+    for hit, from_images in zip(hits, read_images, strict=True):
+        cosine, match = reference_scores(blip, query, open_rgb(hit.path))
+        assert hit.bi_score == pytest.approx(cosine, abs=1e-4)  # the stored vector is float32
+        assert hit.rerank_score == pytest.approx(match, abs=CACHED)
+        assert hit.rerank_score == pytest.approx(float(from_images), abs=CACHED)
+    assert len({round(h.rerank_score, 3) for h in hits}) > 1  # pictures matter to the head
