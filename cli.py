@@ -112,6 +112,33 @@ def ingest(
              "reason, timings.")] = None,
     progress: Annotated[bool, typer.Option(
         help="Show a progress bar (images/s and ETA).")] = True,
+    engine: Annotated[str, typer.Option(
+        help="local: this process. ray: Ray Data, read tasks and an actor pool of models, "
+             "here or on a cluster (pip install 'twinrank[ray]'; docs/scale.md).")] = "local",
+    ray_address: Annotated[str | None, typer.Option(
+        help="With --engine ray: the cluster to join (auto, ray://HOST:10001). Default: "
+             "start Ray on this machine.")] = None,
+    actors: Annotated[int, typer.Option(
+        min=1, help="With --engine ray: embedding actors, one model copy each.")] = 1,
+    gpus_per_actor: Annotated[float, typer.Option(
+        min=0.0, help="With --engine ray: GPUs each actor reserves (0: it runs on "
+                      "CPUs).")] = 0.0,
+    source_list: Annotated[bool, typer.Option(
+        help="FOLDER is a list of image paths, one per line (txt) or in a 'path' column "
+             "(CSV, Parquet); recognised by its suffix without this flag. With --engine "
+             "ray.")] = False,
+    url: Annotated[str | None, typer.Option(
+        help="With --engine ray: ingest into the Qdrant server or cluster at this URL "
+             "instead of --store (API key from TWINRANK_QDRANT_API_KEY).")] = None,
+    collection: Annotated[str | None, typer.Option(
+        help="Collection name on the server (with --url; default twinrank).")] = None,
+    shards: Annotated[int | None, typer.Option(
+        min=1, help="With --url, for a new collection: shards to split it into.")] = None,
+    replicas: Annotated[int | None, typer.Option(
+        min=1, help="With --url, for a new collection: copies of each shard.")] = None,
+    write_consistency: Annotated[int | None, typer.Option(
+        min=1, help="With --url, for a new collection: replicas that must accept a "
+                    "write.")] = None,
 ) -> None:
     """Embed every image under FOLDER into the store; re-runs only embed what changed.
 
@@ -120,8 +147,11 @@ def ingest(
     skipped and listed, never fatal. Safe to interrupt (even kill -9): run it again to
     finish.
     """
-    from twinrank.ingest.job import IngestInterrupted, IngestJob, ingest_folder
+    from twinrank.ingest.engines import ingest_with_engine
+    from twinrank.ingest.job import IngestInterrupted, IngestJob
+    from twinrank.ingest.ray_engine import RayOptions, ServerTarget
     from twinrank.ingest.runner import IngestConfig
+    from twinrank.store import ClusterLayout
 
     config = IngestConfig(
         root=folder.expanduser(), batch_size=batch_size, workers=workers,
@@ -131,9 +161,13 @@ def ingest(
         max_pixels=int(max_megapixels * 1_000_000))
     job = IngestJob(config, store.expanduser(), model, pretrained, device,
                     report_path=report, torch_threads=threads)
+    ray_options = RayOptions(address=ray_address, actors=actors, gpus_per_actor=gpus_per_actor,
+                             model_threads=threads, source_list=source_list)
+    server = ServerTarget(url, collection, ClusterLayout(shards, replicas, write_consistency)
+                          ) if url else None
     try:
         with friendly_errors():
-            result = ingest_folder(job)
+            result = ingest_with_engine(job, engine, ray_options, server)
     except IngestInterrupted as interrupted:
         typer.echo("\n".join(interrupted.report.lines()), err=True)
         raise typer.Exit(130) from None
