@@ -240,6 +240,7 @@ def _edge_config(info: CollectionInfo) -> Any:
         EdgeConfig,
         EdgeVectorParams,
         HnswIndexConfig,
+        Memory,
         MultiVectorComparator,
         MultiVectorConfig,
         VectorStorageDatatype,
@@ -251,6 +252,7 @@ def _edge_config(info: CollectionInfo) -> Any:
         multivector_config=MultiVectorConfig(MultiVectorComparator.MaxSim),
         datatype=VectorStorageDatatype.Float16,
         hnsw_config=HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000),
+        memory=Memory.Cold,  # on disk (mmap), read per rerank: BLIP's are 886 kB per image
     )
     image = EdgeVectorParams(size=info.vector_size, distance=Distance.Cosine)
     return EdgeConfig(vectors={"image": image, "tokens": tokens})

@@ -261,6 +261,7 @@ def _create_collection(
         multivector_config=models.MultiVectorConfig(
             comparator=models.MultiVectorComparator.MAX_SIM),
         hnsw_config=models.HnswConfigDiff(m=0),
+        on_disk=True,  # the server keeps cached reranker tokens on disk, not in RAM
     )
     image = models.VectorParams(size=info.vector_size, distance=models.Distance.COSINE)
     client.create_collection(collection, vectors_config={"image": image, "tokens": tokens},
