@@ -137,6 +137,9 @@ def save_model(model: TwinModel, folder: str | Path, dtype: torch.dtype | None =
     records whether a match objective trained the fusion head (``twinrank train`` says so);
     None keeps the model's own record.
     """
+    if getattr(model, "family", "") == "blip":  # a Hugging Face folder + twinrank's marker
+        saved: Path = model.save(folder, dtype, reranker_trained)  # type: ignore[operator]
+        return saved
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

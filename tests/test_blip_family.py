@@ -9,6 +9,7 @@ output (logit[1] - logit[0]) and today's read-the-image ``BlipItmReranker``.
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -160,3 +161,41 @@ def test_ingest_search_rerank_end_to_end(blip_folder, blip, photos, tmp_path):
         assert hit.rerank_score == pytest.approx(match, abs=CACHED)
         assert hit.rerank_score == pytest.approx(float(from_images), abs=CACHED)
     assert len({round(h.rerank_score, 3) for h in hits}) > 1  # pictures matter to the head
+
+
+def test_joint_training_two_steps_then_reload_gives_the_same_scores(blip_folder, blip, photos,
+                                                                   tmp_path):
+    """``train --mode joint`` on BLIP (ITC + ITM, negatives mined from its own ITC) writes
+    a folder that transformers itself loads and that twinrank reloads to the same scores."""
+    from transformers import BlipForImageTextRetrieval
+
+    data = tmp_path / "captions.jsonl"
+    data.write_text("".join(json.dumps({"image": str(p), "caption": c}) + "\n"
+                            for p, c in zip(photos, QUERIES * 2, strict=True)))
+    result = CliRunner().invoke(app, [
+        "train", "--data", str(data), "--out", str(tmp_path / "run"), "--model",
+        f"blip:{blip_folder}", "--mode", "joint", "--steps", "2", "--batch-size", "4",
+        "--warmup-steps", "1", "--lr", "1e-3", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    losses = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert {"contrastive_loss", "match_loss"} <= set(losses[-1])
+    trained = create_model(tmp_path / "run", device="cpu")
+    assert isinstance(trained, BlipTwinModel) and trained.reranker_trained
+    assert trained.model_id != blip.model_id
+    again = create_model(trained.save(tmp_path / "again"), device="cpu")
+    assert again.logit_scale.item() == pytest.approx(trained.logit_scale.item())
+    plain = BlipForImageTextRetrieval.from_pretrained(tmp_path / "run").eval()
+    pixels = blip.preprocess_images([open_rgb(p) for p in photos[:2]])
+    ids = blip.tokenize(QUERIES[:2])
+    scores = {}
+    with torch.no_grad():
+        for name, model in {"start": blip, "trained": trained, "again": again}.items():
+            image, text = model.encode_image(pixels), model.encode_text(ids)
+            scores[name] = torch.cat([(image.image_vector * text.text_vector).sum(-1),
+                                      model.match_logit(ids, text.text_mask,
+                                                        image.image_tokens)])
+        itm = plain(input_ids=ids, pixel_values=pixels, attention_mask=(ids != 0).long())
+    assert torch.allclose(scores["again"], scores["trained"], atol=EXACT)
+    assert not torch.allclose(scores["start"], scores["trained"], atol=1e-3)  # it learned
+    assert torch.allclose(itm.itm_score[:, 1] - itm.itm_score[:, 0], scores["trained"][2:],
+                          atol=EXACT)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from twinrank.models import ImageEncoding, TextEncoding, TwinModel
+from twinrank.models.blip import BlipTwinModel
 from twinrank.models.pair import SepTwinModel
 from twinrank.train.losses import (
     CONTRASTIVE,
@@ -51,17 +52,23 @@ def build_models(mode: str, base: TwinModel) -> nn.ModuleDict:
     """
     if mode not in MODES:
         raise ValueError(f"unknown training mode {mode!r}; use one of {', '.join(MODES)}")
+    if mode == "sep" and isinstance(base, BlipTwinModel):
+        raise ValueError("--mode sep needs an open_clip model: BLIP's two heads share one "
+                         "backbone by design; fine-tune it with --mode joint")
     if mode == "sep":
         return nn.ModuleDict({"bi": base, "cross": copy.deepcopy(base)})
     return nn.ModuleDict({"twin": base})
 
 
 def twins(models: nn.ModuleDict) -> dict[str, TwinModel]:
-    """The ModuleDict's models, typed."""
-    found = {name: model for name, model in models.items() if isinstance(model, TwinModel)}
+    """The ModuleDict's models, typed. A BLIP model trains through the same surface
+    (``encode_image``, ``encode_text``, ``match_logit``, ``logit_scale``): JOINT on it is
+    BLIP's own fine-tuning objective, ITC + ITM with negatives mined from its ITC."""
+    found = {name: model for name, model in models.items()
+             if isinstance(model, TwinModel | BlipTwinModel)}
     if len(found) != len(models):
         raise TypeError("training holds only TwinModels")
-    return found
+    return found  # type: ignore[return-value]
 
 
 def exported_model(mode: str, models: nn.ModuleDict) -> TwinModel:
