@@ -20,12 +20,15 @@ import numpy as np
 from twinrank.store.filters import INDEXED_FIELDS, SearchFilter, to_rfc3339
 from twinrank.store.lease import ShardLease
 from twinrank.store.schema import (
+    CENTRED_VECTOR,
+    IMAGE_VECTOR,
     CollectionInfo,
     PointRecord,
     SearchPlan,
     StoreBase,
     StoredHit,
     StoreError,
+    centre,
     check_info,
     planned_search,
 )
@@ -98,12 +101,6 @@ class EdgeStore(StoreBase):
 
         if not records:
             return
-        points = []
-        for record in records:
-            vectors: dict[str, Any] = {"image": record.image_vector.astype(np.float32).tolist()}
-            if record.image_tokens is not None:
-                vectors["tokens"] = record.image_tokens.astype(np.float32).tolist()
-            points.append(Point(record.id, vectors, record.payload))
         with self._lease.hold() as shard:
             shard.update(UpdateOperation.upsert_points(points))
             self._count = None
@@ -122,17 +119,30 @@ class EdgeStore(StoreBase):
                 shard.update(UpdateOperation.delete_points(list(ids)))
                 self._count = None
 
+            centred = self._centred_for(records)
+            points = []
+            for i, record in enumerate(records):
+                vectors: dict[str, Any] = {
+                    IMAGE_VECTOR: record.image_vector.astype(np.float32).tolist()}
+                if centred is not None:
+                    vectors[CENTRED_VECTOR] = centred[i].tolist()
+                if record.image_tokens is not None:
+                    vectors["tokens"] = record.image_tokens.astype(np.float32).tolist()
+                points.append(Point(record.id, vectors, record.payload))
     def search(
         self,
+            self.refresh_image_mean()
         vector: np.ndarray,
         limit: int,
         search_filter: SearchFilter | None = None,
         plan: SearchPlan | None = None,
     ) -> list[StoredHit]:
-        """The ``limit`` nearest images; ``plan`` overrides the exact/HNSW policy."""
-        from qdrant_edge import Query, QueryRequest, SearchParams
+        """The ``limit`` nearest images to an image or text vector (``modality``); ``plan``
+        overrides the policy (``schema.search_plan``). Scores are cosines to ``image``."""
+        from qdrant_edge import Prefetch, Query, QueryRequest, SearchParams
 
-        query = Query.Nearest(np.asarray(vector, dtype=np.float32).tolist(), using="image")
+        vector = np.asarray(vector, dtype=np.float32)
+        query = Query.Nearest(vector.tolist(), using=IMAGE_VECTOR)
         condition = edge_filter(search_filter)
         with self._lease.hold() as shard:
 
@@ -143,19 +153,33 @@ class EdgeStore(StoreBase):
                 return [StoredHit(str(p.id), float(p.score), dict(p.payload or {}))
                         for p in shard.query(request)]
 
-            return planned_search(run, self._points(shard), limit, plan)
+            return planned_search(run, self._points(shard), limit, plan, modality,
+                                  self.info.centred)
 
+        modality: str = "image",
     def _named_vectors(self, ids: Sequence[str], name: str) -> dict[str, np.ndarray]:
         with self._lease.hold() as shard:
             records = shard.retrieve(list(ids), False, [name])
         return {str(r.id): np.asarray(r.vector[name], dtype=np.float32)
                 for r in records if r.vector and name in r.vector}
 
+        text_mean = self.info.text_mean
     def get_payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         with self._lease.hold() as shard:
             records = shard.retrieve(list(ids), True, False)
+                prefetches = None
+                if chosen.candidates:
+                    if text_mean is None:
+                        raise StoreError(f"The collection at {self.folder} has no centred "
+                                         f"vector; search it without a two-stage plan.")
+                    centred = centre(vector, text_mean) if modality == "text" else vector
+                    prefetches = [Prefetch(
+                        limit=chosen.candidates, filter=condition,
+                        query=Query.Nearest(centred.tolist(), using=CENTRED_VECTOR),
+                        params=SearchParams(exact=chosen.exact, hnsw_ef=chosen.hnsw_ef))]
         return {str(r.id): dict(r.payload or {}) for r in records}
 
+                    prefetches=prefetches,
     def iter_payloads(self) -> Iterator[tuple[str, dict[str, Any]]]:
         from qdrant_edge import ScrollRequest
 
@@ -168,6 +192,36 @@ class EdgeStore(StoreBase):
             for record in records:
                 yield str(record.id), dict(record.payload or {})
             if offset is None:
+    def _image_pages(self) -> Iterator[tuple[list[str], np.ndarray]]:
+        from qdrant_edge import ScrollRequest
+
+        offset = None
+        while True:
+            with self._lease.hold() as shard:
+                records, offset = shard.scroll(ScrollRequest(
+                    offset=offset, limit=1000, with_payload=False, with_vector=[IMAGE_VECTOR]))
+            kept = [r for r in records if r.vector and IMAGE_VECTOR in r.vector]
+            if kept:
+                yield ([str(r.id) for r in kept],
+                       np.asarray([r.vector[IMAGE_VECTOR] for r in kept], dtype=np.float32))
+            if offset is None:
+                return
+
+    def _write_centred(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        from qdrant_edge import PointVectors, UpdateOperation
+
+        points = [PointVectors(i, {CENTRED_VECTOR: v.tolist()})
+                  for i, v in zip(ids, vectors, strict=True)]
+        with self._lease.hold() as shard:
+            shard.update(UpdateOperation.update_vectors(points))
+
+    def _save_info(self, info: CollectionInfo) -> None:
+        meta = self.folder / META_FILE
+        staged = meta.with_suffix(".tmp")
+        staged.write_text(json.dumps(asdict(info), indent=2))
+        os.replace(staged, meta)
+        self.info = info
+
                 return
 
     def count(self) -> int:
@@ -254,8 +308,13 @@ def _edge_config(info: CollectionInfo) -> Any:
         hnsw_config=HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000),
         memory=Memory.Cold,  # on disk (mmap), read per rerank: BLIP's are 886 kB per image
     )
-    image = EdgeVectorParams(size=info.vector_size, distance=Distance.Cosine)
-    return EdgeConfig(vectors={"image": image, "tokens": tokens})
+    vectors = {IMAGE_VECTOR: EdgeVectorParams(size=info.vector_size, distance=Distance.Cosine),
+               "tokens": tokens}
+    if info.centred:  # only a prefetch reads it, so half precision is enough
+        vectors[CENTRED_VECTOR] = EdgeVectorParams(
+            size=info.vector_size, distance=Distance.Cosine,
+            datatype=VectorStorageDatatype.Float16)
+    return EdgeConfig(vectors=vectors)
 
 
 def edge_filter(search_filter: SearchFilter | None) -> Any:

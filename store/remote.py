@@ -27,6 +27,8 @@ import numpy as np
 
 from twinrank.store.filters import INDEXED_FIELDS, SearchFilter, to_utc
 from twinrank.store.schema import (
+    CENTRED_VECTOR,
+    IMAGE_VECTOR,
     CollectionInfo,
     PointRecord,
     SearchPlan,
@@ -34,6 +36,7 @@ from twinrank.store.schema import (
     StoreBusyError,
     StoredHit,
     StoreError,
+    centre,
     check_info,
     planned_search,
 )
@@ -134,9 +137,13 @@ class RemoteStore(StoreBase):
 
         if not records:
             return
+        centred = self._centred_for(records)
         points = []
-        for record in records:
-            vectors: dict[str, Any] = {"image": record.image_vector.astype(np.float32).tolist()}
+        for i, record in enumerate(records):
+            vectors: dict[str, Any] = {
+                IMAGE_VECTOR: record.image_vector.astype(np.float32).tolist()}
+            if centred is not None:  # rounded as the server stores them
+                vectors[CENTRED_VECTOR] = centred[i].astype(np.float16).astype(np.float32).tolist()
             if record.image_tokens is not None:  # rounded as a server stores them
                 tokens = record.image_tokens.astype(np.float16).astype(np.float32)
                 vectors["tokens"] = tokens.tolist()
@@ -144,6 +151,7 @@ class RemoteStore(StoreBase):
                                              payload=record.payload))
         self._call(lambda: self._client.upsert(self.collection, points=points, wait=True))
         self._count = None
+        self.refresh_image_mean()
 
     def set_payload(self, point_id: str, payload: dict[str, Any]) -> None:
         self._call(lambda: self._client.overwrite_payload(
@@ -163,23 +171,37 @@ class RemoteStore(StoreBase):
         limit: int,
         search_filter: SearchFilter | None = None,
         plan: SearchPlan | None = None,
+        modality: str = "image",
     ) -> list[StoredHit]:
-        """The ``limit`` nearest images; ``plan`` overrides the exact/HNSW policy."""
+        """The ``limit`` nearest images to an image or text vector (``modality``); ``plan``
+        overrides the policy (``schema.search_plan``). Scores are cosines to ``image``."""
         from qdrant_client import models
 
-        query = np.asarray(vector, dtype=np.float32).tolist()
+        vector = np.asarray(vector, dtype=np.float32)
         condition = client_filter(search_filter)
+        text_mean = self.info.text_mean
 
         def run(chosen: SearchPlan) -> list[StoredHit]:
             params = None if self._local else models.SearchParams(exact=chosen.exact,
                                                                   hnsw_ef=chosen.hnsw_ef)
+            prefetch = None
+            if chosen.candidates:
+                if text_mean is None:
+                    raise StoreError(f"The collection at {self.where} has no centred vector; "
+                                     f"search it without a two-stage plan.")
+                centred = centre(vector, text_mean) if modality == "text" else vector
+                prefetch = models.Prefetch(query=centred.tolist(), using=CENTRED_VECTOR,
+                                           limit=chosen.candidates, filter=condition,
+                                           params=params)
             response = self._call(lambda: self._client.query_points(
-                self.collection, query=query, using="image", limit=limit,
-                query_filter=condition, search_params=params, with_payload=True))
+                self.collection, query=vector.tolist(), using=IMAGE_VECTOR, limit=limit,
+                prefetch=prefetch, query_filter=condition, search_params=params,
+                with_payload=True))
             return [StoredHit(str(p.id), float(p.score), dict(p.payload or {}))
                     for p in response.points]
 
-        return planned_search(run, self._cached_count(), limit, plan)
+        return planned_search(run, self._cached_count(), limit, plan, modality,
+                              self.info.centred)
 
     def _named_vectors(self, ids: Sequence[str], name: str) -> dict[str, np.ndarray]:
         records = self._call(lambda: self._client.retrieve(
@@ -190,6 +212,35 @@ class RemoteStore(StoreBase):
             if name in vectors:
                 out[str(record.id)] = np.asarray(vectors[name], dtype=np.float32)
         return out
+
+    def _image_pages(self) -> Iterator[tuple[list[str], np.ndarray]]:
+        offset = None
+        while True:
+            page = functools.partial(self._client.scroll, self.collection, limit=1000,
+                                     offset=offset, with_payload=False,
+                                     with_vectors=[IMAGE_VECTOR])
+            records, offset = self._call(page)
+            kept = [r for r in records
+                    if isinstance(r.vector, dict) and IMAGE_VECTOR in r.vector]
+            if kept:
+                yield ([str(r.id) for r in kept],
+                       np.asarray([r.vector[IMAGE_VECTOR] for r in kept], dtype=np.float32))
+            if offset is None:
+                return
+
+    def _write_centred(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        from qdrant_client import models
+
+        rounded = vectors.astype(np.float16).astype(np.float32)
+        points = [models.PointVectors(id=i, vector={CENTRED_VECTOR: v.tolist()})
+                  for i, v in zip(ids, rounded, strict=True)]
+        self._call(lambda: self._client.update_vectors(self.collection, points=points,
+                                                       wait=True))
+
+    def _save_info(self, info: CollectionInfo) -> None:
+        self._call(lambda: self._client.update_collection(
+            self.collection, metadata={METADATA_KEY: asdict(info)}))
+        self.info = info
 
     def get_payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         records = self._call(lambda: self._client.retrieve(
@@ -263,8 +314,14 @@ def _create_collection(
         hnsw_config=models.HnswConfigDiff(m=0),
         on_disk=True,  # the server keeps cached reranker tokens on disk, not in RAM
     )
-    image = models.VectorParams(size=info.vector_size, distance=models.Distance.COSINE)
-    client.create_collection(collection, vectors_config={"image": image, "tokens": tokens},
+    vectors = {IMAGE_VECTOR: models.VectorParams(size=info.vector_size,
+                                                 distance=models.Distance.COSINE),
+               "tokens": tokens}
+    if info.centred:  # only a prefetch reads it, so half precision is enough
+        vectors[CENTRED_VECTOR] = models.VectorParams(
+            size=info.vector_size, distance=models.Distance.COSINE,
+            datatype=models.Datatype.FLOAT16)
+    client.create_collection(collection, vectors_config=vectors,
                              metadata={METADATA_KEY: asdict(info)},
                              **(layout or ClusterLayout()).create_args())
     kinds = {"keyword": models.PayloadSchemaType.KEYWORD,

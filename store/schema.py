@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Protocol, Self
 
@@ -22,18 +22,30 @@ from twinrank.store.filters import SearchFilter
 
 SCHEMA_VERSION = 1
 
-# Search policy shared by both back ends (measured in bench/store_bench.py). Text queries
-# sit far from image vectors (the modality gap) and HNSW loses recall on them: at 100k
-# clustered points, recall@20 for far queries was 0.65/0.77/0.86/0.93/0.97 at hnsw_ef
-# 64/128/256/512/1024, against 1.0 for near queries from ef 128. So: exact search for
-# small collections; HNSW for near queries; and a query whose best hit is a poor match
-# (a far query) is searched again exactly, up to a size where exact search is too slow.
+# Search policy shared by both back ends (measured in bench/store_bench.py and
+# bench/ann_bench.py). Text queries sit far from image vectors (the modality gap) and HNSW
+# built on image vectors loses recall on them: at 1M points recall@20 was 0.35-0.66 at
+# hnsw_ef 128-512 (issue 20). So a collection also indexes ``centred`` (each image vector
+# minus the collection's mean image vector, renormalised) and a text query searches it with
+# the text vector minus the model's mean text vector: the gap is gone, HNSW finds the
+# neighbourhood, and the candidates are rescored exactly on ``image`` in the same request.
 EXACT_SEARCH_BELOW = 20_000  # points; exact search here costs ~1-2 ms and recall is 1.0
 HNSW_EF_MIN = 128  # beam width for the HNSW search above that size...
 HNSW_EF_PER_RESULT = 8  # ...and at least this many candidates per requested result
+TWO_STAGE_CANDIDATES_MIN = 400  # text queries: prefetch at least this many from ``centred``
+TWO_STAGE_PER_RESULT = 20  # ...and this many per requested result, all rescored exactly
+# Collections made before ``centred`` existed keep the old fallback for far queries.
 FAR_QUERY_COSINE = 0.5  # best hit below this: the query is out of distribution
 EXACT_RETRY_BELOW = 1_000_000  # points; a far query is re-run exactly below this size
 FAR_QUERY_EF = 1024  # and with this beam above it
+# The image mean is recomputed when a collection has grown this many times past the size
+# it was computed at; the ``centred`` vectors are rewritten only when it moved this far.
+IMAGE_MEAN_REGROWTH = 4
+IMAGE_MEAN_TOLERANCE = 0.05  # L2 distance between the old and the new mean
+
+IMAGE_VECTOR = "image"
+CENTRED_VECTOR = "centred"
+TOKENS_VECTOR = "tokens"
 
 
 class StoreError(RuntimeError):
@@ -60,6 +72,24 @@ class CollectionInfo:
     schema_version: int = SCHEMA_VERSION
     model_source: str = ""  # how to load the model: a name, a folder, or a file
     model_pretrained: str | None = None  # open_clip pretrained tag, when the source is a name
+    # The modality gap (search policy above): the model's mean text vector, given when the
+    # collection is created (``models.gap``), and the collection's own mean image vector,
+    # computed by the store from what it holds and at how many points. Without a text
+    # mean the collection has no ``centred`` vector (made before it existed).
+    text_mean: tuple[float, ...] | None = None
+    image_mean: tuple[float, ...] | None = None
+    image_mean_points: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("text_mean", "image_mean"):  # JSON gives lists; keep it hashable
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(float(x) for x in value))
+
+    @property
+    def centred(self) -> bool:
+        """Whether the collection indexes the ``centred`` vector for text queries."""
+        return self.text_mean is not None
 
     def bytes_per_image(self) -> int:
         """Bytes of cached reranker tokens per image (16 x 256 fp16 = 8 kB for ViT-B-32)."""
@@ -98,7 +128,8 @@ class VectorStore(Protocol):
     def set_payload(self, point_id: str, payload: dict[str, Any]) -> None: ...
     def delete(self, ids: Sequence[str]) -> None: ...
     def search(
-        self, vector: np.ndarray, limit: int, search_filter: SearchFilter | None = None
+        self, vector: np.ndarray, limit: int, search_filter: SearchFilter | None = None,
+        plan: SearchPlan | None = None, modality: str = "image",
     ) -> list[StoredHit]: ...
     def get_tokens(self, ids: Sequence[str]) -> dict[str, np.ndarray]: ...
     def get_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]: ...
@@ -125,6 +156,69 @@ class StoreBase:
     def close(self) -> None:
         raise NotImplementedError
 
+    # The modality gap: both back ends keep ``centred`` and the image mean the same way.
+    info: CollectionInfo
+
+    def count(self) -> int:
+        raise NotImplementedError
+
+    def _save_info(self, info: CollectionInfo) -> None:
+        """Record a new identity (the image mean changed) with the collection."""
+        raise NotImplementedError
+
+    def _image_pages(self) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Every stored point's id and ``image`` vector, a page at a time."""
+        raise NotImplementedError
+
+    def _write_centred(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Overwrite the ``centred`` vector of existing points, leaving the rest."""
+        raise NotImplementedError
+
+    def _centred_for(self, records: Sequence[PointRecord]) -> np.ndarray | None:
+        """The ``centred`` vectors of records about to be written; None without that vector.
+
+        The first write sets the image mean from its own images; ``refresh_image_mean``
+        corrects it as the collection grows.
+        """
+        if not self.info.centred or not records:
+            return None
+        images = np.stack([r.image_vector for r in records]).astype(np.float32)  # (B, D)
+        if self.info.image_mean is None:
+            self._save_info(replace(self.info, image_mean=tuple(images.mean(0).tolist()),
+                                    image_mean_points=len(records)))
+        assert self.info.image_mean is not None
+        return centre(images, self.info.image_mean)
+
+    def refresh_image_mean(self, force: bool = False) -> bool:
+        """Recompute the mean image vector once the collection has grown
+        ``IMAGE_MEAN_REGROWTH`` times past the size it was computed at (or when ``force``),
+        and rewrite the ``centred`` vectors, only those, if the mean moved more than
+        ``IMAGE_MEAN_TOLERANCE``. Returns whether they were rewritten.
+
+        Example:
+            >>> store.refresh_image_mean(force=True)  # after a large delete, say
+            False
+        """
+        info = self.info
+        if not info.centred or info.image_mean is None:
+            return False
+        if not force and self.count() < IMAGE_MEAN_REGROWTH * max(info.image_mean_points, 1):
+            return False
+        total, points = np.zeros(info.vector_size, dtype=np.float64), 0
+        for ids, vectors in self._image_pages():
+            total += vectors.sum(axis=0, dtype=np.float64)
+            points += len(ids)
+        if points == 0:
+            return False
+        mean = (total / points).astype(np.float32)
+        moved = float(np.linalg.norm(mean - np.asarray(info.image_mean))) > IMAGE_MEAN_TOLERANCE
+        if moved:
+            for ids, vectors in self._image_pages():
+                self._write_centred(ids, centre(vectors, mean))
+            info = replace(info, image_mean=tuple(mean.tolist()))
+        self._save_info(replace(info, image_mean_points=points))
+        return moved
+
     def __enter__(self) -> Self:
         return self
 
@@ -134,21 +228,34 @@ class StoreBase:
 
 @dataclass(frozen=True)
 class SearchPlan:
-    """How one kNN query runs: exactly, or HNSW with beam width ``hnsw_ef``."""
+    """How one kNN query runs: exactly, HNSW with beam width ``hnsw_ef``, or in two stages.
+
+    Two stages (``candidates`` > 0): HNSW on ``centred`` fetches ``candidates`` points
+    for the centred query, then Qdrant scores exactly those points on ``image`` and keeps
+    the best: the answer is the exact top-k whenever the candidates hold it.
+    """
 
     exact: bool
     hnsw_ef: int | None
+    candidates: int = 0
 
 
-def search_plan(points: int, limit: int) -> SearchPlan:
-    """The shared policy: exact below ``EXACT_SEARCH_BELOW`` points, a wide beam above.
+def search_plan(points: int, limit: int, modality: str = "image",
+                centred: bool = False) -> SearchPlan:
+    """The shared policy: exact below ``EXACT_SEARCH_BELOW`` points; above it a text query
+    on a collection with a ``centred`` vector goes two-stage, anything else HNSW.
 
     Example:
         >>> search_plan(5_000, 20)
-        SearchPlan(exact=True, hnsw_ef=None)
+        SearchPlan(exact=True, hnsw_ef=None, candidates=0)
+        >>> search_plan(1_000_000, 20, modality="text", centred=True)
+        SearchPlan(exact=False, hnsw_ef=400, candidates=400)
     """
     if points < EXACT_SEARCH_BELOW:
         return SearchPlan(exact=True, hnsw_ef=None)
+    if modality == "text" and centred:
+        candidates = max(TWO_STAGE_CANDIDATES_MIN, TWO_STAGE_PER_RESULT * limit)
+        return SearchPlan(exact=False, hnsw_ef=candidates, candidates=candidates)
     return SearchPlan(exact=False, hnsw_ef=max(HNSW_EF_MIN, HNSW_EF_PER_RESULT * limit))
 
 
@@ -162,19 +269,42 @@ def planned_search(
     points: int,
     limit: int,
     plan: SearchPlan | None = None,
+    modality: str = "image",
+    centred: bool = False,
 ) -> list[StoredHit]:
     """Run a kNN query under the shared policy; an explicit ``plan`` is run as given.
 
-    A far query (best cosine under ``FAR_QUERY_COSINE`` after HNSW) is run again with
-    ``far_query_plan``: near queries pay HNSW's price, text queries get exact recall.
+    A far query (best cosine under ``FAR_QUERY_COSINE`` after plain HNSW) is run again
+    with ``far_query_plan``: the fallback for collections without a ``centred`` vector.
     """
+    if modality not in ("image", "text"):
+        raise ValueError(f"modality is 'image' or 'text', not {modality!r}")
     if plan is not None:
         return run(plan)
-    first = search_plan(points, limit)
+    first = search_plan(points, limit, modality, centred)
     hits = run(first)
-    if not first.exact and (not hits or hits[0].score < FAR_QUERY_COSINE):
+    if not first.exact and not first.candidates and (not hits or hits[0].score
+                                                     < FAR_QUERY_COSINE):
         return run(far_query_plan(points))
     return hits
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (a zero row stays zero)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def centre(vectors: np.ndarray, mean: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Vectors minus a modality's mean, renormalised: images for ``centred``, or a text
+    query with the model's text mean.
+
+    Example:
+        >>> centre(np.array([[1.0, 1.0]]), [0.0, 1.0]).tolist()
+        [[1.0, 0.0]]
+    """
+    return unit_rows(np.asarray(vectors, dtype=np.float32) - np.asarray(mean, dtype=np.float32))
 
 
 def point_id_for(content_hash: str) -> str:
@@ -198,8 +328,8 @@ def check_info(found: CollectionInfo, wanted: CollectionInfo | None, where: str)
     if found.model_id != wanted.model_id:
         raise CollectionMismatchError(
             f"The collection at {where} was built with model {found.model_id!r}, not "
-            f"{wanted.model_id!r}. Search it with --model set to the model it was built "
-            f"with, or ingest into a new --store."
+            f"{wanted.model_id!r}. Leave out --model (ingest then uses the collection's own "
+            f"model), or ingest into a new --store."
         )
     if found.schema_version != wanted.schema_version:
         raise CollectionMismatchError(

@@ -1,0 +1,192 @@
+"""Text queries across the modality gap: the ``centred`` vector and the two-stage search.
+
+Real Qdrant Edge and qdrant-client's local mode (the server's stand-in: no Qdrant server
+binary can be installed here) on small synthetic collections whose images sit in a narrow
+cone and whose text queries sit in another, as CLIP's do.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from twinrank.store import CollectionInfo, PointRecord, open_store, search_plan
+from twinrank.store import schema as schema_module
+from twinrank.store.filters import SearchFilter
+from twinrank.store.schema import CENTRED_VECTOR, SearchPlan, centre, unit_rows
+
+DIM = 48
+K = 10
+BACKENDS = ["edge", "server"]
+
+
+def gap_vectors(n: int, seed: int = 0, shift: float = 0.0) -> dict[str, np.ndarray]:
+    """Images in a clustered cone, text queries in another cone, generic-caption texts."""
+    rng = np.random.default_rng(seed)
+    image_mean, text_mean, drift = unit_rows(rng.standard_normal((3, DIM)))
+    centres = unit_rows(rng.standard_normal((max(n // 50, 4), DIM)))
+
+    def texts(count: int) -> np.ndarray:
+        which = rng.integers(0, len(centres), count)
+        return unit_rows(0.4 * image_mean + 2.0 * text_mean + 0.45 * centres[which]
+                         + rng.standard_normal((count, DIM)) / np.sqrt(DIM))
+
+    which = rng.integers(0, len(centres), n)
+    images = unit_rows(1.2 * image_mean + shift * drift + centres[which]
+                       + 1.1 * rng.standard_normal((n, DIM)) / np.sqrt(DIM))
+    return {"images": images, "queries": texts(12), "generic": texts(200)}
+
+
+def info_for(data: dict[str, np.ndarray] | None) -> CollectionInfo:
+    text_mean = None if data is None else tuple(data["generic"].mean(0).tolist())
+    return CollectionInfo("gap-model", DIM, 2, 4, text_mean=text_mean)
+
+
+def point_id(i: int) -> str:
+    return str(uuid.UUID(int=i + 1))
+
+
+def fill(store: object, images: np.ndarray, start: int = 0, batch: int = 250) -> None:
+    for first in range(0, len(images), batch):
+        store.upsert([  # type: ignore[attr-defined]
+            PointRecord(point_id(start + i), images[i], None,
+                        {"format": "jpeg" if (start + i) % 3 else "png", "size": start + i})
+            for i in range(first, min(first + batch, len(images)))])
+
+
+def location(backend: str, tmp_path: Path) -> str:
+    return str(tmp_path / "edge") if backend == "edge" else f"path:{tmp_path / 'server'}"
+
+
+def ids_of(hits: list) -> list[int]:
+    return [uuid.UUID(h.id).int - 1 for h in hits]
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, np.ndarray]:
+    return gap_vectors(1_200)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_stage_returns_the_exact_top_k_when_the_candidates_hold_it(backend, tmp_path, data):
+    images, candidates = data["images"], 600
+    with open_store(location(backend, tmp_path), info_for(data)) as store:
+        fill(store, images)
+        assert store.info.image_mean is not None
+        centred_images = centre(images, store.info.image_mean)
+        held = 0
+        for query in data["queries"]:
+            exact = ids_of(store.search(query, K, plan=SearchPlan(exact=True, hnsw_ef=None)))
+            assert exact == list(np.argsort(-(images @ query))[:K])
+            two = store.search(query, K, modality="text",
+                               plan=SearchPlan(exact=True, hnsw_ef=None, candidates=candidates))
+            # the candidates: the centred text query's nearest centred images
+            pool = np.argsort(-(centred_images @ centre(query, store.info.text_mean)))
+            pool = pool[:candidates]
+            assert ids_of(two) == list(pool[np.argsort(-(images[pool] @ query))[:K]])
+            np.testing.assert_allclose([h.score for h in two],
+                                       np.sort(images[pool] @ query)[::-1][:K], atol=1e-5)
+            if set(exact) <= set(pool.tolist()):
+                held += 1
+                assert ids_of(two) == exact
+        assert held >= len(data["queries"]) // 2  # the case under test did occur
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_policy_sends_text_queries_two_stage_and_image_queries_the_plain_way(
+        backend, tmp_path, data, monkeypatch):
+    monkeypatch.setattr(schema_module, "EXACT_SEARCH_BELOW", 100)  # as if it were large
+    images = data["images"]
+    plan = search_plan(len(images), K, modality="text", centred=True)
+    assert plan.candidates >= K and search_plan(len(images), K).candidates == 0
+    with open_store(location(backend, tmp_path), info_for(data)) as store:
+        fill(store, images)
+        query = data["queries"][0]
+        two = store.search(query, K, modality="text")
+        assert ids_of(two) == ids_of(store.search(query, K, modality="text", plan=plan))
+        near = images[7] + 0.01 * data["queries"][1]  # an image query: plain kNN on `image`
+        assert ids_of(store.search(near, K))[0] == 7
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_means_are_stored_with_the_collection_and_reloaded(backend, tmp_path, data):
+    where = location(backend, tmp_path)
+    info = info_for(data)
+    with open_store(where, info) as store:
+        fill(store, data["images"][:50])
+        assert store.info.image_mean_points == 50
+        np.testing.assert_allclose(store.info.image_mean, data["images"][:50].mean(0), atol=1e-6)
+        written = store.info
+    with open_store(where) as store:  # no identity given: everything comes from the store
+        assert store.info == written
+        assert store.info.text_mean == info.text_mean and store.info.centred
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_collection_that_grows_far_recomputes_its_image_mean_and_recentres(backend, tmp_path):
+    first, later = gap_vectors(40, seed=1), gap_vectors(400, seed=1, shift=0.8)
+    with open_store(location(backend, tmp_path), info_for(first)) as store:
+        fill(store, first["images"])
+        old_mean = np.asarray(store.info.image_mean)
+        fill(store, later["images"], start=40, batch=400)  # 440 points: 4x past 40
+        everything = np.concatenate([first["images"], later["images"]])
+        assert store.info.image_mean_points == 440
+        np.testing.assert_allclose(store.info.image_mean, everything.mean(0), atol=1e-5)
+        assert np.linalg.norm(old_mean - everything.mean(0)) > 0.05  # it did move
+        some = [0, 5, 39, 40, 300]
+        stored = store._named_vectors([point_id(i) for i in some], CENTRED_VECTOR)
+        wanted = centre(everything[some], store.info.image_mean)
+        got = np.stack([stored[point_id(i)] for i in some])
+        np.testing.assert_allclose(got / np.linalg.norm(got, axis=1, keepdims=True), wanted,
+                                   atol=2e-3)  # centred vectors are stored as float16
+        images = store.get_vectors([point_id(0)])[point_id(0)]
+        np.testing.assert_allclose(images, first["images"][0], atol=1e-6)  # `image` untouched
+        assert not store.refresh_image_mean(force=True)  # the same data: nothing moves
+
+
+def test_edge_and_the_server_back_end_give_the_same_answers(tmp_path, data, monkeypatch):
+    monkeypatch.setattr(schema_module, "EXACT_SEARCH_BELOW", 100)
+    info = info_for(data)
+    with open_store(tmp_path / "edge", info) as edge, open_store(":memory:", info) as server:
+        for store in (edge, server):
+            fill(store, data["images"])
+        assert edge.info == server.info
+        jpeg = SearchFilter(formats=("jpeg",))
+        for query in data["queries"]:
+            for search_filter in (None, jpeg):
+                for modality in ("text", "image"):
+                    a = edge.search(query, K, search_filter, modality=modality)
+                    b = server.search(query, K, search_filter, modality=modality)
+                    assert ids_of(a) == ids_of(b)
+                    np.testing.assert_allclose([h.score for h in a], [h.score for h in b],
+                                               atol=1e-5)
+                    if search_filter is not None:
+                        assert all(h.payload["format"] == "jpeg" for h in a)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_collection_made_without_a_text_mean_has_no_centred_vector(backend, tmp_path, data):
+    with open_store(location(backend, tmp_path), info_for(None)) as store:
+        fill(store, data["images"][:100])
+        assert not store.info.centred and store.info.image_mean is None
+        try:
+            found = store._named_vectors([point_id(0)], CENTRED_VECTOR)
+        except Exception as error:  # Edge: "Not existing vector name error: centred"
+            assert CENTRED_VECTOR in str(error)
+            found = {}
+        assert found == {}
+        hits = store.search(data["queries"][0], K, modality="text")
+        assert ids_of(hits) == list(np.argsort(-(data["images"][:100] @ data["queries"][0]))[:K])
+
+
+def test_a_models_mean_text_vector_is_the_mean_of_its_generic_caption_vectors(tiny_model):
+    from twinrank.models.gap import GENERIC_CAPTIONS, mean_text_vector
+
+    mean = mean_text_vector(tiny_model)
+    assert mean.shape == (tiny_model.config.embed_dim,) and mean.dtype == np.float32
+    vectors = tiny_model.encode_text(tiny_model.tokenize(list(GENERIC_CAPTIONS))).text_vector
+    np.testing.assert_allclose(mean, vectors.detach().float().numpy().mean(0), atol=1e-5)
+    assert 0 < np.linalg.norm(mean) < 1  # a mean of unit vectors that do not all agree
