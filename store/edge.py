@@ -102,8 +102,19 @@ class EdgeStore(StoreBase):
         if not records:
             return
         with self._lease.hold() as shard:
+            centred = self._centred_for(records)
+            points = []
+            for i, record in enumerate(records):
+                vectors: dict[str, Any] = {
+                    IMAGE_VECTOR: record.image_vector.astype(np.float32).tolist()}
+                if centred is not None:
+                    vectors[CENTRED_VECTOR] = centred[i].tolist()
+                if record.image_tokens is not None:
+                    vectors["tokens"] = record.image_tokens.astype(np.float32).tolist()
+                points.append(Point(record.id, vectors, record.payload))
             shard.update(UpdateOperation.upsert_points(points))
             self._count = None
+            self.refresh_image_mean()
 
     def set_payload(self, point_id: str, payload: dict[str, Any]) -> None:
         from qdrant_edge import UpdateOperation
@@ -119,23 +130,13 @@ class EdgeStore(StoreBase):
                 shard.update(UpdateOperation.delete_points(list(ids)))
                 self._count = None
 
-            centred = self._centred_for(records)
-            points = []
-            for i, record in enumerate(records):
-                vectors: dict[str, Any] = {
-                    IMAGE_VECTOR: record.image_vector.astype(np.float32).tolist()}
-                if centred is not None:
-                    vectors[CENTRED_VECTOR] = centred[i].tolist()
-                if record.image_tokens is not None:
-                    vectors["tokens"] = record.image_tokens.astype(np.float32).tolist()
-                points.append(Point(record.id, vectors, record.payload))
     def search(
         self,
-            self.refresh_image_mean()
         vector: np.ndarray,
         limit: int,
         search_filter: SearchFilter | None = None,
         plan: SearchPlan | None = None,
+        modality: str = "image",
     ) -> list[StoredHit]:
         """The ``limit`` nearest images to an image or text vector (``modality``); ``plan``
         overrides the policy (``schema.search_plan``). Scores are cosines to ``image``."""
@@ -144,29 +145,10 @@ class EdgeStore(StoreBase):
         vector = np.asarray(vector, dtype=np.float32)
         query = Query.Nearest(vector.tolist(), using=IMAGE_VECTOR)
         condition = edge_filter(search_filter)
+        text_mean = self.info.text_mean
         with self._lease.hold() as shard:
 
             def run(chosen: SearchPlan) -> list[StoredHit]:
-                request = QueryRequest(
-                    limit=limit, query=query, filter=condition, with_payload=True,
-                    params=SearchParams(exact=chosen.exact, hnsw_ef=chosen.hnsw_ef))
-                return [StoredHit(str(p.id), float(p.score), dict(p.payload or {}))
-                        for p in shard.query(request)]
-
-            return planned_search(run, self._points(shard), limit, plan, modality,
-                                  self.info.centred)
-
-        modality: str = "image",
-    def _named_vectors(self, ids: Sequence[str], name: str) -> dict[str, np.ndarray]:
-        with self._lease.hold() as shard:
-            records = shard.retrieve(list(ids), False, [name])
-        return {str(r.id): np.asarray(r.vector[name], dtype=np.float32)
-                for r in records if r.vector and name in r.vector}
-
-        text_mean = self.info.text_mean
-    def get_payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        with self._lease.hold() as shard:
-            records = shard.retrieve(list(ids), True, False)
                 prefetches = None
                 if chosen.candidates:
                     if text_mean is None:
@@ -177,21 +159,22 @@ class EdgeStore(StoreBase):
                         limit=chosen.candidates, filter=condition,
                         query=Query.Nearest(centred.tolist(), using=CENTRED_VECTOR),
                         params=SearchParams(exact=chosen.exact, hnsw_ef=chosen.hnsw_ef))]
-        return {str(r.id): dict(r.payload or {}) for r in records}
-
+                request = QueryRequest(
+                    limit=limit, query=query, filter=condition, with_payload=True,
                     prefetches=prefetches,
-    def iter_payloads(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        from qdrant_edge import ScrollRequest
+                    params=SearchParams(exact=chosen.exact, hnsw_ef=chosen.hnsw_ef))
+                return [StoredHit(str(p.id), float(p.score), dict(p.payload or {}))
+                        for p in shard.query(request)]
 
-        offset = None
-        while True:
-            with self._lease.hold() as shard:
-                records, offset = shard.scroll(
-                    ScrollRequest(offset=offset, limit=1000, with_payload=True, with_vector=False)
-                )
-            for record in records:
-                yield str(record.id), dict(record.payload or {})
-            if offset is None:
+            return planned_search(run, self._points(shard), limit, plan, modality,
+                                  self.info.centred)
+
+    def _named_vectors(self, ids: Sequence[str], name: str) -> dict[str, np.ndarray]:
+        with self._lease.hold() as shard:
+            records = shard.retrieve(list(ids), False, [name])
+        return {str(r.id): np.asarray(r.vector[name], dtype=np.float32)
+                for r in records if r.vector and name in r.vector}
+
     def _image_pages(self) -> Iterator[tuple[list[str], np.ndarray]]:
         from qdrant_edge import ScrollRequest
 
@@ -222,6 +205,23 @@ class EdgeStore(StoreBase):
         os.replace(staged, meta)
         self.info = info
 
+    def get_payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        with self._lease.hold() as shard:
+            records = shard.retrieve(list(ids), True, False)
+        return {str(r.id): dict(r.payload or {}) for r in records}
+
+    def iter_payloads(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        from qdrant_edge import ScrollRequest
+
+        offset = None
+        while True:
+            with self._lease.hold() as shard:
+                records, offset = shard.scroll(
+                    ScrollRequest(offset=offset, limit=1000, with_payload=True, with_vector=False)
+                )
+            for record in records:
+                yield str(record.id), dict(record.payload or {})
+            if offset is None:
                 return
 
     def count(self) -> int:
