@@ -10,7 +10,9 @@ output (logit[1] - logit[0]) and today's read-the-image ``BlipItmReranker``.
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,29 +139,36 @@ def test_save_and_reload_keeps_identity_and_scores(blip, photos, tmp_path):
 
 def test_ingest_search_rerank_end_to_end(blip_folder, blip, photos, tmp_path):
     """CLI ingest with --model blip:FOLDER, then the client: the bi-encoder score is the
-    ITC cosine, the rerank score (from tokens cached at ingest) is the ITM output, and
-    equals today's read-the-image BlipItmReranker."""
+    ITC cosine, the rerank score (from tokens cached at ingest: the files are gone by
+    then) is the ITM output, and equals today's read-the-image BlipItmReranker."""
     from twinrank.rerank.itm import BlipItmReranker
     from twinrank.search import SearchClient
 
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    copies = [Path(shutil.copy(p, folder / p.name)) for p in photos]
+    query = QUERIES[0]
+    expected = {p.name: reference_scores(blip, query, open_rgb(p)) for p in copies}
+    itm = BlipItmReranker(blip.retrieval, blip.processor, device="cpu", precision="fp32")
+    read_images = dict(zip([p.name for p in copies], itm.score_images(
+        query, [open_rgb(p) for p in copies]), strict=True))
     store = tmp_path / "store"
-    result = CliRunner().invoke(app, ["ingest", str(photos[0].parent), "--store", str(store),
+    result = CliRunner().invoke(app, ["ingest", str(folder), "--store", str(store),
                                       "--model", f"blip:{blip_folder}", "--device", "cpu",
                                       "--precision", "fp32", "--no-progress"])
     assert result.exit_code == 0, result.output
-    query = QUERIES[0]
+    shutil.rmtree(folder)  # a rerank that re-read an image would fail now
     with SearchClient(store, reranker="fused", device="cpu") as client:
         assert isinstance(client.model, BlipTwinModel)
         assert client.store.info.bytes_per_image() == 17 * 32 * 2
         hits = client.search(query, k=len(photos))
     assert len(hits) == len(photos)
-    itm = BlipItmReranker(blip.retrieval, blip.processor, device="cpu", precision="fp32")
-    read_images = itm.score(query, hits)
-    for hit, from_images in zip(hits, read_images, strict=True):
-        cosine, match = reference_scores(blip, query, open_rgb(hit.path))
+    for hit in hits:
+        cosine, match = expected[Path(hit.path).name]
         assert hit.bi_score == pytest.approx(cosine, abs=1e-4)  # the stored vector is float32
         assert hit.rerank_score == pytest.approx(match, abs=CACHED)
-        assert hit.rerank_score == pytest.approx(float(from_images), abs=CACHED)
+        assert hit.rerank_score == pytest.approx(float(read_images[Path(hit.path).name]),
+                                                 abs=CACHED)
     assert len({round(h.rerank_score, 3) for h in hits}) > 1  # pictures matter to the head
 
 
