@@ -112,6 +112,10 @@ def ingest(
              "reason, timings.")] = None,
     progress: Annotated[bool, typer.Option(
         help="Show a progress bar (images/s and ETA).")] = True,
+    cache_tokens: Annotated[bool, typer.Option(
+        help="Store each image's reranker tokens (BLIP-base: 886 kB per image, on disk), "
+             "so a rerank reads no image. --no-cache-tokens stores none (0 bytes; set when "
+             "the store is created): a rerank then reads its k images.")] = True,
     engine: Annotated[str, typer.Option(
         help="local: this process. ray: Ray Data, read tasks and an actor pool of models, "
              "here or on a cluster (pip install 'twinrank[ray]'; docs/scale.md).")] = "local",
@@ -158,6 +162,7 @@ def ingest(
         include_hidden=include_hidden, precision=precision, progress=progress,
         include=tuple(include or ()), exclude=tuple(exclude or ()),
         follow_links=follow_links, prune=prune, decode_timeout=decode_timeout,
+        cache_tokens=cache_tokens,
         max_pixels=int(max_megapixels * 1_000_000))
     job = IngestJob(config, store.expanduser(), model, pretrained, device,
                     report_path=report, torch_threads=threads)

@@ -69,6 +69,7 @@ class IngestConfig:
     read_ahead: int = 0  # files decoded ahead of the model; 0: two batches
     decode_nice: int = 10  # decode threads yield the CPU to the model's threads; 0: don't
     flush_every_s: float = 30.0  # flush segments this often (the WAL covers what is between)
+    cache_tokens: bool = True  # store the reranker's image tokens (False: rerank reads files)
 
     def walk_options(self) -> WalkOptions:
         return WalkOptions(self.include, self.exclude, self.include_hidden, self.follow_links)
@@ -215,7 +216,8 @@ class _Writer:
             payload = build_payload(item.facts, item.image)
             for other in self.also_at.pop(point_id, []):
                 payload = add_path(payload, other)
-            records.append(make_record(point_id, vector, token, payload))
+            keep = self.config.cache_tokens and self.store.info.token_count > 0
+            records.append(make_record(point_id, vector, token if keep else None, payload))
             known = self.index.files.get(item.facts.path.as_posix())
             self._count(known, "added")
         self.store.upsert(records)

@@ -96,6 +96,6 @@ def remove_paths(payload: dict[str, Any], gone: set[str]) -> dict[str, Any] | No
 
 
 def make_record(
-    point_id: str, vector: np.ndarray, tokens: np.ndarray, payload: dict[str, Any]
+    point_id: str, vector: np.ndarray, tokens: np.ndarray | None, payload: dict[str, Any]
 ) -> PointRecord:
     return PointRecord(id=point_id, image_vector=vector, image_tokens=tokens, payload=payload)
