@@ -35,11 +35,13 @@ import torch
 from PIL import Image
 
 from twinrank.ingest import IngestConfig, run_ingest
+from twinrank.ingest.collection import collection_info
 from twinrank.models import create_model
 from twinrank.models.encode import ImageEmbedder
 from twinrank.rerank import BlipItmReranker, FusedReranker
-from twinrank.search import SearchClient, collection_info, open_store
+from twinrank.search import SearchClient
 from twinrank.search.hits import Hit
+from twinrank.store import open_store
 
 QUERY = "a small red circle left of a large blue square"
 RESULTS = Path(__file__).parent / "results" / "rerank_bench.json"

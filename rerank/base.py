@@ -1,36 +1,89 @@
-"""The reranker seams: anything that reorders hits for a query, and cross-encoders that
-also read pixels (for files outside the store) and rerank captions for an image query."""
+"""The reranker seam: scores in, scores out.
+
+A reranker is anything with a ``name`` and ``score(query, candidates) -> (k,) scores``.
+It knows nothing of search results: a ``Candidate`` is a point id (to look up image
+tokens cached at ingest) and a path (for rerankers that read pixels), and the scores come
+back in the candidates' order. Ordering hits by them, with both ranks on each hit, is the
+search package's job (``search.ranking.apply_scores``), so a reranker can be written,
+tested and evaluated without a store or a search client.
+
+A ``RerankQuery`` may carry the query already encoded by the collection's model: the
+search client encodes a text once, for the vector search, and a reranker built on the
+same model (``encoded_by`` = its ``model_id``) reuses that encoding instead of running the
+text tower again.
+
+Example:
+    >>> import numpy as np
+    >>> class Shortest:  # any object of this shape is a Reranker; no base class needed
+    ...     name = "shortest-path"
+    ...     def score(self, query, candidates):
+    ...         return -np.array([len(c.path) for c in candidates], dtype=np.float32)
+    >>> Shortest().score(RerankQuery("a dog"), [Candidate("1", "a/b.jpg"), Candidate("2", "c.jpg")])
+    array([-7., -5.], dtype=float32)
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from twinrank.search.hits import Hit
+from twinrank.models import TextEncoding
+from twinrank.models.images import ImageReadError as ImageReadError  # raised by open_rgb
+from twinrank.models.images import open_image
 
 
-class ImageReadError(ValueError):
-    """An image file a reranker was asked to read cannot be read; the message says which."""
+class UntrainedRerankerError(ValueError):
+    """A reranker was asked of a model whose cross-encoder was never trained."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One image to score: its point id (for cached tokens) and where the file is."""
+
+    id: str
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class RerankQuery:
+    """A text query, optionally with its encoding by the model ``encoded_by`` names.
+
+    ``encoding`` holds one row (batch of 1), its padding trimmed.
+    """
+
+    text: str
+    encoding: TextEncoding | None = None
+    encoded_by: str = ""
+
+    def encoding_for(self, model_id: str) -> TextEncoding | None:
+        """The carried encoding when ``model_id`` made it, else None (encode again)."""
+        return self.encoding if self.encoding is not None and self.encoded_by == model_id else None
+
+
+def as_query(query: str | RerankQuery) -> RerankQuery:
+    """Rerankers accept a plain string as well as a ``RerankQuery``."""
+    return query if isinstance(query, RerankQuery) else RerankQuery(str(query))
 
 
 @runtime_checkable
 class Reranker(Protocol):
-    """Reorders the top-k hits of the bi-encoder for one text query."""
+    """Scores k candidate images for one text query; higher is better."""
 
     name: str
 
-    def score(self, query: str, hits: Sequence[Hit]) -> np.ndarray:
-        """One score per hit, higher is better."""
+    def score(self, query: str | RerankQuery, candidates: Sequence[Candidate]) -> np.ndarray:
+        """One score per candidate, in the candidates' order."""
         ...
 
 
 @runtime_checkable
 class CrossEncoder(Reranker, Protocol):
-    """A reranker that scores raw (text, image) pairs in both directions.
+    """A reranker that also scores raw pixels and ranks captions for an image.
 
     ``score_images`` ranks images for a text query (files that are not in a store);
     ``score_captions`` ranks captions for one image query, encoding the image once.
@@ -45,62 +98,54 @@ class CrossEncoder(Reranker, Protocol):
         ...
 
 
-def apply_scores(
-    hits: Sequence[Hit], scores: np.ndarray, bi_weight: float = 0.0
-) -> list[Hit]:
-    """Hits reordered by reranker scores, optionally blended with the bi-encoder's.
+class TokenSource(Protocol):
+    """Where cached image tokens come from: a store, or an evaluation corpus in memory."""
 
-    With ``bi_weight`` = 0 the order is the reranker's alone; otherwise both scores are
-    min-max normalised over the k hits and mixed as ``(1 - w) * rerank + w * bi``.
-    Ties keep the bi-encoder order.
+    def get_tokens(self, ids: Sequence[str]) -> dict[str, np.ndarray]: ...
 
-    Example:
-        >>> [h.id for h in apply_scores(hits, np.array([0.1, 0.9]))]
-        ['b', 'a']
+
+@dataclass(frozen=True)
+class RerankerContext:
+    """What a reranker may be built on: the collection's model and its cached tokens.
+
+    ``model`` is the collection's model (any family: a TwinModel, a SEP pair, BLIP);
+    ``tokens`` serves its cached image tokens (a store, or an evaluation corpus).
+    ``allow_untrained`` lets tests and experiments score with a cross-encoder that was
+    never trained (its scores are noise); nothing a user runs sets it by default.
     """
-    if not 0.0 <= bi_weight <= 1.0:
-        raise ValueError(f"bi_weight must be between 0 and 1, got {bi_weight}.")
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.shape != (len(hits),):
-        raise ValueError(f"Expected {len(hits)} reranker scores, got shape {scores.shape}.")
-    final = scores
-    if bi_weight:
-        bi = np.array([h.bi_score for h in hits], dtype=np.float64)
-        final = (1 - bi_weight) * _minmax(scores) + bi_weight * _minmax(bi)
-    order = sorted(range(len(hits)), key=lambda i: (-final[i], hits[i].bi_rank))
-    return [
-        hits[i].with_rerank(float(scores[i]), rank, float(final[i]))
-        for rank, i in enumerate(order, start=1)
-    ]
+
+    model: Any | None = None
+    tokens: TokenSource | None = None
+    device: str | None = None
+    precision: str = "auto"
+    allow_untrained: bool = False
 
 
-def rerank_hits(
-    reranker: Reranker, query: str, hits: Sequence[Hit], bi_weight: float = 0.0
-) -> list[Hit]:
-    """``hits`` reordered by ``reranker`` for ``query`` (see :func:`apply_scores`)."""
-    if not hits:
-        return []
-    return apply_scores(hits, reranker.score(query, hits), bi_weight)
+@dataclass(frozen=True)
+class RerankerKind:
+    """One entry of the registry: how ``--reranker NAME[:ARGUMENT]`` is built.
+
+    A new reranker is one module that defines its class and a ``KIND`` like this, plus
+    its line in ``rerank.registry``.
+    """
+
+    name: str
+    description: str
+    example: str
+    build: Callable[[str, RerankerContext], Reranker | None]
+    default_argument: str | None = None  # kinds that take ``:argument`` have a default
+    needs_model: bool = False  # built on the collection's own model
+    reads_images: bool = False  # opens the candidates' files at query time
 
 
 def open_rgb(path: str | Path) -> Image.Image:
-    """An image file as upright RGB, or one clear error naming the file.
+    """An image file as upright RGB, or one ``ImageReadError`` naming the file and why.
+
+    The project's one image reader (``models.images.open_image``) does the work: the same
+    pixel and file-size limits as ingest, and a FIFO or device is refused, never waited on.
 
     Example:
-        >>> open_rgb("photo.jpg").mode
+        >>> open_rgb("photo.jpg").mode  # doctest: +SKIP
         'RGB'
     """
-    try:
-        with Image.open(path) as opened:
-            return ImageOps.exif_transpose(opened).convert("RGB")
-    except FileNotFoundError:
-        raise ImageReadError(f"Image {str(path)!r} does not exist; check the path.") from None
-    except (UnidentifiedImageError, OSError) as error:
-        raise ImageReadError(
-            f"Cannot read image {str(path)!r} ({error}); pass a JPEG, PNG or WebP file."
-        ) from None
-
-
-def _minmax(values: np.ndarray) -> np.ndarray:
-    span = values.max() - values.min()
-    return (values - values.min()) / span if span > 0 else np.zeros_like(values)
+    return open_image(path)

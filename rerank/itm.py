@@ -8,28 +8,32 @@ image is scored against many captions the image is encoded once and its embeddin
 (same scores, about 1/5 of the time at BLIP-base size).
 
 Example:
-    >>> reranker = BlipItmReranker.from_pretrained("Salesforce/blip-itm-base-coco")
-    >>> reranker.score_images("a dog on a beach", [open_rgb("a.jpg"), open_rgb("b.jpg")])
+    >>> reranker = BlipItmReranker.from_pretrained(DEFAULT_BLIP_ITM)  # doctest: +SKIP
+    >>> reranker.score_images("a dog", [open_rgb("a.jpg"), open_rgb("b.jpg")])  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+import threading
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from twinrank.models import ModelLoadError
+from twinrank.models.blip import DEFAULT_BLIP, load_blip_itm
 from twinrank.models.device import autocast, inference_dtype, pick_device
-from twinrank.models.factory import hub_reachable
-from twinrank.rerank.base import open_rgb
-from twinrank.search.hits import Hit
+from twinrank.rerank.base import (
+    Candidate,
+    RerankerContext,
+    RerankerKind,
+    RerankQuery,
+    as_query,
+    open_rgb,
+)
 
-DEFAULT_BLIP_ITM = "Salesforce/blip-itm-base-coco"
+DEFAULT_BLIP_ITM = DEFAULT_BLIP
 
 
 class BlipItmReranker:
@@ -65,11 +69,12 @@ class BlipItmReranker:
         model, processor = load_blip_itm(source)
         return cls(model, processor, device, precision, batch_size, source)
 
-    def score(self, query: str, hits: Sequence[Hit]) -> np.ndarray:
-        """Scores for hits, reading each image file (in batches, never all at once)."""
+    def score(self, query: str | RerankQuery, candidates: Sequence[Candidate]) -> np.ndarray:
+        """Scores for the candidates, reading each image file (in batches, never all at once)."""
+        text = as_query(query).text
         chunks = [
-            self.score_images(query, [open_rgb(h.path) for h in hits[i : i + self.batch_size]])
-            for i in range(0, len(hits), self.batch_size)
+            self.score_images(text, [open_rgb(c.path) for c in candidates[i : i + self.batch_size]])
+            for i in range(0, len(candidates), self.batch_size)
         ]
         return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
 
@@ -130,58 +135,29 @@ class BlipItmReranker:
         return result
 
 
-def load_blip_itm(source: str) -> tuple[Any, Any]:
-    """Model and processor from a Hugging Face id or a local folder; one clear error if not.
-
-    Offline, ``from_pretrained`` would retry the hub for ~25 s and then fail; this checks
-    first and fails at once unless the model is already in the local hub cache.
-    """
-    from transformers import BlipForImageTextRetrieval, BlipProcessor
-
-    folder = Path(source).expanduser()
-    local_only = False
-    if folder.is_dir():
-        source = str(folder)
-    elif source.startswith(("/", ".", "~")) or source.count("/") != 1:
-        raise ModelLoadError(
-            f"BLIP reranker {source!r} is neither a model folder nor a Hugging Face id; pass "
-            f"an existing folder or an id like {DEFAULT_BLIP_ITM!r}."
-        )
-    elif not hub_reachable():
-        if not _in_hub_cache(source):
-            raise ModelLoadError(
-                f"Cannot download the BLIP reranker {source!r}: the Hugging Face hub is "
-                f"unreachable and it is not in the local cache; download it on a connected "
-                f"machine and pass its folder as --reranker blip-itm:/path/to/folder."
-            )
-        local_only = True
-    try:
-        with _quiet_progress():
-            model = BlipForImageTextRetrieval.from_pretrained(source, local_files_only=local_only)
-            processor = BlipProcessor.from_pretrained(source, local_files_only=local_only)
-    except Exception as error:  # transformers raises many kinds; all mean "could not load"
-        raise ModelLoadError(
-            f"Could not load the BLIP reranker {source!r} ({type(error).__name__}: {error}); "
-            f"pass a BLIP ITM checkpoint such as {DEFAULT_BLIP_ITM!r} or its folder."
-        ) from error
-    return model.eval(), processor
+_loaded: dict[tuple[str, str, str], BlipItmReranker] = {}
+_lock = threading.Lock()
 
 
-@contextlib.contextmanager
-def _quiet_progress() -> Iterator[None]:
-    """No "Loading weights" progress bar in the CLI's output."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
+def _build(argument: str, context: RerankerContext) -> BlipItmReranker:
+    """Loaded once per process per (source, device, precision): an app that asks for it on
+    every query never reloads the weights."""
+    key = (argument, str(pick_device(context.device)), context.precision)
+    with _lock:
+        if key not in _loaded:
+            _loaded[key] = BlipItmReranker.from_pretrained(argument, key[1], context.precision)
+        return _loaded[key]
 
 
-def _in_hub_cache(repo_id: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
+def clear_loaded() -> None:
+    """Forget loaded BLIP rerankers (tests; or to free memory after switching)."""
+    with _lock:
+        _loaded.clear()
 
-    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+KIND = RerankerKind(
+    "blip-itm",
+    "BLIP image-text matching (transformers) by Hugging Face id or local folder, for any "
+    "collection: re-reads every candidate image",
+    f"blip-itm:{DEFAULT_BLIP_ITM}", _build, default_argument=DEFAULT_BLIP_ITM,
+    reads_images=True)

@@ -1,69 +1,51 @@
-"""Rerankers by name: one factory for the CLI, the Python client and the UI.
+"""Rerankers by name: one registry for the CLI, the Python client, the app and evaluation.
 
-A spec is ``kind`` or ``kind:argument``:
+A spec is ``name`` or ``name:argument``:
 
-- ``fused`` — the collection model's fusion head over tokens cached at ingest (default),
+- ``fused`` — the collection model's own cross-encoder over tokens cached at ingest,
 - ``blip-itm`` or ``blip-itm:<hugging-face-id-or-folder>`` — BLIP image-text matching,
-- ``none`` — no reranking (the bi-encoder order).
+- ``none`` — no reranking (the bi-encoder order); the one spelling of "off".
 
-Loaded weights are kept once per process per (spec, device, precision), so an app that
-asks for the same reranker on every query never reloads it. The fused reranker loads
-nothing of its own (it wraps the collection's model), so it is simply built.
+Adding a reranker is one module that defines it and its ``KIND`` (a ``RerankerKind``),
+plus one line in ``_KINDS`` below. Which reranker a collection gets when none is named is
+``default_reranker``'s rule: its model's own, when that was trained, else none.
 
 Example:
     >>> [kind.name for kind in available_rerankers()]
     ['fused', 'blip-itm', 'none']
-    >>> make_reranker("fused", model, store).name
-    'fused'
+    >>> make_reranker("none") is None
+    True
 """
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass
+from typing import Any
 
-from twinrank.models import TwinModel
-from twinrank.models.device import pick_device
-from twinrank.rerank.base import Reranker
-from twinrank.rerank.fused import FusedReranker
-from twinrank.rerank.itm import DEFAULT_BLIP_ITM, BlipItmReranker
-from twinrank.store import VectorStore
+from twinrank.rerank import fused, itm
+from twinrank.rerank.base import Reranker, RerankerContext, RerankerKind
+from twinrank.rerank.fused import untrained_allowed
 
 
-@dataclass(frozen=True)
-class RerankerKind:
-    """One kind of reranker the factory can build, as a UI or ``--help`` lists it."""
-
-    name: str
-    description: str
-    example: str
-    needs_twin_model: bool  # built on the collection's own TwinModel
-    default_argument: str | None = None  # kinds that take ``:argument`` have a default
+def _no_reranker(argument: str, context: RerankerContext) -> None:
+    return None
 
 
-_KINDS = (
-    RerankerKind("fused", "the collection model's fusion head over image tokens cached at "
-                 "ingest: no image is read at query time", "fused", needs_twin_model=True),
-    RerankerKind("blip-itm", "BLIP image-text matching (transformers) by Hugging Face id or "
-                 "local folder: re-reads every candidate image",
-                 f"blip-itm:{DEFAULT_BLIP_ITM}", needs_twin_model=False,
-                 default_argument=DEFAULT_BLIP_ITM),
-    RerankerKind("none", "no reranking: the bi-encoder's order", "none", needs_twin_model=False),
-)
+NONE = RerankerKind("none", "no reranking: the bi-encoder's order", "none", _no_reranker)
+_KINDS: tuple[RerankerKind, ...] = (fused.KIND, itm.KIND, NONE)
 KINDS = {kind.name: kind for kind in _KINDS}
-DEFAULT_RERANKER = "fused"
-
-_loaded: dict[tuple[str, str, str], Reranker] = {}
-_lock = threading.Lock()
 
 
 def available_rerankers() -> list[RerankerKind]:
-    """Every kind of reranker ``make_reranker`` understands, default first."""
+    """Every kind of reranker ``make_reranker`` understands."""
     return list(_KINDS)
 
 
 def parse_reranker_spec(spec: str) -> tuple[RerankerKind, str]:
-    """``"blip-itm:Salesforce/blip-itm-base-coco"`` -> (the blip-itm kind, the id)."""
+    """``"blip-itm:Salesforce/blip-itm-base-coco"`` -> (the blip-itm kind, the id).
+
+    >>> parse_reranker_spec("blip-itm")[1]
+    'Salesforce/blip-itm-base-coco'
+    """
     name, _, argument = str(spec).strip().partition(":")
     kind = KINDS.get(name.strip().lower())
     if kind is None:
@@ -76,33 +58,41 @@ def parse_reranker_spec(spec: str) -> tuple[RerankerKind, str]:
 
 def make_reranker(
     spec: str,
-    model: TwinModel | None = None,
-    store: VectorStore | None = None,
+    model: Any | None = None,
+    tokens: Any | None = None,
     device: str | None = None,
     precision: str = "auto",
 ) -> Reranker | None:
     """The reranker ``spec`` names, or None for ``"none"``.
 
-    ``model`` and ``store`` are the collection's (the fused reranker needs the model and
-    reads cached tokens from the store; it runs on the model's device). ``device``
-    places rerankers that bring their own weights; default: CUDA when available.
+    ``model`` and ``tokens`` are the collection's model and its cached-token source (a
+    store); ``device`` places rerankers that bring their own weights (default: CUDA when
+    available). A ``fused`` reranker on a model whose cross-encoder was never trained is
+    refused with a sentence (``UntrainedRerankerError``).
     """
     kind, argument = parse_reranker_spec(spec)
-    if kind.name == "none":
-        return None
-    if kind.name == "fused":
-        if model is None:
-            raise ValueError("The 'fused' reranker needs a twinrank model; pass --model or "
-                             "--store, or choose --reranker blip-itm.")
-        return FusedReranker(model, store, precision=precision)
-    key = (f"{kind.name}:{argument}", str(pick_device(device)), precision)
-    with _lock:
-        if key not in _loaded:
-            _loaded[key] = BlipItmReranker.from_pretrained(argument, key[1], precision)
-        return _loaded[key]
+    context = RerankerContext(model, tokens, device, precision, untrained_allowed())
+    return kind.build(argument, context)
+
+
+def default_reranker(model: Any) -> tuple[str, str | None]:
+    """The reranker a collection gets when none is named, and a note when it gets none.
+
+    The model's own cross-encoder when it was trained (or when the untrained-head switch
+    is on, for tests); otherwise no reranking, with one line saying why and what to do.
+
+    >>> from twinrank.models import create_model
+    >>> spec, note = default_reranker(create_model("twinrank-tiny"))  # random weights
+    >>> spec if not untrained_allowed() else "none"
+    'none'
+    """
+    if model is not None and (model.reranker_trained or untrained_allowed()):
+        return "fused", None
+    who = getattr(model, "model_id", "this collection's model")
+    return "none", (f"No reranking: {who} has no trained reranker. Use --reranker blip-itm, "
+                    f"a preset with a reranker (twinrank models), or twinrank train.")
 
 
 def clear_reranker_cache() -> None:
     """Forget loaded rerankers (tests; or to free memory after switching)."""
-    with _lock:
-        _loaded.clear()
+    itm.clear_loaded()

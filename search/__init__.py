@@ -1,41 +1,16 @@
-"""Search: the Qdrant store, the SearchClient and filters.
+"""Search: the Python client people script against, its result types and ranking.
 
-``SearchClient`` is imported lazily: rerankers use this package's result types, and the
-client uses the rerankers.
+    >>> from twinrank.search import SearchClient, SearchFilter  # doctest: +SKIP
+    >>> with SearchClient("~/.twinrank/store") as client:  # doctest: +SKIP
+    ...     hits = client.search("a dog on a beach", k=5)
+
+Store errors a caller may want to catch (``StoreError``, ``CollectionMismatchError``)
+live in ``twinrank.store``; ``SearchFilter`` is re-exported here because every filtered
+search takes one.
 """
 
-from typing import Any
-
+from twinrank.search.client import QueryError, SearchClient
 from twinrank.search.hits import Hit, SearchResults
-from twinrank.store import (
-    CollectionInfo,
-    CollectionMismatchError,
-    StoreBusyError,
-    StoreError,
-    VectorStore,
-    open_store,
-)
 from twinrank.store.filters import SearchFilter
 
-__all__ = [
-    "CollectionInfo",
-    "CollectionMismatchError",
-    "Hit",
-    "QueryError",
-    "SearchClient",
-    "SearchFilter",
-    "SearchResults",
-    "StoreBusyError",
-    "StoreError",
-    "VectorStore",
-    "collection_info",
-    "open_store",
-]
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("SearchClient", "QueryError", "collection_info"):
-        from twinrank.search import client
-
-        return getattr(client, name)
-    raise AttributeError(name)
+__all__ = ["Hit", "QueryError", "SearchClient", "SearchFilter", "SearchResults"]

@@ -26,8 +26,10 @@ from PIL import Image
 from twinrank.models import TextEncoding, TwinModel, create_model, model_id
 from twinrank.models.device import autocast, inference_dtype
 from twinrank.models.images import ImageReadError, open_image
-from twinrank.rerank.base import Reranker, apply_scores, rerank_hits
+from twinrank.rerank.base import Reranker, RerankQuery
+from twinrank.rerank.registry import default_reranker, make_reranker
 from twinrank.search.hits import Hit, SearchResults
+from twinrank.search.ranking import apply_scores, candidates
 from twinrank.store import (
     CollectionInfo,
     CollectionMismatchError,
@@ -45,30 +47,14 @@ class QueryError(ValueError):
     """The query itself is unusable (empty, say); the message says why."""
 
 
-def collection_info(
-    model: TwinModel, source: str, pretrained: str | None = None
-) -> CollectionInfo:
-    """The identity a collection built with ``model`` records."""
-    if Path(source).exists():
-        source = str(Path(source).resolve())
-    return CollectionInfo(
-        model_id=model_id(model),
-        vector_size=model.config.embed_dim,
-        token_count=model.config.image_token_count,
-        token_width=model.config.fusion.width,
-        model_source=source,
-        model_pretrained=pretrained,
-    )
-
-
 def load_collection_model(info: CollectionInfo, device: str | None = None) -> TwinModel:
     """The model a collection was built with, loaded from the source it recorded."""
     model = create_model(info.model_source, pretrained=info.model_pretrained, device=device)
     if model_id(model) != info.model_id:
         raise CollectionMismatchError(
             f"The collection was built with model {info.model_id!r} but {info.model_source!r} "
-            f"now loads as {model_id(model)!r} (the weights changed?). Pass the original "
-            f"model with --model, or re-ingest into a new --store."
+            f"now loads as {model_id(model)!r} (the weights changed?). Put the original "
+            f"model back at {info.model_source!r}, or re-ingest into a new --store."
         )
     return model
 
@@ -81,8 +67,10 @@ class SearchClient:
 
     ``store`` is a store location (a folder for the embedded engine, an ``http(s)://`` URL
     for a Qdrant server; see ``open_store``) or an open store; ``model`` defaults to the
-    one the collection records; ``reranker`` defaults to the model's own fusion head over
-    cached tokens ("fused"); pass None to disable it. Safe to share between threads.
+    one the collection records. ``reranker`` is a registry spec ("fused", "blip-itm:ID",
+    "none"), a ``Reranker``, None (off), or "auto" (the default): the collection model's
+    own cross-encoder when it was trained, else none, with ``reranker_note`` saying why.
+    Safe to share between threads.
 
     Example:
         >>> with SearchClient("~/.twinrank/store") as client:
@@ -97,7 +85,7 @@ class SearchClient:
         self,
         store: str | Path | VectorStore,
         model: TwinModel | None = None,
-        reranker: Reranker | str | None = "fused",
+        reranker: Reranker | str | None = "auto",
         device: str | None = None,
         rerank_top_k: int = DEFAULT_RERANK_TOP_K,
         bi_weight: float = 0.0,
@@ -116,6 +104,7 @@ class SearchClient:
                 f"not {model_id(model)!r}. Use the model it was built with."
             )
         self.model = model
+        self.reranker_note: str | None = None
         self.reranker = self._make_reranker(reranker)
         self.rerank_top_k = rerank_top_k
         self.bi_weight = bi_weight
@@ -124,10 +113,8 @@ class SearchClient:
     def _make_reranker(self, reranker: Reranker | str | None) -> Reranker | None:
         if reranker is None or not isinstance(reranker, str):
             return reranker
-        from twinrank.rerank.registry import (
-            make_reranker,  # specs: "fused", "blip-itm:<id>", "none"
-        )
-
+        if reranker == "auto":
+            reranker, self.reranker_note = default_reranker(self.model)
         return make_reranker(reranker, self.model, self.store, device=str(self.model.device))
 
     @torch.inference_mode()
@@ -145,13 +132,6 @@ class SearchClient:
     def _encode_text_batch(self, texts: Sequence[str]) -> TextEncoding:
         with autocast(self.model.device, self._dtype):
             return self.model.encode_text(self.model.tokenize(list(texts)))
-
-    def _reuses_query_encoding(self) -> bool:
-        """Whether the reranker reads the same text tower output the search computes."""
-        from twinrank.rerank.fused import FusedReranker
-
-        return (isinstance(self.reranker, FusedReranker) and self.reranker.model is self.model
-                and self.reranker.dtype == self._dtype)
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image | Path]) -> np.ndarray:
@@ -243,8 +223,8 @@ class SearchClient:
     def _encode_queries(
         self, queries: Sequence[Query]
     ) -> tuple[list[np.ndarray], list[str | None], list[TextEncoding | None]]:
-        """Query vectors, the texts (None for image queries) and, where the reranker can
-        reuse it, each text's encoding (one row), so no text is encoded twice."""
+        """Query vectors, the texts (None for image queries) and each text's encoding (one
+        row), which a reranker on the same model reuses, so no text is encoded twice."""
         texts: list[str | None] = [
             _clean_query(q) if isinstance(q, str) else None for q in queries
         ]
@@ -255,11 +235,9 @@ class SearchClient:
         if text_at:
             encoded = self._encode_text_batch([texts[i] or "" for i in text_at])
             text_vectors = encoded.text_vector.float().cpu().numpy()
-            keep = self._reuses_query_encoding()
             for row, i in enumerate(text_at):
                 vectors[i] = text_vectors[row]
-                if keep:
-                    encodings[i] = _encoding_row(encoded, row)
+                encodings[i] = _encoding_row(encoded, row)
         if image_at:
             images = [cast(Image.Image | Path, queries[i]) for i in image_at]
             for i, v in zip(image_at, self.encode_images(images), strict=True):
@@ -281,7 +259,8 @@ class SearchClient:
         do_rerank = rerank and text is not None and self.reranker is not None
         depth = max(k, rerank_top_k or self.rerank_top_k) if do_rerank else k
         started = time.perf_counter()
-        stored = self.store.search(vector, depth, filters)
+        stored = self.store.search(vector, depth, filters,
+                                   modality="image" if text is None else "text")
         timings["search_ms"] = _ms_since(started)
         hits = [
             Hit(id=s.id, path=_first_path(s.payload), score=s.score, bi_score=s.score,
@@ -290,13 +269,9 @@ class SearchClient:
         ]
         if do_rerank and self.reranker is not None and text is not None:
             started = time.perf_counter()
-            if encoding is not None:  # only kept when the reranker can reuse it
-                from twinrank.rerank.fused import FusedReranker
-
-                scores = cast(FusedReranker, self.reranker).score_encoded(encoding, hits)
-                hits = apply_scores(hits, scores, self.bi_weight)
-            else:
-                hits = rerank_hits(self.reranker, text, hits, self.bi_weight)
+            query = RerankQuery(text, encoding, self.model.model_id)
+            scores = self.reranker.score(query, candidates(hits))
+            hits = apply_scores(hits, scores, self.bi_weight)
             timings["rerank_ms"] = _ms_since(started)
         return SearchResults(hits[:k], timings)
 
@@ -331,6 +306,7 @@ class SearchClient:
             "schema_version": info.schema_version,
             "backend": type(self.store).__name__,
             "reranker": getattr(self.reranker, "name", None),
+            "reranker_note": self.reranker_note,
         }
 
     def close(self) -> None:

@@ -14,9 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from twinrank.models import TwinModel, create_model
-from twinrank.rerank.base import CrossEncoder, apply_scores, open_rgb
+from twinrank.rerank.base import CrossEncoder, open_rgb
 from twinrank.rerank.registry import make_reranker, parse_reranker_spec
+from twinrank.search.client import load_collection_model
 from twinrank.search.hits import Hit
+from twinrank.search.ranking import apply_scores
+from twinrank.store import read_info
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,9 @@ def rerank_files(request: RerankFilesRequest) -> list[Hit]:
     """The files in ``request`` ordered by the chosen reranker, best first.
 
     Example:
-        >>> rerank_files(RerankFilesRequest("a red circle", [Path("a.png"), Path("b.png")],
-        ...                                 model="twinrank-tiny"))[0].path
+        >>> request = RerankFilesRequest("a red circle", [Path("a.png"), Path("b.png")],
+        ...                              model="models/demo")
+        >>> rerank_files(request)[0].path  # doctest: +SKIP
         'b.png'
     """
     query = " ".join(request.query.split())
@@ -50,7 +54,7 @@ def rerank_files(request: RerankFilesRequest) -> list[Hit]:
     kind, _ = parse_reranker_spec(request.reranker)
     if kind.name == "none":
         raise ValueError("--reranker none has nothing to score; choose fused or blip-itm.")
-    model = _twin_model(request) if kind.needs_twin_model else None
+    model = _twin_model(request) if kind.needs_model else None
     reranker = make_reranker(request.reranker, model, None, request.device, request.precision)
     if not isinstance(reranker, CrossEncoder):
         raise ValueError(f"Reranker {request.reranker!r} cannot score image files.")
@@ -67,9 +71,6 @@ def _twin_model(request: RerankFilesRequest) -> TwinModel:
     if request.model:
         return create_model(request.model, pretrained=request.pretrained, device=request.device)
     if request.store is not None:
-        from twinrank.search.client import load_collection_model
-        from twinrank.store import read_info
-
         info = read_info(Path(request.store).expanduser())
         if info is None:
             raise ValueError(f"No collection at {str(request.store)!r}; pass --model or an "

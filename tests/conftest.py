@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,21 @@ from PIL import Image
 from twinrank.models import TwinModel, create_model
 
 torch.set_num_threads(2)
+
+# The tiny test models are random: their cross-encoders were never trained, and twinrank
+# refuses to rerank with such a head unless told it is on purpose. Tests of the machinery
+# say so once here (and in the processes they start); tests of the refusal unset it.
+os.environ.setdefault("TWINRANK_ALLOW_UNTRAINED_RERANKER", "1")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gpu`` tests skip themselves without CUDA (not deselected: on a GPU they run)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA, and torch sees no GPU here")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

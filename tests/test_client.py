@@ -13,11 +13,12 @@ from typer.testing import CliRunner
 
 from twinrank.cli import app
 from twinrank.ingest import IngestConfig, run_ingest
+from twinrank.ingest.collection import collection_info
 from twinrank.models import TwinModel
 from twinrank.models.encode import ImageEmbedder
-from twinrank.search import CollectionMismatchError, SearchClient, SearchFilter, collection_info
+from twinrank.search import SearchClient, SearchFilter
 from twinrank.search.client import QueryError
-from twinrank.store import open_store
+from twinrank.store import CollectionMismatchError, open_store
 
 
 def ingest_into(model, root: Path, location: str | Path, **options):

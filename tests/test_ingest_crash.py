@@ -13,7 +13,7 @@ from pathlib import Path
 
 from conftest import make_image
 
-from twinrank.search import open_store
+from twinrank.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRESS = re.compile(r"\| *(\d+)/(\d+) \[")

@@ -17,8 +17,9 @@ from typer.testing import CliRunner
 import twinrank.ingest.runner as runner_module
 from twinrank.cli import app
 from twinrank.ingest import IngestConfig, run_ingest
+from twinrank.ingest.collection import collection_info
 from twinrank.models.encode import ImageEmbedder, choose_dtype
-from twinrank.search import collection_info, open_store
+from twinrank.store import open_store
 
 
 def _run(model, root: Path, store_path: Path, embedder=None, **options):
@@ -205,7 +206,7 @@ def test_cli_report_lists_every_skipped_file_as_json(image_folder, tmp_path):
     reasons = {Path(f["path"]).name: f["reason"] for f in data["failed"]}
     assert set(reasons) == {"broken.jpg", "empty.JPG", "notes.png"}
     assert reasons["empty.JPG"] == "empty file"
-    assert reasons["notes.png"].startswith("cannot read image")
+    assert reasons["notes.png"].startswith("not an image file") and "BytesIO" not in str(data)
     assert "failed 3" in result.output and "skipped" in result.output
 
 

@@ -13,20 +13,17 @@ from typer.testing import CliRunner
 
 from twinrank.cli import app
 from twinrank.ingest import IngestConfig, run_ingest
+from twinrank.ingest.collection import collection_info
 from twinrank.models import create_model
 from twinrank.models.device import pick_device
 from twinrank.models.encode import ImageEmbedder
-from twinrank.rerank import (
-    FusedReranker,
-    apply_scores,
-    available_rerankers,
-    make_reranker,
-    rerank_hits,
-)
+from twinrank.rerank import FusedReranker, available_rerankers, make_reranker
 from twinrank.rerank.base import CrossEncoder, ImageReadError, open_rgb
 from twinrank.rerank.registry import parse_reranker_spec
-from twinrank.search import SearchClient, collection_info, open_store
+from twinrank.search import SearchClient
 from twinrank.search.hits import Hit
+from twinrank.search.ranking import apply_scores, rerank_hits
+from twinrank.store import open_store
 
 QUERY = "a red circle left of a blue square"
 
@@ -89,7 +86,7 @@ def test_missing_tokens_are_recomputed_from_files_with_one_warning(model, indexe
         first = partial.score(QUERY, hits)
         second = partial.score("a green square", hits)
     warnings = [r for r in caplog.records if "no cached reranker tokens" in r.getMessage()]
-    assert len(warnings) == 1 and "4 hit(s)" in warnings[0].getMessage()
+    assert len(warnings) == 1 and "4 candidate(s)" in warnings[0].getMessage()
     assert np.allclose(first, full, atol=1e-3)
     assert second.shape == (12,) and not np.allclose(second, first)
 
@@ -153,7 +150,7 @@ def test_registry_lists_and_parses_specs(model):
         make_reranker("cross", model)
     with pytest.raises(ValueError, match="takes no"):
         make_reranker("fused:extra", model)
-    with pytest.raises(ValueError, match="needs a twinrank model"):
+    with pytest.raises(ValueError, match="needs the collection.s model"):
         make_reranker("fused")
 
 

@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 
 from twinrank.cli import app
 from twinrank.models import ModelLoadError
-from twinrank.rerank import BlipItmReranker, make_reranker, open_rgb, rerank_hits
+from twinrank.rerank import BlipItmReranker, make_reranker, open_rgb
 from twinrank.rerank.registry import clear_reranker_cache
 from twinrank.search.hits import Hit
+from twinrank.search.ranking import rerank_hits
 
 WORDS = "a red blue green circle square left right of the two".split()
 
@@ -132,7 +133,7 @@ def test_loaded_once_per_spec_and_device(blip_folder):
 def test_offline_hub_id_fails_at_once_with_one_clear_sentence(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
-    with pytest.raises(ModelLoadError, match="hub is unreachable.*blip-itm:/path/to/folder"):
+    with pytest.raises(ModelLoadError, match="hub is unreachable.*twinrank models pull"):
         make_reranker("blip-itm:someone/blip-not-in-cache", device="cpu")
     assert time.perf_counter() - started < 5  # no retry loop against the hub
 
@@ -141,7 +142,7 @@ def test_bad_sources_are_clear_errors(tmp_path):
     with pytest.raises(ModelLoadError, match="neither a model folder nor a Hugging Face id"):
         make_reranker(f"blip-itm:{tmp_path / 'missing'}", device="cpu")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelLoadError, match="Could not load the BLIP reranker"):
+    with pytest.raises(ModelLoadError, match="Could not load the BLIP model"):
         make_reranker(f"blip-itm:{tmp_path / 'empty'}", device="cpu")
 
 
@@ -158,9 +159,11 @@ def test_rerank_command_with_blip(blip_folder, images, reranker):
 
 def test_search_client_reranks_with_blip_by_spec(blip_folder, images, tmp_path, reranker):
     from twinrank.ingest import IngestConfig, run_ingest
+    from twinrank.ingest.collection import collection_info
     from twinrank.models import create_model
     from twinrank.models.encode import ImageEmbedder
-    from twinrank.search import SearchClient, collection_info, open_store
+    from twinrank.search import SearchClient
+    from twinrank.store import open_store
 
     model = create_model("twinrank-tiny", device="cpu")
     store = open_store(tmp_path / "store", collection_info(model, "twinrank-tiny"))

@@ -13,11 +13,14 @@ from conftest import make_image
 from streamlit.testing.v1 import AppTest
 
 from twinrank.ingest import IngestConfig, run_ingest
+from twinrank.ingest.collection import collection_info
 from twinrank.models import create_model
 from twinrank.models.encode import ImageEmbedder
-from twinrank.search import SearchClient, collection_info, open_store
+from twinrank.search import SearchClient
 from twinrank.search.hits import Hit
+from twinrank.store import open_store
 from twinrank.ui.launch import STORE_ENV, app_url, is_loopback
+from twinrank.ui.render import PER_ROW
 from twinrank.ui.views import caption, movement, path_name, timing_line
 
 APP = str(Path(__file__).parents[1] / "ui" / "app.py")
@@ -75,9 +78,12 @@ def test_both_columns_hold_what_the_client_returns(shared_store, monkeypatch):
     assert "vector search" in timing and "rerank" in timing
     shown = image_captions(at)
     assert len(shown) == 2 * K
-    # rows alternate before, after: the same rank sits side by side
-    assert shown[0::2] == [caption(h, "before", K) for h in before]
-    assert shown[1::2] == [caption(h, "after", K) for h in after]
+    # each row holds PER_ROW ranks of the bi-encoder, then the same ranks reranked
+    expected = []
+    for start in range(0, K, PER_ROW):
+        expected += [caption(h, "before", K) for h in before[start:start + PER_ROW]]
+        expected += [caption(h, "after", K) for h in after[start:start + PER_ROW]]
+    assert shown == expected
     assert any(movement(h, K) != "=" for h in after)  # the tiny reranker does move things
 
 
@@ -133,8 +139,9 @@ def test_more_like_this_and_details(shared_store, monkeypatch):
     assert len(names) == K and source not in names  # the image itself is left out
     at.button(key="details-grid-1").click().run()
     assert not at.exception
-    details = " ".join(m.value for m in at.markdown)
-    assert f"/{names[0]}`" in details and "**file type**" in details
+    details = [t.value for t in at.text]
+    assert any(line.startswith("path: ") and line.endswith(f"/{names[0]}") for line in details)
+    assert any(line.startswith("file type: ") for line in details)
     at.button(key="back").click().run()
     assert "After: reranked" in [h.value for h in at.subheader]
 
