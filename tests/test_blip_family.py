@@ -208,3 +208,23 @@ def test_joint_training_two_steps_then_reload_gives_the_same_scores(blip_folder,
     assert not torch.allclose(scores["start"], scores["trained"], atol=1e-3)  # it learned
     assert torch.allclose(itm.itm_score[:, 1] - itm.itm_score[:, 0], scores["trained"][2:],
                           atol=EXACT)
+
+
+def test_no_cache_tokens_stores_none_and_rerank_reads_the_images(blip_folder, blip, photos,
+                                                                  tmp_path):
+    from twinrank.search import SearchClient
+
+    store = tmp_path / "store"
+    result = CliRunner().invoke(app, ["ingest", str(photos[0].parent), "--store", str(store),
+                                      "--model", f"blip:{blip_folder}", "--device", "cpu",
+                                      "--precision", "fp32", "--no-progress",
+                                      "--no-cache-tokens"])
+    assert result.exit_code == 0, result.output
+    query = QUERIES[2]
+    with SearchClient(store, reranker="fused", device="cpu") as client:
+        assert client.store.info.bytes_per_image() == 0
+        hits = client.search(query, k=3)
+        assert client.store.get_tokens([h.id for h in hits]) == {}
+    for hit in hits:
+        match = reference_scores(blip, query, open_rgb(hit.path))[1]
+        assert hit.rerank_score == pytest.approx(match, abs=CACHED)
