@@ -107,6 +107,9 @@ def ingest(
                       "skipped as hung.")] = 60.0,
     max_megapixels: Annotated[float, typer.Option(
         min=0.001, help="Skip images larger than this (decompression-bomb guard).")] = 180.0,
+    max_file_mb: Annotated[float, typer.Option(
+        min=0.001, help="Skip files larger than this many MB, from their size alone, "
+                        "unread.")] = 256.0,
     report: Annotated[Path | None, typer.Option(
         help="Write the run's report as JSON: counts, every skipped file with its "
              "reason, timings.")] = None,
@@ -163,7 +166,8 @@ def ingest(
         include=tuple(include or ()), exclude=tuple(exclude or ()),
         follow_links=follow_links, prune=prune, decode_timeout=decode_timeout,
         cache_tokens=cache_tokens,
-        max_pixels=int(max_megapixels * 1_000_000))
+        max_pixels=int(max_megapixels * 1_000_000),
+        max_file_bytes=int(max_file_mb * 1024 * 1024))
     job = IngestJob(config, store.expanduser(), model, pretrained, device,
                     report_path=report, torch_threads=threads)
     ray_options = RayOptions(address=ray_address, actors=actors, gpus_per_actor=gpus_per_actor,
@@ -211,6 +215,7 @@ def search(
     threads: ThreadsOption = None,
 ) -> None:
     """Search the store by text and print the best matches."""
+    from twinrank.models.images import printable
     from twinrank.search import SearchClient
     from twinrank.store.filters import filter_from_text
 
@@ -232,7 +237,7 @@ def search(
         typer.echo("No images match." + (" Try fewer filters." if filters else ""))
     for i, hit in enumerate(hits, start=1):
         moved = "" if hit.moved is None else f" (bi #{hit.bi_rank})"
-        typer.echo(f"{i:>3}  {hit.score:8.3f}  {hit.path}{moved}")
+        typer.echo(f"{i:>3}  {hit.score:8.3f}  {printable(hit.path)}{moved}")
     typer.echo(" · ".join(f"{key} {value:.1f}" for key, value in hits.timings.items()))
 
 

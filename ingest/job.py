@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch
 
+from twinrank.ingest.collection import collection_info
 from twinrank.ingest.report import IngestReport
 from twinrank.ingest.runner import IngestConfig, run_ingest
 from twinrank.ingest.walk import FORMATS, has_images
 from twinrank.models import create_model
 from twinrank.models.encode import ImageEmbedder
-from twinrank.search.client import collection_info
 from twinrank.store import open_store, read_info
 
 

@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from twinrank.models.images import printable
+
 
 @dataclass
 class IngestReport:
@@ -57,7 +59,7 @@ class IngestReport:
         """The summary, then notes and skipped files (at most ``limit`` of them)."""
         out = [self.summary(), *self.notes]
         for failure in self.failed[:limit]:
-            out.append(f"  skipped {failure['path']}: {failure['reason']}")
+            out.append(f"  skipped {printable(failure['path'])}: {failure['reason']}")
         if len(self.failed) > limit:
             out.append(f"  ... and {len(self.failed) - limit} more (write them all with --report)")
         return out

@@ -104,6 +104,8 @@ def run_ingest(
     root = Path(os.path.abspath(config.root.expanduser()))
     index = StoreIndex.load(store)
     plan = plan_run(root, config.walk_options(), index, report)
+    if not plan.seen:
+        report.notes.append(f"No image files found under {root}.")
     report.add_time("walk", time.perf_counter() - started)
     load = _loader(embedder, index, config.max_pixels, config.max_file_bytes)
     writer = _Writer(config, embedder, store, index, report, load)
@@ -162,6 +164,10 @@ class _Writer:
     batch_ids: dict[str, int] = field(default_factory=dict)  # point id -> slot in batch
     also_at: dict[str, list[FileFacts]] = field(default_factory=dict)
     flushed_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def root(self) -> str:
+        return os.path.abspath(self.config.root.expanduser())
 
     def handle(self, candidate: Candidate, result: Loaded | BaseException) -> None:
         path = candidate.path.as_posix()
@@ -238,15 +244,19 @@ class _Writer:
             setattr(self.report, outcome, getattr(self.report, outcome) + 1)
 
     def _attach(self, point_id: str, facts: FileFacts) -> bool:
-        """Add (or refresh) a path on a stored point; drop its paths that are gone.
+        """Add (or refresh) a path on a stored point; drop its gone paths under the root.
 
-        Returns True when some old path was gone: the file was moved, not copied.
+        Returns True when some old path was gone: the file was moved, not copied. Only a
+        path under the folder being ingested (which this run just walked) is dropped: one
+        elsewhere may be on a drive that is merely unplugged, and only ``--prune`` of that
+        folder may forget it.
         """
         payload = self.store.get_payloads([point_id]).get(point_id)
         if payload is None:
             return False
         path = facts.path.as_posix()
-        gone = {p for p in payload.get("paths", []) if p != path and not os.path.lexists(p)}
+        gone = {p for p in payload.get("paths", [])
+                if p != path and _under(p, self.root) and not os.path.lexists(p)}
         updated = add_path(payload, facts)
         self.store.set_payload(point_id, remove_paths(updated, gone) or updated)
         return bool(gone)
@@ -261,6 +271,11 @@ class _Writer:
             self.index.point_ids.discard(point_id)
         else:
             self.store.set_payload(point_id, remaining)
+
+
+def _under(path: str, root: str) -> bool:
+    """Whether ``path`` is ``root`` itself or inside it."""
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _restat(facts: FileFacts) -> FileFacts:

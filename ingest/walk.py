@@ -23,6 +23,7 @@ BASE_SUFFIXES = frozenset(
 )
 HEIF_SUFFIXES = frozenset({".heic", ".heif", ".hif"})
 AVIF_SUFFIXES = frozenset({".avif"})
+FORMATS = "JPEG, PNG, WebP, GIF, BMP, TIFF (HEIC/AVIF with their Pillow plugin)"
 
 
 @cache
@@ -89,6 +90,16 @@ def iter_image_files(
     suffixes = image_suffixes()
     seen: set[tuple[int, int]] = set()
     yield from _walk(root, "", options, matcher, suffixes, seen)
+
+
+def has_images(root: str | Path, options: WalkOptions | None = None) -> bool:
+    """Whether the walk finds at least one image file under ``root`` (stops at the first).
+
+    Example:
+        >>> has_images("photos")  # doctest: +SKIP
+        True
+    """
+    return next(iter(iter_image_files(root, options=options)), None) is not None
 
 
 def _walk(

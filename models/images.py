@@ -57,7 +57,10 @@ TRANSPOSE = {
 PILLOW_ERRORS = (OSError, SyntaxError, ValueError, TypeError, EOFError, IndexError, KeyError,
                  struct.error, ZeroDivisionError, RuntimeError)
 
-# The pixel guard here is ours (and configurable); Pillow's warning would only be noise.
+# The pixel guard is ours: one limit (``max_pixels``, checked from the header before
+# decoding) for every reader. Pillow's own guard would refuse at a different size (2 x
+# its MAX_IMAGE_PIXELS) with another message, and its warning would only be noise.
+Image.MAX_IMAGE_PIXELS = None
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 Source = str | Path | bytes | IO[bytes]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from twinrank.store.filters import INDEXED_FIELDS, SearchFilter, to_rfc3339
-from twinrank.store.lease import ShardLease
+from twinrank.store.lease import ShardLease, is_writable, readable_copy
 from twinrank.store.schema import (
     CENTRED_VECTOR,
     IMAGE_VECTOR,
@@ -76,6 +76,9 @@ class EdgeStore(StoreBase):
         if wait_s is None:
             wait_s = float(os.environ.get(WAIT_ENV, DEFAULT_WAIT_S))
         folder = Path(folder).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise StoreError(f"{folder} is a file, not a store folder. Pass a folder with "
+                             f"--store: a new one, or one `twinrank ingest` made.")
         found = read_info(folder)
         shard_path = str(folder / SHARD_DIR)
         if found is None:
@@ -84,7 +87,12 @@ class EdgeStore(StoreBase):
                     f"No twinrank collection at {folder}. Create one with "
                     f"`twinrank ingest IMAGES --store {folder}`."
                 )
-            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise StoreError(f"Cannot create the store folder {folder} "
+                                 f"({error.strerror or error}). Pass a folder you can write "
+                                 f"with --store.") from None
             config = _edge_config(info)
             store = cls(folder, ShardLease(folder, lambda: _create_or_load(shard_path, config),
                                            wait_s), info)
@@ -92,7 +100,16 @@ class EdgeStore(StoreBase):
             (folder / META_FILE).write_text(json.dumps(asdict(info), indent=2))
             return store
         check_info(found, info, str(folder))
-        store = cls(folder, ShardLease(folder, lambda: EdgeShard.load(shard_path), wait_s), found)
+        working, scratch = folder, None
+        if not is_writable(folder):  # a read-only mount or a backup: search a private copy
+            if info is not None:
+                raise StoreError(f"The store at {folder} is read-only, so nothing can be "
+                                 f"added to it. Copy it to a writable folder, or pass "
+                                 f"another --store.")
+            working = scratch = readable_copy(folder, SHARD_DIR)
+            shard_path = str(working / SHARD_DIR)
+        lease = ShardLease(working, lambda: EdgeShard.load(shard_path), wait_s, scratch=scratch)
+        store = cls(folder, lease, found)
         store.count()  # open now, so a busy or broken folder fails here, not mid-query
         return store
 

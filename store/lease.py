@@ -19,6 +19,12 @@ the same folder, so each ``EdgeStore`` holds its shard on a *lease*:
 
 Every operation therefore sees everything flushed before it; a UI query during an ingest
 costs one reopen (~0.1-0.2 s) and sees the images written so far.
+
+A folder this process cannot write (a read-only mount, a shared NAS, a backup) can still be
+searched: nobody can be writing it, so no lock is needed, but Qdrant Edge opens its segments
+for writing (memory-mapped read-write) and replays its WAL, even to read. ``readable_copy``
+therefore copies the collection to a private temporary folder that the lease opens and
+deletes again on ``close``.
 """
 
 from __future__ import annotations
@@ -27,8 +33,12 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
+import stat
+import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -50,8 +60,10 @@ class ShardLease:
     """
 
     def __init__(
-        self, folder: Path, opener: Callable[[], Any], wait_s: float = 15.0, poll_s: float = 0.05
+        self, folder: Path, opener: Callable[[], Any], wait_s: float = 15.0, poll_s: float = 0.05,
+        scratch: Path | None = None,
     ) -> None:
+        """``scratch``: a private copy (``readable_copy``) that ``close`` deletes."""
         self.folder = folder
         self.wait_s = wait_s
         self.poll_s = poll_s
@@ -67,6 +79,8 @@ class ShardLease:
         self._token = f"{os.getpid()}-{id(self)}"
         self._watcher = threading.Thread(target=self._watch, name="twinrank-lease", daemon=True)
         self._watcher.start()
+        self._scratch = (weakref.finalize(self, shutil.rmtree, scratch, True)
+                         if scratch is not None else None)
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[Any]:
@@ -99,8 +113,12 @@ class ShardLease:
         with self._lock:
             self._closed = True
             shard, self._shard = self._shard, None
-            if shard is not None:
-                self._close_shard(shard)
+            try:
+                if shard is not None:
+                    self._close_shard(shard)
+            finally:
+                if self._scratch is not None:
+                    self._scratch()  # the private copy of a read-only store goes
 
     def _close_shard(self, shard: Any) -> None:
         try:
@@ -186,6 +204,36 @@ class ShardLease:
                     self.release()
             except Exception:  # a failed hand-over must not kill the watcher
                 log.exception("Could not hand the store at %s over", self.folder)
+
+
+def is_writable(folder: Path) -> bool:
+    """Whether this process may write the collection folder (its lock and its shard)."""
+    probes = [folder, folder / LOCK_FILE, folder / REQUESTS_DIR, folder / "shard"]
+    return all(os.access(p, os.W_OK) for p in probes if p.exists())
+
+
+def readable_copy(folder: Path, shard_dir: str = "shard") -> Path:
+    """A private, writable copy of a read-only collection's shard, to search it.
+
+    Returns the temporary folder that holds ``shard_dir``; the caller passes it to
+    ``ShardLease(scratch=...)``, which deletes it on close. Raises ``StoreError`` with the
+    reason when the copy cannot be made (no space, an unreadable file).
+    """
+    scratch = Path(tempfile.mkdtemp(prefix="twinrank-readonly-"))
+    try:
+        shutil.copytree(folder / shard_dir, scratch / shard_dir, copy_function=shutil.copyfile)
+        for place, folders, files in os.walk(scratch):
+            for name in folders + files:
+                path = os.path.join(place, name)
+                os.chmod(path, os.stat(path).st_mode | stat.S_IWUSR | stat.S_IRUSR)
+    except OSError as error:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise StoreError(
+            f"The store at {folder} is read-only and could not be copied to a temporary "
+            f"folder to search it ({error.strerror or error}). Copy it to a writable folder "
+            f"and pass that with --store."
+        ) from None
+    return scratch
 
 
 def _alive(request_name: str) -> bool:

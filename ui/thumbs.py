@@ -26,8 +26,8 @@ from PIL import Image
 # The project's one image reader, for thumbnails and uploads alike (the app imports it
 # from here): the same pixel and file-size limits as ingest, so an image that was indexed
 # can be shown.
-from twinrank.models.images import ImageReadError as ImageReadError
-from twinrank.models.images import open_image as open_image
+from twinrank.search.images import ImageReadError as ImageReadError
+from twinrank.search.images import open_image as open_image
 
 log = logging.getLogger(__name__)
 
