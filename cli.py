@@ -27,6 +27,7 @@ app = typer.Typer(
 )
 
 DEFAULT_HOME = Path(os.environ.get("TWINRANK_HOME", "~/.twinrank")).expanduser()
+DEMO_IMAGES = 300  # generated pictures the demo indexes
 StoreOption = Annotated[
     Path,
     typer.Option("--store", "-s", help="Collection folder (embedded Qdrant Edge).",
@@ -433,23 +434,40 @@ def demo(
                                                         "the app.")] = False,
     threads: ThreadsOption = None,
 ) -> None:
-    """Offline demo: generate scenes, index them with the demo model, open the app."""
+    """Offline demo: busy generated scenes, indexed with the shipped demo model, example
+    queries measured on them (the reranker fixes the bi-encoder), then the app."""
+    from twinrank.captions.data import load_dataset
     from twinrank.captions.scenes import ScenesConfig, make_scenes
     from twinrank.ingest.job import IngestJob, ingest_folder
     from twinrank.ingest.runner import IngestConfig
     from twinrank.models import DEMO_MODEL
+    from twinrank.search import SearchClient
+    from twinrank.ui.examples import choose_examples, read_examples, write_examples
 
     home = home.expanduser()
     set_threads(threads)
+    scenes = home / "scenes-busy"  # two named shapes and two unnamed ones per picture
+    store = home / "store-busy"
     with friendly_errors():
-        if not (home / "scenes" / "scenes.json").exists():
-            make_scenes(home / "scenes", ScenesConfig(n_train=0, n_val=0, n_test=300,
-                                                      n_zeroshot=0, image_size=128))
-        job = IngestJob(IngestConfig(home / "scenes" / "images"), home / "store", DEMO_MODEL)
+        if not (scenes / "scenes.json").exists():
+            make_scenes(scenes, ScenesConfig(n_train=0, n_val=0, n_test=DEMO_IMAGES,
+                                             n_zeroshot=0, image_size=128, extra_objects=2))
+        job = IngestJob(IngestConfig(scenes / "images"), store, DEMO_MODEL)
         typer.echo(ingest_folder(job).summary())
-    typer.echo('Try: "a small red circle left of a large blue square"')
+        examples = read_examples(store)
+        if not examples:
+            typer.echo("Measuring which captions the reranker fixes…")
+            pairs = [(min(record.captions, key=len), str(record.image_path.resolve()))
+                     for record in load_dataset(f"scenes:{scenes}:test:en")
+                     if not record.also_true]
+            with SearchClient(store) as client:
+                examples = choose_examples(client, pairs)
+            write_examples(store, examples)
+    typer.echo("Try these (bi-encoder rank → reranked rank of the image the query describes):")
+    for example in examples:
+        typer.echo(f"  {example.label()}")
     if not no_ui:
-        ui(store=home / "store", host="127.0.0.1", port=port, threads=threads)
+        ui(store=store, host="127.0.0.1", port=port, threads=threads)
 
 
 @app.command()

@@ -9,8 +9,10 @@ stack trace on the page (the details go to the terminal running the app).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +20,9 @@ import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from twinrank.models import ModelLoadError
-from twinrank.search import QueryError, SearchClient, SearchFilter, StoreBusyError, StoreError
-from twinrank.store import read_info
+from twinrank.search import QueryError, SearchClient, SearchFilter
+from twinrank.store import StoreBusyError, StoreError, read_info
+from twinrank.ui.examples import Example, read_examples
 from twinrank.ui.facets import Facets, FilterChoices, collect_facets
 from twinrank.ui.launch import MAX_UPLOAD_MB, STORE_ENV
 from twinrank.ui.lookup import (
@@ -64,6 +67,11 @@ class Settings:
 def get_client(store: str) -> SearchClient:
     """One client (model + store) per process, shared by every query and session."""
     return SearchClient(store)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def get_examples(store: str) -> list[Example]:
+    return read_examples(store)
 
 
 @st.cache_resource(show_spinner=False)
@@ -133,6 +141,26 @@ def set_mode(mode: str) -> None:
     st.session_state.pop(SIMILAR_KEY, None)
 
 
+def use_example(query: str) -> None:
+    """Example button callback: put ``query`` in the search box and search it."""
+    st.session_state["query"] = query
+    set_mode("text")
+
+
+def example_buttons(examples: list[Example]) -> None:
+    """The collection's measured examples as one-click queries (the demo has them)."""
+    if not examples:
+        return
+    with st.container(horizontal=True, gap="small", key="examples"):
+        st.caption("Try:")
+        for index, example in enumerate(examples):
+            st.button(example.query, key=f"example-{index}", on_click=use_example,
+                      args=(example.query,), type="tertiary",
+                      help=f"The bi-encoder ranks the image it describes "
+                           f"{'#' + str(example.bi_rank) if example.bi_rank else 'nowhere'}, "
+                           f"the reranker #{example.rerank_rank}.")
+
+
 def search_inputs() -> tuple[str, UploadedFile | None]:
     query = st.text_input("What are you looking for?", key="query", on_change=set_mode,
                           args=("text",),
@@ -184,20 +212,37 @@ def show_results(client: SearchClient, store: str, settings: Settings) -> None:
     grid(client, thumbs, results, title, results.timings)
 
 
+@st.fragment
+def results_area(store: str, settings: Settings) -> None:
+    """Examples, the search box and the results. A fragment: a new query reruns only this
+    part of the page, not the sidebar and its facets, so the page answers at about the
+    speed of the search itself."""
+    client = get_client(store)
+    with friendly_errors():
+        example_buttons(get_examples(store))
+        show_results(client, store, settings)
+
+
 def main() -> None:
     st.set_page_config(page_title="twinrank", page_icon="🔎", layout="wide")
-    st.title("twinrank")
-    st.caption("Retrieve fast, rerank smart: bi-encoder results on the left, "
-               "reranked on the right.")
+    st.markdown("#### twinrank · retrieve fast, rerank smart: bi-encoder results on the "
+                "left, reranked on the right")
     store = os.environ.get(STORE_ENV, "")
     client = open_collection(store)
-    try:
+    with friendly_errors():
         with st.sidebar:
             settings = sidebar(client, store)
         if client.store.count() == 0:
             st.info(f"The collection is empty. {HOW_TO_INGEST}")
             return
-        show_results(client, store, settings)
+        results_area(store, settings)
+
+
+@contextlib.contextmanager
+def friendly_errors() -> Iterator[None]:
+    """Errors as one readable message on the page, never a stack trace."""
+    try:
+        yield
     except StoreBusyError as error:
         st.warning(f"The collection is busy. {error}")
     except (QueryError, StoreError, ModelLoadError, UnknownImageError, ImageReadError) as error:

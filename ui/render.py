@@ -1,5 +1,5 @@
-"""Drawing results: aligned before/after columns, a grid for image searches, result cards
-with "more like this" and "details", and the details dialog.
+"""Drawing results: before/after grids with aligned rows, a grid for image searches, result
+cards with "more like this" and "details" under each, and the details dialog.
 
 Every image shown is a thumbnail made from a path in a stored point's payload.
 """
@@ -19,8 +19,8 @@ from twinrank.ui.lookup import source_payload
 from twinrank.ui.thumbs import PREVIEW_SIZE, ThumbnailCache
 from twinrank.ui.views import caption, file_name, metadata_rows, moved_summary, timing_line
 
-CARD_WIDTH = 200  # px on the page; thumbnails are made at 256 so they stay sharp
-GRID_COLUMNS = 4
+PER_ROW = 4  # thumbnails a row in each of the before/after columns
+GRID_COLUMNS = 8  # thumbnails a row when one list fills the page
 SIMILAR_KEY = "similar_to"
 MODE_KEY = "mode"
 
@@ -46,22 +46,20 @@ def result_card(
     text: str,
     key: str,
     thumb: Path | None,
-    side_by_side: bool = False,
 ) -> None:
-    """One result: thumbnail with its caption, "More like this" and "Details" beside it
-    (``side_by_side``, for the two-column view) or below it (the grid)."""
-    with st.container(key=f"card-{key}"):
-        picture, actions = st.columns([3, 2], vertical_alignment="center") if side_by_side \
-            else (st.container(), st.container(horizontal=True, gap="small"))
-        with picture:
-            if thumb is not None:
-                st.image(str(thumb), caption=text, width=CARD_WIDTH)
-            else:
-                st.warning(f"{text}: the file is missing or unreadable (moved since ingest?).")
-        with actions:
+    """One result: thumbnail, its caption (rank, score, movement, file name) and two small
+    actions under it, "More like this" and "Details"."""
+    with st.container(key=f"card-{key}", gap="small"):
+        if thumb is not None:
+            st.image(str(thumb), caption=text, width="stretch")
+        else:
+            st.warning(f"{text}: the file is missing or unreadable (moved since ingest?).")
+        with st.container(horizontal=True, gap="small"):
             st.button("More like this", key=f"similar-{key}", on_click=ask_similar,
-                      args=(hit.id,), help="Search the collection with this image.")
-            if st.button("Details", key=f"details-{key}", help="The full image and its facts."):
+                      args=(hit.id,), type="tertiary",
+                      help="Search the collection with this image.")
+            if st.button("Details", key=f"details-{key}", type="tertiary",
+                         help="The full image and its facts."):
                 show_details(client, thumbs, hit.id)
 
 
@@ -85,30 +83,31 @@ def show_details(client: SearchClient, thumbs: ThumbnailCache, point_id: str) ->
         st.warning("The file is missing or unreadable; re-run `twinrank ingest` to refresh.")
     else:
         st.image(str(preview))
-    st.markdown("\n".join(f"- **{label}**: `{value}`" for label, value in
-                          metadata_rows(payload)))
+    for label, value in metadata_rows(payload):  # as text: a file name is never markup
+        st.text(f"{label}: {value}")
 
 
 def before_after(
     client: SearchClient, thumbs: ThumbnailCache, before: Sequence[Hit], after: Sequence[Hit],
     k: int, timings: dict[str, float],
 ) -> None:
-    """The centrepiece: bi-encoder order on the left, reranked order on the right, row by
-    row so the same rank sits side by side."""
+    """The centrepiece: bi-encoder order on the left, reranked order on the right, each a
+    grid of ``PER_ROW`` thumbnails a row, rows aligned so the same ranks sit side by side."""
     paths, thumbs_ms = load_thumbs(thumbs, [*before, *after])
-    st.caption(f"{timing_line(timings)} · thumbnails {thumbs_ms:.1f} ms")
-    st.caption(moved_summary(list(after), k))
-    left, right = st.columns(2)
+    st.caption(f"{timing_line(timings)} · thumbnails {thumbs_ms:.1f} ms · "
+               f"{moved_summary(list(after), k)}")
+    left, right = st.columns(2, gap="large")
     left.subheader("Before: bi-encoder")
     right.subheader("After: reranked")
-    for rank, (first, second) in enumerate(zip(before, after, strict=False), start=1):
-        col_a, col_b = st.columns(2)
-        with col_a:
-            result_card(client, thumbs, first, caption(first, "before", k), f"before-{rank}",
-                        paths[first.id], side_by_side=True)
-        with col_b:
-            result_card(client, thumbs, second, caption(second, "after", k), f"after-{rank}",
-                        paths[second.id], side_by_side=True)
+    for start in range(0, max(len(before), len(after)), PER_ROW):
+        halves = st.columns(2, gap="large")
+        for half, hits, stage in ((halves[0], before, "before"), (halves[1], after, "after")):
+            cells = half.columns(PER_ROW, gap="small")
+            for offset, hit in enumerate(hits[start:start + PER_ROW]):
+                rank = start + offset + 1
+                with cells[offset]:
+                    result_card(client, thumbs, hit, caption(hit, stage, k), f"{stage}-{rank}",
+                                paths[hit.id])
 
 
 def grid(
@@ -120,7 +119,7 @@ def grid(
     st.caption(f"{timing_line(timings)} · thumbnails {thumbs_ms:.1f} ms")
     st.subheader(title)
     for start in range(0, len(hits), GRID_COLUMNS):
-        columns = st.columns(GRID_COLUMNS)
+        columns = st.columns(GRID_COLUMNS, gap="small")
         for column, hit in zip(columns, hits[start:start + GRID_COLUMNS], strict=False):
             with column:
                 text = label(hit) if label else f"#{hit.bi_rank} · cos {hit.bi_score:.3f} · " \

@@ -1,0 +1,109 @@
+"""Example queries that show what reranking is for, chosen by measurement on a collection.
+
+The demo indexes generated scenes whose captions are known, so for every caption we know
+which image is right. ``choose_examples`` runs each caption through the same search the
+app runs and keeps the ones where the bi-encoder puts the right image below rank 1 and the
+reranker puts it first (plus one both get right). They are saved next to the collection
+and offered in the app as one-click examples.
+
+Example:
+    >>> examples = choose_examples(client, [("a red circle left of a blue square",
+    ...                                      "/demo/images/test/000007.png")])
+    >>> write_examples(store, examples)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from twinrank.search import SearchClient
+from twinrank.ui.views import path_name
+
+EXAMPLES_FILE = "examples.json"
+FIXED = 4  # examples the reranker fixes
+AGREED = 1  # examples both stages get right
+
+
+@dataclass(frozen=True)
+class Example:
+    """A query, the image it describes, and where each stage ranked that image.
+
+    ``bi_rank`` is None when the bi-encoder did not retrieve the image among the
+    reranker's candidates at all.
+    """
+
+    query: str
+    image: str  # the right image's file name
+    bi_rank: int | None
+    rerank_rank: int | None
+
+    @property
+    def fixed(self) -> bool:
+        """The bi-encoder missed rank 1 and the reranker put the right image first."""
+        return self.rerank_rank == 1 and (self.bi_rank is None or self.bi_rank > 1)
+
+    def label(self) -> str:
+        """How the example reads in the terminal: bi-encoder rank → reranked rank."""
+        bi = f"#{self.bi_rank}" if self.bi_rank else "not found"
+        return f"{self.query!r}: bi-encoder {bi} → reranked #{self.rerank_rank}"
+
+
+def measure(client: SearchClient, query: str, image_path: str) -> Example:
+    """Where the bi-encoder and the reranker rank ``image_path`` for ``query``."""
+    _, after = client.compare(query, k=client.rerank_top_k)
+    wanted = str(image_path)
+    for hit in after:
+        if wanted in (str(p) for p in hit.payload.get("paths") or [hit.path]):
+            return Example(query, path_name(wanted), hit.bi_rank, hit.rerank_rank)
+    return Example(query, path_name(wanted), None, None)
+
+
+def choose_examples(
+    client: SearchClient, captions: Iterable[tuple[str, str]], fixed: int = FIXED,
+    agreed: int = AGREED, visible: int = 8,
+) -> list[Example]:
+    """Captions where the reranker fixes the bi-encoder (biggest visible jumps first), then
+    ones both stages get right; one example per image.
+
+    ``captions`` are (query, path of the one image it describes) pairs. A fix whose right
+    image the bi-encoder ranked within ``visible`` is preferred, so both columns show it.
+    """
+    fixes: list[Example] = []
+    agreements: list[Example] = []
+    seen: set[str] = set()
+    for query, path in captions:
+        if path in seen:
+            continue
+        example = measure(client, query, path)
+        if example.fixed:
+            fixes.append(example)
+            seen.add(path)
+        elif example.bi_rank == 1 and example.rerank_rank == 1 and len(agreements) < agreed:
+            agreements.append(example)
+            seen.add(path)
+        shown = [e for e in fixes if e.bi_rank is not None and e.bi_rank <= visible]
+        if len(shown) >= 2 * fixed and len(agreements) >= agreed:
+            break  # enough to choose from: a big collection need not be searched whole
+    fixes.sort(key=lambda e: (e.bi_rank is None or e.bi_rank > visible,
+                              -(e.bi_rank or 0), len(e.query)))
+    return fixes[:fixed] + agreements[:agreed]
+
+
+def write_examples(store: Path, examples: list[Example]) -> Path:
+    """Save ``examples`` with the collection, where the app finds them."""
+    path = Path(store) / EXAMPLES_FILE
+    path.write_text(json.dumps([asdict(e) for e in examples], indent=2) + "\n")
+    return path
+
+
+def read_examples(store: Path | str) -> list[Example]:
+    """The collection's saved examples; none when it has no (readable) examples file."""
+    try:
+        rows = json.loads((Path(store) / EXAMPLES_FILE).read_text())
+        return [Example(str(r["query"]), str(r["image"]), r.get("bi_rank"),
+                        r.get("rerank_rank")) for r in rows]
+    except (OSError, ValueError, TypeError, KeyError):
+        return []
