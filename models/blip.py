@@ -113,6 +113,13 @@ class BlipTwinModel(nn.Module):
         """Pixels (B, 3, H, W) equal to ``BlipProcessor``'s ``pixel_values``."""
         return torch.stack([self.preprocess(image) for image in images])
 
+    def early_parameters(self, count: int) -> list[nn.Parameter]:
+        """The embeddings and first ``count`` layers of both towers (``--freeze-layers``)."""
+        vision, text = self.retrieval.vision_model, self.retrieval.text_encoder
+        parts = [vision.embeddings, text.embeddings, *list(vision.encoder.layers)[:count],
+                 *list(text.encoder.layer)[:count]]
+        return [p for part in parts for p in part.parameters()]
+
     def image_modules(self) -> list[nn.Module]:
         return [self.retrieval.vision_model, self.retrieval.vision_proj]
 

@@ -85,7 +85,10 @@ def open_store(
 
     Example:
         >>> store = open_store("~/.twinrank/store")
-        >>> store = open_store("", url="https://xyz.cloud.qdrant.io:6333", collection="photos")
+        >>> store.count()
+        6
+        >>> cloud = open_store("", url="https://xyz.cloud.qdrant.io:6333",
+        ...                    collection="photos")  # doctest: +SKIP
     """
     target = url or (str(location) if is_remote_location(location) else None)
     if target:

@@ -52,7 +52,8 @@ class EdgeStore(StoreBase):
 
     Example:
         >>> store = EdgeStore.open("photos.twinrank", info)  # creates it if missing
-        >>> store.search(query_vector, limit=20)
+        >>> store.search(query_vector, limit=20)  # nothing ingested yet
+        []
     """
 
     def __init__(self, folder: Path, lease: ShardLease, info: CollectionInfo) -> None:
@@ -268,8 +269,10 @@ class EdgeStore(StoreBase):
 
         Example:
             >>> with store.exclusive():  # a multi-step change no reader should see half of
-            ...     store.delete(old_ids)
-            ...     store.upsert(new_records)
+            ...     hits = store.search(query_vector, limit=2)
+            ...     store.delete([hit.id for hit in hits])
+            >>> store.count()
+            4
         """
         with self._lease.hold():
             yield self

@@ -54,9 +54,13 @@ class ShardLease:
     """One process's claim on a shard folder: opened on demand, handed over when asked.
 
     Example:
+        >>> from qdrant_edge import CountRequest, EdgeShard
+        >>> folder = Path("store")  # made by `twinrank ingest photos --store store`
         >>> lease = ShardLease(folder, lambda: EdgeShard.load(str(folder / "shard")))
         >>> with lease.hold() as shard:
         ...     shard.count(CountRequest(exact=True))
+        6
+        >>> lease.close()
     """
 
     def __init__(

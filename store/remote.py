@@ -81,8 +81,10 @@ class RemoteStore(StoreBase):
 
     Example:
         >>> store = RemoteStore.open("https://xyz.cloud.qdrant.io:6333", info,
-        ...                          collection="photos")  # key from TWINRANK_QDRANT_API_KEY
-        >>> store.search(query_vector, limit=20)
+        ...                          collection="photos")  # doctest: +SKIP
+        >>> store = RemoteStore.open(":memory:", info)  # qdrant-client's local mode
+        >>> store.search(query_vector, limit=20)  # nothing ingested yet
+        []
     """
 
     def __init__(self, client: Any, collection: str, info: CollectionInfo, where: str) -> None:

@@ -184,7 +184,8 @@ def test_joint_training_two_steps_then_reload_gives_the_same_scores(blip_folder,
     result = CliRunner().invoke(app, [
         "train", "--data", str(data), "--out", str(tmp_path / "run"), "--model",
         f"blip:{blip_folder}", "--mode", "joint", "--steps", "2", "--batch-size", "4",
-        "--warmup-steps", "1", "--lr", "1e-3", "--device", "cpu"])
+        "--warmup-steps", "1", "--lr", "1e-3", "--device", "cpu",
+        "--freeze-layers", "1"])
     assert result.exit_code == 0, result.output
     losses = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert {"contrastive_loss", "match_loss"} <= set(losses[-1])
@@ -205,6 +206,8 @@ def test_joint_training_two_steps_then_reload_gives_the_same_scores(blip_folder,
                                                         image.image_tokens)])
         itm = plain(input_ids=ids, pixel_values=pixels, attention_mask=(ids != 0).long())
     assert torch.allclose(scores["again"], scores["trained"], atol=EXACT)
+    for start, now in zip(blip.early_parameters(1), trained.early_parameters(1), strict=True):
+        assert torch.equal(start, now)  # --freeze-layers 1 kept embeddings + first layers
     assert not torch.allclose(scores["start"], scores["trained"], atol=1e-3)  # it learned
     assert torch.allclose(itm.itm_score[:, 1] - itm.itm_score[:, 0], scores["trained"][2:],
                           atol=EXACT)

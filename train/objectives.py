@@ -147,6 +147,8 @@ def freeze_layers(model: TwinModel, count: int) -> int:
     data; ``count=0`` trains everything."""
     if count <= 0:
         return 0
+    if isinstance(model, BlipTwinModel):
+        return _freeze(model.early_parameters(count))
     frozen: list[nn.Parameter] = []
     for tower in (model.clip.visual, model.clip.text):
         blocks = getattr(getattr(tower, "transformer", None), "resblocks", None)
@@ -162,6 +164,10 @@ def freeze_layers(model: TwinModel, count: int) -> int:
                 frozen.append(part)
         for block in list(blocks)[:count]:
             frozen.extend(block.parameters())
-    for parameter in frozen:
+    return _freeze(frozen)
+
+
+def _freeze(parameters: list[nn.Parameter]) -> int:
+    for parameter in parameters:
         parameter.requires_grad_(False)
-    return sum(p.numel() for p in frozen)
+    return sum(p.numel() for p in parameters)
