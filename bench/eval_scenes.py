@@ -49,7 +49,7 @@ from twinrank.captions.scenes import (
     render_scene,
 )
 from twinrank.evaluation.encode import encode_corpus
-from twinrank.evaluation.harness import HarnessConfig
+from twinrank.evaluation.harness import HarnessConfig, make_scorer
 from twinrank.evaluation.latency import measure_latency
 from twinrank.evaluation.run import (
     PROTOCOLS,
@@ -58,7 +58,6 @@ from twinrank.evaluation.run import (
     evaluate_dataset,
     write_outputs,
 )
-from twinrank.evaluation.scoring import PairScorer
 from twinrank.models import create_model, model_id
 
 RESULTS = Path(__file__).parent / "results"
@@ -277,7 +276,7 @@ def _latency_at_threads(args: argparse.Namespace, harness: HarnessConfig,
     threads = torch.get_num_threads()
     torch.set_num_threads(args.latency_threads)
     try:
-        scorer = PairScorer(model, corpus, harness.batch_size)
+        scorer = make_scorer(model, corpus, harness)
         latency = measure_latency(model, corpus, scorer, harness.latency_plan(), True)
     finally:
         torch.set_num_threads(threads)

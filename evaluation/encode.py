@@ -37,6 +37,7 @@ class EncodedCorpus:
     captions: tuple[str, ...]
     # (P, 2) int64 (caption, image) pairs: other images a caption is just as true of
     also_true: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))
+    image_paths: tuple[str, ...] = ()  # for rerankers that read the pixels themselves
 
     @property
     def n_images(self) -> int:
@@ -72,6 +73,8 @@ class EncodedCorpus:
             text_to_image=new_index[self.text_to_image[rows]],
             captions=tuple(self.captions[int(i)] for i in rows),
             also_true=pairs[(pairs >= 0).all(axis=1)].reshape(-1, 2),
+            image_paths=tuple(self.image_paths[int(i)] for i in image_ids)
+            if self.image_paths else (),
         )
 
 
@@ -172,6 +175,7 @@ def encode_corpus(
         text_to_image=np.asarray(owners, dtype=np.int64),
         captions=tuple(captions),
         also_true=also_true_pairs(records, np.asarray(owners, dtype=np.int64)),
+        image_paths=tuple(str(r.image_path) for r in records),
     )
 
 

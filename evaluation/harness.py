@@ -36,14 +36,16 @@ from twinrank.evaluation.metrics import (
     topk_indices,
 )
 from twinrank.evaluation.scoring import (
-    PairScorer,
+    CorpusTokens,
     PairScoring,
+    RerankerScorer,
     best_positive_ranks,
     i2t_positive,
     recall_from_ranks,
     t2i_positive,
 )
 from twinrank.models import TwinModel
+from twinrank.rerank.registry import make_reranker
 
 MODES = ("bi", "cross-all", "coop")
 POSITIVES = ("own", "all-true")
@@ -73,6 +75,7 @@ class HarnessConfig:
     seed: int = 0
     precision: str = "auto"
     positives: str = "own"  # or "all-true": also the corpus's also_true pairs
+    reranker: str = "fused"  # any registered reranker (rerank.registry)
 
     def latency_plan(self) -> LatencyPlan:
         return LatencyPlan(tuple(sorted(set(self.ks))), self.latency_queries,
@@ -258,12 +261,23 @@ def _bi_ranks(bi: np.ndarray, tti: np.ndarray, also_true: np.ndarray | None) -> 
     return ranks
 
 
+def make_scorer(model: TwinModel, corpus: EncodedCorpus, config: HarnessConfig) -> RerankerScorer:
+    """The cross-encoder stage for ``config.reranker``, as search would build it."""
+    reranker = make_reranker(config.reranker, model, CorpusTokens(corpus),
+                             str(model.device), config.precision)
+    if reranker is None:
+        raise ValueError(f"--reranker {config.reranker} scores nothing; evaluate with "
+                         f"--modes bi, or name a reranker (fused, blip-itm).")
+    return RerankerScorer(reranker, corpus, model.model_id, config.batch_size)
+
+
 def evaluate_corpus(model: TwinModel, corpus: EncodedCorpus,
                     config: HarnessConfig | None = None,
                     scorer: PairScoring | None = None) -> CorpusResult:
     """Every requested mode on one corpus: recall tables, COOP sweep, latency.
 
-    ``scorer`` defaults to the model's fusion head (``PairScorer``); tests pass a fake.
+    ``scorer`` defaults to the reranker ``config.reranker`` names, built by the registry
+    on ``model`` and the corpus's cached tokens (``make_scorer``); tests pass a fake.
 
     >>> result = evaluate_corpus(model, encode_corpus(model, records))  # doctest: +SKIP
     >>> result.tables["all"]["coop@20"]["t2i_recall@1"]  # doctest: +SKIP
@@ -288,12 +302,15 @@ def evaluate_corpus(model: TwinModel, corpus: EncodedCorpus,
         info["ce_all_pairs"] = ce_all_pairs(ce_texts.size, corpus.n_images, ce_images.size,
                                             corpus.n_texts, config.ce_all_limit,
                                             config.allow_ce_all)
-    scorer = scorer or PairScorer(model, corpus, config.batch_size, config.precision)
+    if scorer is None and ("coop" in config.modes or "cross-all" in config.modes):
+        scorer = make_scorer(model, corpus, config)
     ranks = {"bi": _bi_ranks(bi, tti, also_true)}
     if "coop" in config.modes:
+        assert scorer is not None
         ranks.update(_coop_ranks(scorer, corpus, bi, texts, images, config, also_true))
         info["coop_pairs_scored"] = scorer.pairs_scored
     if "cross-all" in config.modes:
+        assert scorer is not None
         ranks["cross-all"] = _cross_all_ranks(scorer, corpus, ce_texts, ce_images, also_true)
         info.update(ce_t2i_queries=int(ce_texts.size), ce_i2t_queries=int(ce_images.size))
     sampled = ce_texts.size < texts.size or ce_images.size < images.size
@@ -304,7 +321,7 @@ def evaluate_corpus(model: TwinModel, corpus: EncodedCorpus,
                                for mode, r in ranks.items()}
     latency = (measure_latency(model, corpus, scorer, config.latency_plan(),
                                with_ce_all="cross-all" in config.modes)
-               if config.latency_queries > 0 else {})
+               if config.latency_queries > 0 and scorer is not None else {})
     ks = tuple(sorted(set(config.ks)))
     return CorpusResult(tables, _sweep(tables["all"], latency, ks), latency, info)
 

@@ -1,9 +1,13 @@
-"""Scoring (text, image) pairs with the fusion head, and ranks from scores.
+"""Scoring (text, image) pairs with any registered reranker, and ranks from scores.
 
-``PairScorer`` is the cross-encoder of the harness: the model's fusion head over the
-corpus's cached image tokens (float16, as a store holds them) and the captions' token
-states, batched over pairs. Cross-encoding all pairs and reranking a top-k both go through
-it, so their cost differs only in the number of pairs scored.
+``RerankerScorer`` is the cross-encoder of the harness: it asks a ``Reranker`` (the one
+``twinrank evaluate --reranker NAME`` names, built by the same registry search uses) to
+score each caption's candidate images, through the same ``score(query, candidates)`` call
+a search makes. For the collection model's own reranker the corpus serves the image
+tokens cached at encoding time (float16, as a store holds them) and each caption's
+encoding, so nothing is encoded twice; a reranker that reads pixels opens the corpus's
+image files. Cross-encoding all pairs and reranking a top-k both go through it, so their
+cost differs only in the number of pairs scored.
 
 ``best_positive_ranks`` is the one rank rule used for every mode and direction: a query's
 rank is the number of *negative* candidates scoring at least as high as its best positive
@@ -12,14 +16,15 @@ rank is the number of *negative* candidates scoring at least as high as its best
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 import torch
 
 from twinrank.evaluation.encode import EncodedCorpus
-from twinrank.models import TwinModel
-from twinrank.models.device import autocast, inference_dtype
+from twinrank.models import TextEncoding
+from twinrank.rerank.base import Candidate, Reranker, RerankQuery
 
 _RANK_CHUNK = 512  # query rows per block when ranking, bounding the boolean temporaries
 
@@ -35,73 +40,81 @@ class PairScoring(Protocol):
     def score_query(self, text_id: int, image_ids: np.ndarray) -> np.ndarray: ...
 
 
-class PairScorer:
-    """Match logits for (caption, image) pairs of one encoded corpus.
+class CorpusTokens:
+    """The corpus's cached image tokens as a ``TokenSource``: point id = image row."""
+
+    def __init__(self, corpus: EncodedCorpus) -> None:
+        self.tokens = corpus.image_tokens
+
+    def get_tokens(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        return {i: self.tokens[int(i)] for i in ids}
+
+
+class RerankerScorer:
+    """Scores for (caption, image) pairs of one encoded corpus, from a ``Reranker``.
+
+    ``model_id`` names the model that encoded the corpus: a reranker built on that model
+    reuses the captions' encodings instead of running its text tower again.
 
     Example:
-        >>> scorer = PairScorer(model, corpus, batch_size=512)  # doctest: +SKIP
+        >>> scorer = RerankerScorer(make_reranker("fused", model, CorpusTokens(corpus)),
+        ...                         corpus, model.model_id)  # doctest: +SKIP
         >>> scorer.score(np.array([0, 0]), np.array([0, 1]))  # doctest: +SKIP
         array([ 2.1, -0.7], dtype=float32)
     """
 
-    def __init__(self, model: TwinModel, corpus: EncodedCorpus, batch_size: int = 512,
-                 precision: str = "auto") -> None:
+    def __init__(self, reranker: Reranker, corpus: EncodedCorpus, model_id: str = "",
+                 batch_size: int = 512) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.model = model
-        self.device = model.device
-        self.dtype = inference_dtype(self.device, precision)
+        self.reranker = reranker
+        self.corpus = corpus
+        self.model_id = model_id
         self.batch_size = batch_size
-        self.image_tokens = torch.from_numpy(corpus.image_tokens).to(self.device)  # fp16
-        self.text_tokens = torch.from_numpy(corpus.text_tokens).to(self.device)
-        self.text_mask = torch.from_numpy(corpus.text_mask).to(self.device)
         self.pairs_scored = 0
 
-    @torch.inference_mode()
     def score(self, text_ids: np.ndarray, image_ids: np.ndarray) -> np.ndarray:
-        """Logits (P,) float32 for the pairs ``(text_ids[p], image_ids[p])``."""
+        """Scores (P,) float32 for the pairs ``(text_ids[p], image_ids[p])``, one reranker
+        call per caption over its images."""
         text_ids = np.asarray(text_ids, dtype=np.int64)
         image_ids = np.asarray(image_ids, dtype=np.int64)
         if text_ids.shape != image_ids.shape or text_ids.ndim != 1:
             raise ValueError("text_ids and image_ids must be 1-D arrays of the same length")
         out = np.empty(text_ids.size, dtype=np.float32)
-        for start in range(0, text_ids.size, self.batch_size):
-            stop = start + self.batch_size
-            texts = torch.from_numpy(text_ids[start:stop]).to(self.device)
-            images = torch.from_numpy(image_ids[start:stop]).to(self.device)
-            out[start:stop] = self._logits(
-                self.text_tokens[texts], self.text_mask[texts], self.image_tokens[images])
+        order = np.argsort(text_ids, kind="stable")
+        bounds = np.flatnonzero(np.diff(text_ids[order])) + 1
+        for rows in np.split(order, bounds):
+            if rows.size:
+                out[rows] = self._score(int(text_ids[rows[0]]), image_ids[rows])
         self.pairs_scored += int(text_ids.size)
         return out
 
-    @torch.inference_mode()
     def score_query(self, text_id: int, image_ids: np.ndarray) -> np.ndarray:
-        """One caption against many images (k,): the reranker's per-query call.
-
-        Like ``FusedReranker.score_tokens``, the query's token states are expanded over
-        the k cached token sets, not copied; the text encoding is timed as its own stage.
-        """
+        """One caption against many images (k,): the reranker's per-query call, as a
+        search makes it."""
         image_ids = np.asarray(image_ids, dtype=np.int64)
-        tokens = self.text_tokens[text_id : text_id + 1]
-        mask = self.text_mask[text_id : text_id + 1]
-        out = np.empty(image_ids.size, dtype=np.float32)
-        for start in range(0, image_ids.size, self.batch_size):
-            chunk = torch.from_numpy(image_ids[start : start + self.batch_size])
-            size = chunk.numel()
-            out[start : start + size] = self._logits(
-                tokens.expand(size, -1, -1), mask.expand(size, -1),
-                self.image_tokens[chunk.to(self.device)])
         self.pairs_scored += int(image_ids.size)
-        return out
+        return self._score(text_id, image_ids)
 
-    def _logits(self, text_tokens: torch.Tensor, text_mask: torch.Tensor,
-                image_tokens: torch.Tensor) -> np.ndarray:
-        length = int(text_mask.any(dim=0).nonzero().max().item()) + 1  # trim shared padding
-        with autocast(self.device, self.dtype):
-            logits = self.model.match_logit(
-                text_tokens[:, :length], text_mask[:, :length], image_tokens.float())
-        result: np.ndarray = logits.float().cpu().numpy()
-        return result
+    def query(self, text_id: int) -> RerankQuery:
+        """Caption ``text_id`` with its encoding (one row, padding trimmed)."""
+        corpus = self.corpus
+        length = max(int(corpus.text_mask[text_id].sum()), 1)
+        encoding = TextEncoding(
+            torch.from_numpy(corpus.text_vectors[text_id : text_id + 1]),
+            torch.from_numpy(corpus.text_tokens[text_id : text_id + 1, :length]),
+            torch.from_numpy(corpus.text_mask[text_id : text_id + 1, :length]))
+        return RerankQuery(corpus.captions[text_id], encoding, self.model_id)
+
+    def _score(self, text_id: int, image_ids: np.ndarray) -> np.ndarray:
+        paths = self.corpus.image_paths
+        query = self.query(text_id)
+        chunks = []
+        for start in range(0, image_ids.size, self.batch_size):
+            chunk = image_ids[start : start + self.batch_size].tolist()
+            candidates = [Candidate(str(i), paths[i] if paths else "") for i in chunk]
+            chunks.append(np.asarray(self.reranker.score(query, candidates), dtype=np.float32))
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
 
 
 def best_positive_ranks(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
@@ -177,8 +190,9 @@ def recall_from_ranks(ranks: np.ndarray, ks: tuple[int, ...], prefix: str) -> di
 
 
 __all__ = [
-    "PairScorer",
+    "CorpusTokens",
     "PairScoring",
+    "RerankerScorer",
     "best_positive_ranks",
     "i2t_positive",
     "recall_from_ranks",
