@@ -28,9 +28,10 @@ from twinrank.store.schema import (
     StoreBase,
     StoredHit,
     StoreError,
-    centre,
     check_info,
+    crosses_gap,
     planned_search,
+    query_for_centred,
 )
 
 META_FILE = "twinrank.json"
@@ -163,16 +164,13 @@ class EdgeStore(StoreBase):
         vector = np.asarray(vector, dtype=np.float32)
         query = Query.Nearest(vector.tolist(), using=IMAGE_VECTOR)
         condition = edge_filter(search_filter)
-        text_mean = self.info.text_mean
+        info = self.info
         with self._lease.hold() as shard:
 
             def run(chosen: SearchPlan) -> list[StoredHit]:
                 prefetches = None
                 if chosen.candidates:
-                    if text_mean is None:
-                        raise StoreError(f"The collection at {self.folder} has no centred "
-                                         f"vector; search it without a two-stage plan.")
-                    centred = centre(vector, text_mean) if modality == "text" else vector
+                    centred = query_for_centred(vector, info, modality)
                     prefetches = [Prefetch(
                         limit=chosen.candidates, filter=condition,
                         query=Query.Nearest(centred.tolist(), using=CENTRED_VECTOR),
@@ -185,7 +183,7 @@ class EdgeStore(StoreBase):
                         for p in shard.query(request)]
 
             return planned_search(run, self._points(shard), limit, plan, modality,
-                                  self.info.centred)
+                                  modality == "text" and crosses_gap(info))
 
     def _named_vectors(self, ids: Sequence[str], name: str) -> dict[str, np.ndarray]:
         with self._lease.hold() as shard:

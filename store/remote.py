@@ -36,9 +36,10 @@ from twinrank.store.schema import (
     StoreBusyError,
     StoredHit,
     StoreError,
-    centre,
     check_info,
+    crosses_gap,
     planned_search,
+    query_for_centred,
 )
 
 API_KEY_ENV = "TWINRANK_QDRANT_API_KEY"
@@ -181,17 +182,14 @@ class RemoteStore(StoreBase):
 
         vector = np.asarray(vector, dtype=np.float32)
         condition = client_filter(search_filter)
-        text_mean = self.info.text_mean
+        info = self.info
 
         def run(chosen: SearchPlan) -> list[StoredHit]:
             params = None if self._local else models.SearchParams(exact=chosen.exact,
                                                                   hnsw_ef=chosen.hnsw_ef)
             prefetch = None
             if chosen.candidates:
-                if text_mean is None:
-                    raise StoreError(f"The collection at {self.where} has no centred vector; "
-                                     f"search it without a two-stage plan.")
-                centred = centre(vector, text_mean) if modality == "text" else vector
+                centred = query_for_centred(vector, info, modality)
                 prefetch = models.Prefetch(query=centred.tolist(), using=CENTRED_VECTOR,
                                            limit=chosen.candidates, filter=condition,
                                            params=params)
@@ -203,7 +201,7 @@ class RemoteStore(StoreBase):
                     for p in response.points]
 
         return planned_search(run, self._cached_count(), limit, plan, modality,
-                              self.info.centred)
+                              modality == "text" and crosses_gap(info))
 
     def _named_vectors(self, ids: Sequence[str], name: str) -> dict[str, np.ndarray]:
         records = self._call(lambda: self._client.retrieve(

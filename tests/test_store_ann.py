@@ -16,15 +16,17 @@ import pytest
 from twinrank.store import CollectionInfo, PointRecord, open_store, search_plan
 from twinrank.store import schema as schema_module
 from twinrank.store.filters import SearchFilter
-from twinrank.store.schema import CENTRED_VECTOR, SearchPlan, centre, unit_rows
+from twinrank.store.schema import CENTRED_VECTOR, SearchPlan, centre, crosses_gap, unit_rows
 
 DIM = 48
 K = 10
 BACKENDS = ["edge", "server"]
 
 
-def gap_vectors(n: int, seed: int = 0, shift: float = 0.0) -> dict[str, np.ndarray]:
-    """Images in a clustered cone, text queries in another cone, generic-caption texts."""
+def gap_vectors(n: int, seed: int = 0, shift: float = 0.0,
+                cone: float = 1.2) -> dict[str, np.ndarray]:
+    """Images in a clustered cone, text queries in another cone, generic-caption texts
+    (``cone=0``: images spread over the sphere, as the shipped demo model's are)."""
     rng = np.random.default_rng(seed)
     image_mean, text_mean, drift = unit_rows(rng.standard_normal((3, DIM)))
     centres = unit_rows(rng.standard_normal((max(n // 50, 4), DIM)))
@@ -35,7 +37,7 @@ def gap_vectors(n: int, seed: int = 0, shift: float = 0.0) -> dict[str, np.ndarr
                          + rng.standard_normal((count, DIM)) / np.sqrt(DIM))
 
     which = rng.integers(0, len(centres), n)
-    images = unit_rows(1.2 * image_mean + shift * drift + centres[which]
+    images = unit_rows(cone * image_mean + shift * drift + centres[which]
                        + 1.1 * rng.standard_normal((n, DIM)) / np.sqrt(DIM))
     return {"images": images, "queries": texts(12), "generic": texts(200)}
 
@@ -100,15 +102,29 @@ def test_the_policy_sends_text_queries_two_stage_and_image_queries_the_plain_way
         backend, tmp_path, data, monkeypatch):
     monkeypatch.setattr(schema_module, "EXACT_SEARCH_BELOW", 100)  # as if it were large
     images = data["images"]
-    plan = search_plan(len(images), K, modality="text", centred=True)
+    plan = search_plan(len(images), K, modality="text", across_gap=True)
     assert plan.candidates >= K and search_plan(len(images), K).candidates == 0
     with open_store(location(backend, tmp_path), info_for(data)) as store:
         fill(store, images)
-        query = data["queries"][0]
-        two = store.search(query, K, modality="text")
-        assert ids_of(two) == ids_of(store.search(query, K, modality="text", plan=plan))
+        assert crosses_gap(store.info)
+        for query in data["queries"]:
+            two = store.search(query, K, modality="text")
+            assert ids_of(two) == ids_of(store.search(query, K, modality="text", plan=plan))
         near = images[7] + 0.01 * data["queries"][1]  # an image query: plain kNN on `image`
         assert ids_of(store.search(near, K))[0] == 7
+
+
+def test_text_queries_take_the_plain_path_where_images_fill_the_sphere(tmp_path, monkeypatch):
+    monkeypatch.setattr(schema_module, "EXACT_SEARCH_BELOW", 100)
+    spread = gap_vectors(400, seed=3, cone=0.0)
+    with open_store(tmp_path / "edge", info_for(spread)) as store:
+        fill(store, spread["images"])
+        assert store.info.image_mean is not None
+        assert np.linalg.norm(store.info.image_mean) < schema_module.CONE_MIN_NORM
+        query = spread["queries"][0]
+        assert not crosses_gap(store.info)
+        plain = store.search(query, K, modality="text")  # HNSW on `image`, no prefetch
+        assert ids_of(plain) == list(np.argsort(-(spread["images"] @ query))[:K])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
