@@ -4,7 +4,9 @@
 
 Only ``models`` and ``train.scenes`` are used, so the script runs with whichever checkout
 can load the model. ``python -m bench.store_bench --real-vectors OUT.npz`` then measures
-HNSW recall for the model's text queries (``store_bench.real_text_queries``).
+HNSW recall for the model's text queries (``store_bench.real_text_queries``), and
+``python -m bench.ann_bench --real-vectors OUT.npz`` the two-stage search over ``centred``
+(the file also holds the model's mean text vector, ``text_mean``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 def export(model_dir: str, out: Path, n_images: int = 30_000, n_texts: int = 200) -> None:
     from twinrank.captions.scenes import all_scene_specs, captions_for, render_scene
     from twinrank.models import create_model
+    from twinrank.models.gap import mean_text_vector
 
     torch.set_num_threads(2)
     model = create_model(model_dir, device="cpu").eval()
@@ -35,7 +38,9 @@ def export(model_dir: str, out: Path, n_images: int = 30_000, n_texts: int = 200
             vectors.append(model.encode_image(pixels).image_vector.float().numpy())
         captions = [captions_for(specs[i], "en", rng)[0] for i in text_specs]
         texts = model.encode_text(model.tokenize(captions)).text_vector.float().numpy()
-    np.savez(out, images=np.concatenate(vectors), texts=texts, captions=np.array(captions))
+    text_mean = mean_text_vector(model)  # the model's side of the modality gap (models/gap.py)
+    np.savez(out, images=np.concatenate(vectors), texts=texts, captions=np.array(captions),
+             text_mean=text_mean)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,350 @@
+"""Text queries at scale: the two-stage search over ``centred`` against exact and plain HNSW.
+
+    python -m bench.ann_bench --points 100000 --out bench/results/ann_bench_100k.json
+    python -m bench.ann_bench --points 1000000 --workdir DIR --keep   # build once, keep it
+    python -m bench.ann_bench --points 1000000 --workdir DIR          # query what DIR holds
+    python -m bench.ann_bench --real-vectors OUT.npz --out bench/results/ann_bench_real.json
+
+Synthetic CLIP-like geometry with a modality gap (``bench.ann_corpus``): images in a narrow
+clustered cone, text queries in another, best text->image cosine ~0.25. The collection is
+built through ``EdgeStore`` (the store computes ``centred`` and the image mean itself);
+the shard is created with the product's own ``_edge_config`` plus, by default, scalar int8
+quantization on both indexed vectors, so quantized and full-precision search are measured
+on one build (``quantization=ignore`` is the product without quantization).
+
+Recall@20 is against numpy ground truth on the same vectors; every latency is a p50 over
+the queries, and the exact scan is measured in the same run (the machine is shared:
+compare with it, not across runs). Text and image queries, unfiltered and filtered
+(folder 3 and jpeg: ~7.5% of the points).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import ann_corpus as corpus
+from twinrank.store.edge import META_FILE, SHARD_DIR, EdgeStore, _edge_config, edge_filter
+from twinrank.store.filters import SearchFilter
+from twinrank.store.schema import (
+    CENTRED_VECTOR,
+    IMAGE_VECTOR,
+    CollectionInfo,
+    PointRecord,
+    SearchPlan,
+    centre,
+    search_plan,
+)
+
+K = 20
+FILTER = SearchFilter(folder="/photos/3", formats=("jpeg",))
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    points: int = 100_000
+    dim: int = 512
+    queries: int = 200
+    exact_queries: int = 50  # the exact scan is slow at 1M; its latency from fewer queries
+    quantization: str = "int8"  # on both indexed vectors: int8, binary (centred only), none
+    candidates: tuple[int, ...] = (100, 200, 400, 800)
+    efs: tuple[int, ...] = (128, 512)
+    seed: int = 0
+    workdir: Path | None = None
+    keep: bool = False
+    real_vectors: Path | None = None
+    out: Path = Path("bench/results/ann_bench.json")
+
+
+def shard_config(info: CollectionInfo, quantization: str) -> Any:
+    """The product's Edge config, with quantization added to the indexed vectors."""
+    from qdrant_edge import (
+        BinaryQuantizationConfig,
+        EdgeConfig,
+        EdgeVectorParams,
+        ScalarQuantizationConfig,
+        ScalarType,
+    )
+
+    config = _edge_config(info)
+    if quantization == "none":
+        return config
+    vectors = dict(config.vectors)
+    int8 = ScalarQuantizationConfig(ScalarType.Int8, quantile=0.99)
+    for name in (IMAGE_VECTOR, CENTRED_VECTOR):
+        if name not in vectors:
+            continue
+        chosen = int8 if quantization == "int8" or name == IMAGE_VECTOR else (
+            BinaryQuantizationConfig())
+        old = vectors[name]
+        vectors[name] = EdgeVectorParams(size=old.size, distance=old.distance,
+                                         datatype=old.datatype, quantization_config=chosen)
+    return EdgeConfig(vectors=vectors)
+
+
+@dataclass
+class Source:
+    """The vectors one run indexes and queries (synthetic, or a trained model's)."""
+
+    points: int
+    chunks: Any  # () -> iterator of (start, (chunk, D) float32 image vectors)
+    queries: dict[str, np.ndarray]  # "text" / "image" -> (Q, D)
+    text_mean: np.ndarray  # the model's mean text vector
+    truth: Any  # (queries, mask or None) -> (Q, K) indices of the exact top-k
+
+
+def synthetic_source(config: BenchConfig) -> Source:
+    geo = corpus.geometry(config.points, config.dim, config.seed)
+    return Source(
+        config.points, lambda: corpus.image_chunks(geo, config.points, config.seed),
+        {"text": corpus.text_queries(geo, config.queries, config.seed),
+         "image": corpus.image_queries(geo, config.queries, config.seed)},
+        corpus.generic_captions(geo).mean(0),
+        lambda q, mask: corpus.exact_top_k(geo, config.points, config.seed, q, K, mask)[0])
+
+
+def real_source(config: BenchConfig) -> Source:
+    """``bench/demo_text_vectors.py`` output: its images (the last ``queries`` held out as
+    image queries), its captions' text vectors, and the model's mean text vector."""
+    data = np.load(config.real_vectors)  # type: ignore[arg-type]
+    everything = corpus.unit(data["images"])
+    images, held_out = everything[:-config.queries], everything[-config.queries:]
+
+    def truth(queries: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        scores = queries @ images.T  # (Q, N)
+        if mask is not None:
+            scores[:, ~mask] = -np.inf
+        return np.argsort(-scores, axis=1)[:, :K]
+
+    return Source(len(images), lambda: iter([(0, images)]),
+                  {"text": corpus.unit(data["texts"]), "image": held_out},
+                  np.asarray(data["text_mean"], dtype=np.float32), truth)
+
+
+def build(config: BenchConfig, folder: Path, info: CollectionInfo,
+          source: Source) -> dict[str, Any]:
+    """Create the shard, write every point through ``EdgeStore.upsert``, build the index."""
+    from qdrant_edge import EdgeShard
+
+    folder.mkdir(parents=True, exist_ok=True)
+    EdgeShard.create(str(folder / SHARD_DIR), shard_config(info, config.quantization)).close()
+    (folder / META_FILE).write_text(json.dumps(asdict(info)))
+    store = EdgeStore.open(folder)
+    store._create_indexes()  # before the build, as ingest does
+    folders, jpeg = corpus.payload_columns(source.points, config.seed)
+    started = time.perf_counter()
+    for start, vectors in source.chunks():
+        for first in range(0, len(vectors), 1000):
+            store.upsert([PointRecord(str(uuid.UUID(int=start + i + 1)), vectors[i], None,
+                                      corpus.payload(start + i, int(folders[start + i]),
+                                                     bool(jpeg[start + i])))
+                          for i in range(first, min(first + 1000, len(vectors)))])
+        print(f"upserted {start + len(vectors)}", flush=True)
+    store.flush()
+    upsert_s = time.perf_counter() - started
+    started = time.perf_counter()
+    store.optimize()
+    optimize_s = time.perf_counter() - started
+    store.close()
+    return {"upsert_s": round(upsert_s, 1), "optimize_s": round(optimize_s, 1),
+            "payload_indexes": "created before the HNSW build (as ingest does)",
+            "quantization": config.quantization}
+
+
+def direct(store: EdgeStore, vector: np.ndarray, using: str, limit: int, ef: int,
+           search_filter: SearchFilter | None, quantization: Any) -> list[Any]:
+    """One plain HNSW query on ``using`` with explicit quantization parameters."""
+    from qdrant_edge import Query, QueryRequest, SearchParams
+
+    request = QueryRequest(limit=limit, query=Query.Nearest(vector.tolist(), using=using),
+                           filter=edge_filter(search_filter), with_payload=False,
+                           params=SearchParams(hnsw_ef=ef, quantization=quantization))
+    with store._lease.hold() as shard:
+        return list(shard.query(request))
+
+
+def two_stage_direct(store: EdgeStore, vector: np.ndarray, centred: np.ndarray, candidates: int,
+                     search_filter: SearchFilter | None, quantization: Any,
+                     using: str = CENTRED_VECTOR) -> list[Any]:
+    """The product's two-stage request, with explicit quantization on the prefetch.
+
+    With ``using="image"`` it is the alternative that needs no second vector: the text
+    query shifted into the image cone (``q - text_mean + image_mean``) on ``image``'s HNSW.
+    """
+    from qdrant_edge import Prefetch, Query, QueryRequest, SearchParams
+
+    condition = edge_filter(search_filter)
+    prefetch = Prefetch(limit=candidates, filter=condition,
+                        query=Query.Nearest(centred.tolist(), using=using),
+                        params=SearchParams(hnsw_ef=candidates, quantization=quantization))
+    request = QueryRequest(limit=K, query=Query.Nearest(vector.tolist(), using=IMAGE_VECTOR),
+                           prefetches=[prefetch], filter=condition, with_payload=False)
+    with store._lease.hold() as shard:
+        return list(shard.query(request))
+
+
+def measure(count: int, expected: np.ndarray, search: Any) -> dict[str, float]:
+    """Recall@20 and latency of ``search(i)`` over queries ``0..count-1``."""
+    found, times = [], []
+    for i in range(count):
+        started = time.perf_counter()
+        hits = search(i)
+        times.append((time.perf_counter() - started) * 1000)
+        found.append({uuid.UUID(str(h.id)).int - 1 for h in hits})
+    hit = [len(f & set(e.tolist())) / K for f, e in zip(found, expected, strict=False)]
+    return {"recall@20": round(float(np.mean(hit)), 4),
+            "p50_ms": round(float(np.percentile(times, 50)), 3),
+            "p95_ms": round(float(np.percentile(times, 95)), 3)}
+
+
+def query_all(config: BenchConfig, store: EdgeStore, sets: dict[str, np.ndarray],
+              truth: dict[str, np.ndarray], quantized: bool) -> dict[str, Any]:
+    """Every search variant, for text and image queries, unfiltered and filtered."""
+    from qdrant_edge import QuantizationSearchParams
+
+    n = store.count()
+    ignore = QuantizationSearchParams(ignore=True)
+    int8_rescore = QuantizationSearchParams(rescore=True, oversampling=4.0)
+    quantized_prefetch = QuantizationSearchParams(rescore=False)
+    means = {"text": store.info.text_mean, "image": store.info.image_mean}
+    variants: dict[str, Any] = {}
+    for modality in ("text", "image"):
+        for flt in (None, FILTER):
+            key = f"{modality}{'' if flt is None else '_filtered'}"
+            qs, expected = sets[modality], truth[key]
+            cq = centre(qs, np.asarray(means[modality], dtype=np.float32))
+            shifted = corpus.unit(qs - np.asarray(means[modality], dtype=np.float32)
+                                  + np.asarray(means["image"], dtype=np.float32))
+            count = len(qs)
+
+            def run(search: Any, queries: int = count, expected: np.ndarray = expected) -> Any:
+                return measure(queries, expected, search)
+
+            rows: dict[str, Any] = {
+                "exact": run(lambda i, qs=qs, f=flt: store.search(
+                    qs[i], K, f, plan=SearchPlan(exact=True, hnsw_ef=None)),
+                    queries=min(config.exact_queries, count)),
+                "policy": run(lambda i, qs=qs, f=flt, m=modality: store.search(
+                    qs[i], K, f, modality=m)),
+            }
+            rows["policy"]["plan"] = asdict(search_plan(n, K, modality, centred=True))
+            for ef in config.efs:
+                rows[f"image_hnsw_ef{ef}"] = run(lambda i, qs=qs, f=flt, e=ef: direct(
+                    store, qs[i], IMAGE_VECTOR, K, e, f, ignore))
+                if quantized:
+                    rows[f"image_hnsw_ef{ef}_int8_rescore_x4"] = run(
+                        lambda i, qs=qs, f=flt, e=ef: direct(
+                            store, qs[i], IMAGE_VECTOR, K, e, f, int8_rescore))
+            for c in config.candidates:
+                rows[f"two_stage_{c}"] = run(lambda i, qs=qs, cq=cq, f=flt, c=c: (
+                    two_stage_direct(store, qs[i], cq[i], c, f, ignore)))
+                if modality == "text":
+                    rows[f"shifted_query_on_image_{c}"] = run(
+                        lambda i, qs=qs, sq=shifted, f=flt, c=c: two_stage_direct(
+                            store, qs[i], sq[i], c, f, ignore, using=IMAGE_VECTOR))
+                if quantized:
+                    rows[f"two_stage_{c}_quantized_prefetch"] = run(
+                        lambda i, qs=qs, cq=cq, f=flt, c=c: two_stage_direct(
+                            store, qs[i], cq[i], c, f, quantized_prefetch))
+            variants[key] = rows
+            print(key, json.dumps({k: (v["recall@20"], v["p50_ms"]) for k, v in rows.items()}),
+                  flush=True)
+    return variants
+
+
+def ground_truth(config: BenchConfig, source: Source) -> dict[str, np.ndarray]:
+    folders, jpeg = corpus.payload_columns(source.points, config.seed)
+    mask = (folders == 3) & jpeg
+    truth = {}
+    for modality, queries in source.queries.items():
+        truth[modality] = source.truth(queries, None)
+        truth[f"{modality}_filtered"] = source.truth(queries, mask)
+    return truth
+
+
+def disk_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def main(config: BenchConfig) -> dict[str, Any]:
+    work = Path(config.workdir or tempfile.mkdtemp(prefix="ann_bench-"))
+    real = config.real_vectors is not None
+    source = real_source(config) if real else synthetic_source(config)
+    folder = work / (f"real-{source.points}" if real else f"synthetic-{source.points}")
+    report: dict[str, Any] = {
+        "command": "python -m bench.ann_bench " + " ".join(sys.argv[1:]),
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "machine": f"{os.cpu_count()} CPUs shared with other engineers' tests and training "
+                   f"(load average at start {os.getloadavg()[0]:.1f}): compare with the exact "
+                   f"scan of the same run",
+    }
+    dim = source.queries["text"].shape[1]
+    info = CollectionInfo("bench-real" if real else "bench-synthetic", dim, 16, 256,
+                          text_mean=tuple(source.text_mean.tolist()))
+    if not (folder / META_FILE).exists():
+        report["build"] = build(config, folder, info, source)
+        (folder / "build.json").write_text(json.dumps(report["build"]))
+    else:
+        report["build"] = json.loads((folder / "build.json").read_text())
+    report["build"]["disk_mb"] = round(disk_bytes(folder) / 1e6, 1)
+    started = time.perf_counter()
+    truth = ground_truth(config, source)
+    report["numpy_truth_s"] = round(time.perf_counter() - started, 1)
+    store = EdgeStore.open(folder)
+    report["points"] = store.count()
+    report["image_mean_points"] = store.info.image_mean_points
+    first = next(iter(source.chunks()))[1][:corpus.CHUNK]
+    texts = source.queries["text"]
+    report["geometry"] = {
+        "text_top1_cosine": round(float(np.mean((texts @ first.T).max(1))), 3),
+        "centred_text_top1_cosine": round(float(np.mean((
+            centre(texts, source.text_mean) @ centre(first, store.info.image_mean).T).max(1))), 3),
+        "note": f"top-1 over the first {len(first)} images only (a lower bound)",
+    }
+    report["results"] = query_all(config, store, source.queries, truth,
+                                  quantized=config.quantization != "none")
+    store.close()
+    config.out.parent.mkdir(parents=True, exist_ok=True)
+    config.out.write_text(json.dumps(report, indent=2))
+    if not config.keep and config.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def parse(argv: list[str] | None = None) -> BenchConfig:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=int, default=BenchConfig.points)
+    parser.add_argument("--dim", type=int, default=BenchConfig.dim)
+    parser.add_argument("--queries", type=int, default=BenchConfig.queries)
+    parser.add_argument("--exact-queries", type=int, default=BenchConfig.exact_queries)
+    parser.add_argument("--quantization", choices=["int8", "binary", "none"],
+                        default=BenchConfig.quantization)
+    parser.add_argument("--candidates", type=int, nargs="+", default=[100, 200, 400, 800])
+    parser.add_argument("--efs", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="Build here and keep it; a later run with the same --points "
+                             "queries what it holds.")
+    parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--real-vectors", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=BenchConfig.out)
+    args = parser.parse_args(argv)
+    return BenchConfig(points=args.points, dim=args.dim, queries=args.queries,
+                       exact_queries=args.exact_queries, quantization=args.quantization,
+                       candidates=tuple(args.candidates), efs=tuple(args.efs),
+                       workdir=args.workdir, keep=args.keep, real_vectors=args.real_vectors,
+                       out=args.out)
+
+
+if __name__ == "__main__":
+    main(parse())
