@@ -109,7 +109,7 @@ def encode_images(
     embedder = ImageEmbedder(model, precision)
     vectors: list[np.ndarray] = []
     tokens: list[np.ndarray] = []
-    size = model.config.image_size
+    size = model.image_size  # every model family has it (BLIP: no open_clip config)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for start in range(0, len(paths), batch_size):
             batch = list(pool.map(lambda p: _open_image(Path(p), size),
