@@ -4,6 +4,11 @@
 Ordering search hits by the scores is ``twinrank.search.ranking``'s job.
 """
 
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from twinrank.rerank.base import (
     Candidate,
     CrossEncoder,
@@ -16,9 +21,17 @@ from twinrank.rerank.base import (
     UntrainedRerankerError,
     open_rgb,
 )
-from twinrank.rerank.fused import FusedReranker
-from twinrank.rerank.itm import BlipItmReranker
-from twinrank.rerank.registry import available_rerankers, default_reranker, make_reranker
+
+if TYPE_CHECKING:
+    from twinrank.rerank.fused import FusedReranker
+    from twinrank.rerank.itm import BlipItmReranker
+    from twinrank.rerank.registry import available_rerankers, default_reranker, make_reranker
+
+# Imported on first use (PEP 562): the rerankers load torch, and ``rerank.base`` (the
+# protocol and candidates, which search.ranking orders by) must not make everyone pay it.
+_LAZY = {"FusedReranker": "fused", "BlipItmReranker": "itm",
+         "available_rerankers": "registry", "default_reranker": "registry",
+         "make_reranker": "registry"}
 
 __all__ = [
     "BlipItmReranker",
@@ -37,3 +50,9 @@ __all__ = [
     "make_reranker",
     "open_rgb",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f"twinrank.rerank.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'twinrank.rerank' has no attribute {name!r}")

@@ -27,14 +27,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
 
-from twinrank.models import TextEncoding
 from twinrank.models.images import ImageReadError as ImageReadError  # raised by open_rgb
 from twinrank.models.images import open_image
+
+if TYPE_CHECKING:  # a type only: importing it loads torch, which ranking hits never needs
+    from twinrank.models import TextEncoding
 
 
 class UntrainedRerankerError(ValueError):
