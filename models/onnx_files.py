@@ -30,3 +30,16 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def is_current(folder: Path, model_id: str) -> bool:
+    """Whether ``folder`` holds this twinrank's export of ``model_id`` (or the record that
+    the model has none), so nothing needs exporting.
+
+    Example:
+        >>> is_current(Path("store") / FAST_DIR, store.info.model_id)
+        True
+    """
+    manifest = read_manifest(folder)
+    return (manifest is not None and manifest.get("format_version") == FORMAT_VERSION
+            and manifest.get("model_id") == model_id)

@@ -1,0 +1,113 @@
+"""CLIP's byte-pair tokenizer without torch, for the fast query path.
+
+The same algorithm and vocabulary as open_clip's ``SimpleTokenizer`` (itself copied from
+OpenAI's CLIP, MIT License, Copyright (c) 2021 OpenAI) with its default lower-case
+cleaning; it returns numpy ids instead of a torch tensor, so a search that runs the text
+tower in ONNX Runtime never imports torch. ``tests/test_fast_path.py`` checks it gives
+open_clip's ids.
+
+Example:
+    >>> tokenizer = ClipBpe(Path("store/fast/bpe_simple_vocab_16e6.txt.gz"), 77)
+    >>> tokenizer(["a red circle"])[0, :5]
+    array([49406,   320,   736,  7117, 49407])
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import ftfy
+import numpy as np
+import regex
+
+MERGES = 49152 - 256 - 2  # merges CLIP's vocabulary uses (the file has more)
+SPECIAL = ("<start_of_text>", "<end_of_text>")
+
+
+@lru_cache
+def bytes_to_unicode() -> dict[int, str]:
+    """CLIP's reversible map from utf-8 bytes to printable characters."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+            *range(ord("®"), ord("ÿ") + 1)]
+    codes = kept[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in kept:
+            kept.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(kept, (chr(c) for c in codes), strict=True))
+
+
+def clean(text: str) -> str:
+    """open_clip's ``lower`` cleaning: fix mojibake, unescape HTML twice, squeeze spaces."""
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return " ".join(text.split()).strip().lower()
+
+
+class ClipBpe:
+    """Texts -> token ids (B, context_length) int64, padded with 0, like open_clip's."""
+
+    def __init__(self, vocab_file: Path, context_length: int) -> None:
+        lines = gzip.open(vocab_file).read().decode("utf-8").split("\n")[1:MERGES + 1]
+        merges = [tuple(line.split()) for line in lines]
+        vocab = list(bytes_to_unicode().values())
+        vocab += [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + list(SPECIAL)
+        self.encoder = {token: i for i, token in enumerate(vocab)}
+        self.ranks = {pair: i for i, pair in enumerate(merges)}
+        self.byte_encoder = bytes_to_unicode()
+        self.cache = {t: t for t in SPECIAL}
+        self.pattern = regex.compile(
+            "|".join(SPECIAL) + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+            regex.IGNORECASE)
+        self.sot, self.eot = self.encoder[SPECIAL[0]], self.encoder[SPECIAL[1]]
+        self.context_length = context_length
+
+    def bpe(self, token: str) -> str:
+        if token in self.cache:
+            return self.cache[token]
+        word = (*token[:-1], token[-1] + "</w>")
+        while len(word) > 1:
+            pairs = set(zip(word, word[1:], strict=False))
+            best = min(pairs, key=lambda pair: self.ranks.get(pair, float("inf")))
+            if best not in self.ranks:
+                break
+            word = _merge(word, best)
+        joined = " ".join(word)
+        self.cache[token] = joined
+        return joined
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for token in self.pattern.findall(clean(text)):
+            token = "".join(self.byte_encoder[b] for b in token.encode("utf-8"))
+            ids.extend(self.encoder[part] for part in self.bpe(token).split(" "))
+        return ids
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.context_length), dtype=np.int64)
+        for row, text in enumerate(texts):
+            ids = [self.sot, *self.encode(text), self.eot]
+            if len(ids) > self.context_length:
+                ids = ids[: self.context_length]
+                ids[-1] = self.eot
+            out[row, : len(ids)] = ids
+        return out
+
+
+def _merge(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+    first, second = pair
+    merged: list[str] = []
+    i = 0
+    while i < len(word):
+        if i < len(word) - 1 and word[i] == first and word[i + 1] == second:
+            merged.append(first + second)
+            i += 2
+        else:
+            merged.append(word[i])
+            i += 1
+    return tuple(merged)

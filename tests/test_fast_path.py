@@ -1,0 +1,151 @@
+"""The fast query path (ONNX Runtime, no torch) answers as the torch path does.
+
+Real parts throughout: a tiny random twinrank model ingested into real Qdrant Edge, its
+query side exported by ``models.export`` and run by ONNX Runtime; the torch path is the
+``SearchClient``. Same top-k in the same order, scores within ``TOLERANCE``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tests.conftest import make_image
+from twinrank.cli import app
+from twinrank.ingest.job import IngestJob, ingest_folder
+from twinrank.ingest.runner import IngestConfig
+from twinrank.models import DEMO_MODEL, create_model
+from twinrank.models.export import export_query_side, record_no_export
+from twinrank.models.onnx_files import BPE_VOCAB, FAST_DIR, read_manifest
+from twinrank.search import SearchClient
+from twinrank.search.bpe import ClipBpe
+from twinrank.search.fast import (
+    FastPathUnavailable,
+    FastQueryModel,
+    FastSearch,
+    fast_search,
+    run_fast_search,
+)
+from twinrank.store import open_store, read_info
+from twinrank.store.filters import SearchFilter
+
+TOLERANCE = 1e-4  # fp32 in both; measured differences are ~1e-6
+QUERIES = ["a red circle left of a blue square", "blue", "two small green triangles above "
+           "a large yellow star next to a purple cross"]
+
+
+@pytest.fixture(scope="module")
+def fast_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 24-image collection of the tiny model, ingested as the CLI does (export included)."""
+    root = tmp_path_factory.mktemp("fast")
+    for i in range(24):
+        make_image(root / "photos" / ("a" if i % 2 else "b") / f"{i}.png", seed=100 + i)
+    ingest_folder(IngestJob(IngestConfig(root / "photos", progress=False), root / "store"))
+    return root / "store"
+
+
+def test_tokenizer_gives_open_clips_ids() -> None:
+    from open_clip.tokenizer import SimpleTokenizer
+
+    texts = ["a red circle", "It's 2021: café &amp; Über naïve 東京!!?", "cafÃ© mojibake",
+             "  many   spaces\tand\nlines ", "", "word " * 100, "don't STOP_believing"]
+    theirs = SimpleTokenizer(context_length=77)(texts).numpy()
+    vocab = Path(__import__("open_clip").__file__).parent / BPE_VOCAB
+    assert np.array_equal(ClipBpe(vocab, 77)(texts), theirs)
+
+
+def test_ingest_writes_the_collections_export(fast_store: Path) -> None:
+    manifest = read_manifest(fast_store / FAST_DIR)
+    info = read_info(fast_store)
+    assert manifest is not None and info is not None
+    assert manifest["model_id"] == info.model_id
+    assert (fast_store / FAST_DIR / manifest["text_graph"]).is_file()
+
+
+@pytest.mark.parametrize("rerank", [True, False])
+def test_fast_search_equals_the_torch_search(fast_store: Path, rerank: bool) -> None:
+    only_a = SearchFilter(folder=str(next((fast_store.parent / "photos").glob("a"))))
+    with SearchClient(fast_store) as client:
+        fast = FastQueryModel.open(fast_store, client.store.info)
+        for query in QUERIES:
+            for filters in (None, only_a):
+                want = client.search(query, k=8, rerank=rerank, filters=filters)
+                got = fast_search(client.store, fast, FastSearch(
+                    query, k=8, rerank=rerank, rerank_top_k=20, filters=filters))
+                assert [h.id for h in got] == [h.id for h in want]
+                assert [h.bi_rank for h in got] == [h.bi_rank for h in want]
+                assert np.allclose([h.score for h in got], [h.score for h in want],
+                                   atol=TOLERANCE)
+                if rerank:
+                    assert all(h.rerank_rank is not None for h in got)
+                    assert np.allclose([h.rerank_score for h in got],
+                                       [h.rerank_score for h in want], atol=TOLERANCE)
+
+
+def test_demo_models_export_matches_its_towers(tmp_path: Path) -> None:
+    """The shipped demo model (pooled head, its own context length) exports exactly."""
+    model = create_model(DEMO_MODEL, device="cpu")
+    export_query_side(model, tmp_path / FAST_DIR)
+    fast = FastQueryModel(tmp_path / FAST_DIR, read_manifest(tmp_path / FAST_DIR) or {})
+    texts = ["a small red circle left of a large blue square", "green"]
+    vectors, tokens, mask = fast.encode(texts)
+    with torch.inference_mode():
+        want = model.encode_text(model.tokenize(texts))
+        length = int(mask[1].sum())
+        image_tokens = torch.randn(5, *model.token_shape)
+        logits = model.match_logit(want.text_tokens[1:, :length].expand(5, -1, -1),
+                                   want.text_mask[1:, :length].expand(5, -1), image_tokens)
+    assert np.array_equal(mask, want.text_mask.numpy())
+    assert np.allclose(vectors, want.text_vector.numpy(), atol=TOLERANCE)
+    assert np.allclose(tokens, want.text_tokens.numpy(), atol=TOLERANCE)
+    got = fast.match_logits(tokens[1:, :length], mask[1:, :length], image_tokens.numpy())
+    assert np.allclose(got, logits.numpy(), atol=TOLERANCE)
+
+
+def test_an_export_of_another_model_is_refused(fast_store: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "store"
+    shutil.copytree(fast_store, copy)
+    manifest_file = copy / FAST_DIR / "fast.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest_file.write_text(json.dumps(manifest | {"model_id": "ViT-B-32:random:0"}))
+    with pytest.raises(FastPathUnavailable, match="ViT-B-32:random:0"):
+        run_fast_search(copy, FastSearch("a red circle"))
+    result = CliRunner().invoke(app, ["search", "a red circle", "--store", str(copy), "-k", "3"])
+    assert result.exit_code == 0, result.output
+    assert "Fast search unavailable" in result.output  # one line, then the torch answer
+    assert len([line for line in result.output.splitlines() if ".png" in line]) == 3
+
+
+def test_a_model_without_a_fast_path_is_recorded_and_refused(fast_store: Path,
+                                                             tmp_path: Path) -> None:
+    copy = tmp_path / "store"
+    shutil.copytree(fast_store, copy)
+    model = create_model("twinrank-tiny", device="cpu")
+    record_no_export(model, copy / FAST_DIR, "BLIP models have no fast path yet")
+    with pytest.raises(FastPathUnavailable, match="BLIP models have no fast path"):
+        run_fast_search(copy, FastSearch("a red circle"))
+
+
+def test_cli_search_answers_without_importing_torch(fast_store: Path) -> None:
+    """The whole `twinrank search` process: same hits as the torch path, and no torch."""
+    script = ("import sys, json\n"
+              "from twinrank.cli import app\n"
+              f"app(['search', 'a red circle', '--store', {str(fast_store)!r}, '-k', '5', "
+              "'--json'], standalone_mode=False)\n"
+              "print('TORCH', 'torch' in sys.modules, 'onnxruntime' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=240, check=True)
+    assert "TORCH False True" in done.stdout, done.stdout + done.stderr
+    rows = json.loads(done.stdout[: done.stdout.rindex("]") + 1])
+    with open_store(fast_store) as store, SearchClient(store) as client:
+        want = client.search("a red circle", k=5)
+    assert [row["id"] for row in rows] == [h.id for h in want]
+    assert np.allclose([row["score"] for row in rows], [h.score for h in want], atol=TOLERANCE)
