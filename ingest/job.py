@@ -1,19 +1,33 @@
-"""One ingest as the CLI runs it: load the model, open (or create) the store, run, report."""
+"""One ingest as the CLI runs it: open (or create) the store, plan, load the model only if
+something must be embedded, run, report.
+
+A re-run over unchanged files touches neither torch nor the model: the plan (``plan_run``)
+finds nothing to read, and the model that would embed it is never built. A store is
+opened with its own recorded identity; the model, once loaded, is checked against it.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from twinrank.ingest.collection import collection_info
 from twinrank.ingest.report import IngestReport
+from twinrank.models.presets import DEFAULT_PRESET
+from twinrank.models.presets import resolve as resolve_preset
 from twinrank.ingest.runner import IngestConfig, run_ingest
 from twinrank.ingest.walk import FORMATS, has_images
-from twinrank.models import create_model
-from twinrank.models.encode import ImageEmbedder
-from twinrank.store import open_store, read_info
+from twinrank.store import CollectionInfo, VectorStore, check_info, open_store, read_info
+
+if TYPE_CHECKING:
+    from twinrank.models.encode import ImageEmbedder
+
+FAST_EXPORT_ENV = "TWINRANK_FAST_EXPORT"  # "0": don't write the fast query path (tests)
+
+log = logging.getLogger(__name__)
 
 
 class IngestInterrupted(KeyboardInterrupt):
@@ -30,7 +44,7 @@ class IngestJob:
 
     config: IngestConfig
     store: Path
-    model: str | None = None  # None: the model the store was built with, else twinrank-tiny
+    model: str | None = None  # None: the store's model, else the default preset
     pretrained: str | None = None
     device: str | None = None
     report_path: Path | None = None  # where to write the run's report as JSON
@@ -53,16 +67,28 @@ def ingest_folder(job: IngestJob) -> IngestReport:
     if read_info(job.store) is None and not has_images(root, job.config.walk_options()):
         raise ValueError(f"No image files under {root}, so no store was created. Check the "
                          f"folder (and --include/--exclude); formats: {FORMATS}.")
-    if job.torch_threads:
-        torch.set_num_threads(job.torch_threads)
     existing = read_info(job.store)
-    source = job.model or (existing.model_source if existing else "twinrank-tiny")
+    source = job.model or (existing.model_source if existing else DEFAULT_PRESET)
     pretrained = job.pretrained if job.model else (existing.model_pretrained if existing else None)
-    model = create_model(source, pretrained=pretrained, device=job.device)
-    store = open_store(job.store, collection_info(model, source, pretrained))
+    source, pretrained = resolve_preset(source, pretrained)  # a preset name -> its loader
+    loaded: list[Any] = []  # the model, once something needed it
+
+    def load_model() -> Any:
+        if not loaded:
+            loaded.append(_load_model(job, source, pretrained))
+        return loaded[0]
+
+    if existing is not None and _same_model(existing, source, pretrained):
+        store = open_store(job.store)  # its recorded identity; the model is checked on load
+    else:
+        from twinrank.ingest.collection import collection_info
+
+        store = open_store(job.store, collection_info(load_model(), source, pretrained,
+                                                      job.config.cache_tokens))
     report = IngestReport()
     try:
-        run_ingest(job.config, ImageEmbedder(model, job.config.precision), store, report)
+        run_ingest(job.config, _embedder_factory(job, store, load_model, source, pretrained),
+                   store, report)
     except KeyboardInterrupt as interrupt:
         report.interrupted = True
         report.notes.append("Interrupted. Run the same command again to finish; "
@@ -72,4 +98,70 @@ def ingest_folder(job: IngestJob) -> IngestReport:
         store.close()
         if job.report_path:
             job.report_path.write_text(report.to_json())
+    if _export_wanted(job.store, store.info.model_id):
+        _export_query_side(load_model, job.store, report)
     return report
+
+
+def _same_model(existing: CollectionInfo, source: str, pretrained: str | None) -> bool:
+    """Whether ``source`` names the model the collection records (so it need not load)."""
+    if Path(source).exists():
+        source = str(Path(source).resolve())
+    return source == existing.model_source and pretrained == existing.model_pretrained
+
+
+def _load_model(job: IngestJob, source: str, pretrained: str | None) -> Any:
+    from twinrank.models import create_model
+
+    if job.torch_threads:
+        import torch
+
+        torch.set_num_threads(job.torch_threads)
+    return create_model(source, pretrained=pretrained, device=job.device)
+
+
+def _embedder_factory(
+    job: IngestJob, store: VectorStore, load_model: Callable[[], Any], source: str,
+    pretrained: str | None,
+) -> Callable[[], ImageEmbedder]:
+    """What ``run_ingest`` calls once it knows something must be embedded."""
+
+    def make() -> ImageEmbedder:
+        from twinrank.ingest.collection import collection_info
+        from twinrank.models.encode import ImageEmbedder
+
+        model = load_model()
+        check_info(store.info, collection_info(model, source, pretrained), str(job.store))
+        return ImageEmbedder(model, job.config.precision)
+
+    return make
+
+
+def _export_wanted(store: Path, model_id: str) -> bool:
+    from twinrank.models.onnx_files import FAST_DIR, is_current
+
+    if os.environ.get(FAST_EXPORT_ENV, "1") == "0":
+        return False
+    return Path(store).is_dir() and not is_current(Path(store) / FAST_DIR, model_id)
+
+
+def _export_query_side(load_model: Callable[[], Any], store: Path, report: IngestReport) -> None:
+    """Write (or refresh) the collection's fast query path (``models.export``), so
+    ``twinrank search`` runs without torch. A model without one is recorded as such, so a
+    later run does not load it again to find out; a failure is a note, never fatal (the
+    ingest itself is done)."""
+    from twinrank.models.export import ExportError, export_query_side, record_no_export
+    from twinrank.models.onnx_files import FAST_DIR
+
+    folder = Path(store) / FAST_DIR
+    try:
+        model = load_model()
+        export_query_side(model, folder)
+    except ExportError as error:
+        record_no_export(model, folder, str(error))
+        report.notes.append(f"No fast search path for this model ({error}); searches load "
+                            f"torch.")
+    except Exception as error:  # noqa: BLE001  (reported; the ingest itself succeeded)
+        log.warning("Could not write the fast search path: %s", error)
+        report.notes.append(f"Could not write the fast search path ({type(error).__name__}: "
+                            f"{error}); searches load torch.")

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -36,7 +37,6 @@ from twinrank.ingest.write import (
     make_record,
     remove_paths,
 )
-from twinrank.models.encode import ImageEmbedder
 from twinrank.models.images import (
     MAX_FILE_BYTES,
     MAX_PIXELS,
@@ -45,6 +45,9 @@ from twinrank.models.images import (
     read_hashed,
 )
 from twinrank.store import PointRecord, VectorStore, point_id_for
+
+if TYPE_CHECKING:
+    from twinrank.models.encode import ImageEmbedder
 
 __all__ = ["IngestConfig", "IngestReport", "run_ingest"]
 
@@ -86,12 +89,14 @@ class Loaded:
 
 def run_ingest(
     config: IngestConfig,
-    embedder: ImageEmbedder,
+    embedder: ImageEmbedder | Callable[[], ImageEmbedder],
     store: VectorStore,
     report: IngestReport | None = None,
 ) -> IngestReport:
     """Bring ``store`` up to date with the images under ``config.root``.
 
+    ``embedder`` may be a function that makes one: it is called only when the plan finds
+    files to read, so a re-run over unchanged files loads no model (and no torch).
     Pass ``report`` to keep the counts of a run that ends early (Ctrl+C, an error).
 
     Example:
@@ -100,28 +105,33 @@ def run_ingest(
     """
     started = time.perf_counter()
     report = report if report is not None else IngestReport()
-    report.precision = str(embedder.dtype).removeprefix("torch.")
     root = Path(os.path.abspath(config.root.expanduser()))
     index = StoreIndex.load(store)
     plan = plan_run(root, config.walk_options(), index, report)
     if not plan.seen:
         report.notes.append(f"No image files found under {root}.")
     report.add_time("walk", time.perf_counter() - started)
-    load = _loader(embedder, index, config.max_pixels, config.max_file_bytes)
-    writer = _Writer(config, embedder, store, index, report, load)
     bar = tqdm(total=len(plan.candidates), unit="img", desc="ingest", disable=not config.progress,
                smoothing=0.1)
     read_ahead = config.read_ahead or 2 * config.batch_size
     try:
-        with ReadAheadPool(load, config.workers, config.decode_timeout,
-                           nice=config.decode_nice) as pool:
-            waited = time.perf_counter()
-            for candidate, result in pool.map(plan.candidates, read_ahead):
-                report.add_time("wait", time.perf_counter() - waited)
-                writer.handle(candidate, result)
-                bar.update(1)
+        if plan.candidates:
+            if callable(embedder):
+                began = time.perf_counter()
+                embedder = embedder()  # the model loads now, when something needs it
+                report.add_time("model", time.perf_counter() - began)
+            report.precision = str(embedder.dtype).removeprefix("torch.")
+            load = _loader(embedder, index, config.max_pixels, config.max_file_bytes)
+            writer = _Writer(config, embedder, store, index, report, load)
+            with ReadAheadPool(load, config.workers, config.decode_timeout,
+                               nice=config.decode_nice) as pool:
                 waited = time.perf_counter()
-            writer.write_batch()
+                for candidate, result in pool.map(plan.candidates, read_ahead):
+                    report.add_time("wait", time.perf_counter() - waited)
+                    writer.handle(candidate, result)
+                    bar.update(1)
+                    waited = time.perf_counter()
+                writer.write_batch()
         if config.prune:
             prune_gone(root, plan, index, store, report)
     finally:
