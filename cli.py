@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -53,16 +54,29 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+# Errors a user can cause, by the module that defines them. A class whose module this run
+# never imported cannot have been raised, and importing it just to catch it would load
+# torch (the model errors) into commands that never need it: a no-op ingest, a fast search.
+USER_ERRORS = (("twinrank.models.factory", "ModelLoadError"),
+               ("twinrank.store.schema", "StoreError"),
+               ("twinrank.search.client", "QueryError"))
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """The user-error classes of the modules loaded so far, plus the built-in ones."""
+    loaded = [getattr(sys.modules[module], name, None) for module, name in USER_ERRORS
+              if module in sys.modules]
+    return (*(kind for kind in loaded if isinstance(kind, type)), FileNotFoundError, ValueError)
+
+
 @contextlib.contextmanager
 def friendly_errors() -> Iterator[None]:
     """Errors a user can cause become one red line and exit code 1, never a traceback."""
-    from twinrank.models import ModelLoadError
-    from twinrank.search import StoreError
-    from twinrank.search.client import QueryError
-
     try:
         yield
-    except (ModelLoadError, StoreError, QueryError, FileNotFoundError, ValueError) as error:
+    except Exception as error:
+        if not isinstance(error, user_error_types()):
+            raise
         typer.secho(f"Error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
 
@@ -157,9 +171,7 @@ def ingest(
     """
     from twinrank.ingest.engines import ingest_with_engine
     from twinrank.ingest.job import IngestInterrupted, IngestJob
-    from twinrank.ingest.ray_engine import RayOptions, ServerTarget
     from twinrank.ingest.runner import IngestConfig
-    from twinrank.store import ClusterLayout
 
     config = IngestConfig(
         root=folder.expanduser(), batch_size=batch_size, workers=workers,
@@ -171,10 +183,16 @@ def ingest(
         max_file_bytes=int(max_file_mb * 1024 * 1024))
     job = IngestJob(config, store.expanduser(), model, pretrained, device,
                     report_path=report, torch_threads=threads)
-    ray_options = RayOptions(address=ray_address, actors=actors, gpus_per_actor=gpus_per_actor,
-                             model_threads=threads, source_list=source_list)
-    server = ServerTarget(url, collection, ClusterLayout(shards, replicas, write_consistency)
-                          ) if url else None
+    ray_options, server = None, None
+    if engine != "local" or url or source_list:  # the Ray engine's module loads torch
+        from twinrank.ingest.ray_engine import RayOptions, ServerTarget
+        from twinrank.store import ClusterLayout
+
+        ray_options = RayOptions(address=ray_address, actors=actors,
+                                 gpus_per_actor=gpus_per_actor, model_threads=threads,
+                                 source_list=source_list)
+        server = ServerTarget(url, collection, ClusterLayout(shards, replicas,
+                                                             write_consistency)) if url else None
     try:
         with friendly_errors():
             result = ingest_with_engine(job, engine, ray_options, server)
@@ -215,19 +233,41 @@ def search(
         help="Collection name on the Qdrant server (with --url).")] = None,
     threads: ThreadsOption = None,
 ) -> None:
-    """Search the store by text and print the best matches."""
+    """Search the store by text and print the best matches.
+
+    A collection folder answers from its fast query path (ONNX Runtime, no torch) when
+    ingest wrote one for its model; otherwise, or for a server, a GPU or a reranker that
+    only torch runs, this loads the model (one line says why).
+    """
     from twinrank.models.images import printable
-    from twinrank.search import SearchClient
     from twinrank.store.filters import filter_from_text
 
-    set_threads(threads)
-    location = url or store.expanduser()
     with friendly_errors():
         filters = filter_from_text(folder, after, before, file_type or (), min_size, max_size)
-        with SearchClient(location, device=device, reranker=reranker,
-                          rerank_top_k=rerank_top_k, bi_weight=bi_weight,
-                          collection=collection) as client:
-            hits = client.search(query, k=k, rerank=rerank, filters=filters)
+        hits, note = None, None
+        if url is None and device in (None, "cpu"):
+            from twinrank.search import fast
+
+            request = fast.FastSearch(query, k, rerank, rerank_top_k, bi_weight, filters,
+                                      None if reranker == "auto" else reranker)
+            try:
+                hits, note = fast.run_fast_search(store.expanduser(), request, threads)
+            except fast.NeedsTorch:  # e.g. --reranker blip-itm: expected, nothing to say
+                pass
+            except fast.FastPathUnavailable as why:
+                typer.secho(f"Fast search unavailable: {why}; loading the model with torch.",
+                            fg=typer.colors.YELLOW, err=True)
+        if hits is None:
+            from twinrank.search import SearchClient
+
+            set_threads(threads)
+            with SearchClient(url or store.expanduser(), device=device, reranker=reranker,
+                              rerank_top_k=rerank_top_k, bi_weight=bi_weight,
+                              collection=collection) as client:
+                hits = client.search(query, k=k, rerank=rerank, filters=filters)
+                note = client.reranker_note if rerank else None
+    if note:
+        typer.echo(note, err=True)
     if as_json:
         rows = [{"rank": i, "path": h.path, "score": h.score, "bi_score": h.bi_score,
                  "bi_rank": h.bi_rank, "rerank_score": h.rerank_score,

@@ -146,11 +146,11 @@ def test_cli_search_filters_and_json(tiny_model, image_folder, tmp_path):
     base = ["search", "blocks", "--store", str(tmp_path / "store"), "--no-rerank", "--json"]
     beach = runner.invoke(app, [*base, "--folder", str(image_folder / "2022" / "beach")])
     assert beach.exit_code == 0, beach.output
-    assert {Path(r["path"]).parent.name for r in json.loads(beach.output)} == {"beach"}
-    assert len(json.loads(beach.output)) == 4
+    assert {Path(r["path"]).parent.name for r in json.loads(beach.stdout)} == {"beach"}
+    assert len(json.loads(beach.stdout)) == 4
     pngs = runner.invoke(app, [*base, "--type", "png", "--min-size", "10", "--after",
                                "2000-01-01", "--before", "2100-01-01"])
-    assert [Path(r["path"]).suffix for r in json.loads(pngs.output)] == [".png"] * 6
+    assert [Path(r["path"]).suffix for r in json.loads(pngs.stdout)] == [".png"] * 6
     none = runner.invoke(app, [*base[:-1], "--max-size", "1"])
     assert none.exit_code == 0 and "No images match" in none.output
     bad = runner.invoke(app, [*base, "--after", "last tuesday"])
