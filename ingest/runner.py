@@ -40,8 +40,10 @@ from twinrank.ingest.write import (
 from twinrank.models.images import (
     MAX_FILE_BYTES,
     MAX_PIXELS,
+    DecodeError,
     ImageReadError,
     decode_image,
+    printable,
     read_hashed,
 )
 from twinrank.store import PointRecord, VectorStore, point_id_for
@@ -149,6 +151,7 @@ def _loader(
     target = embedder.target_size
 
     def load(candidate: Candidate) -> Loaded:
+        _check_name(candidate.path)
         data, digest = read_hashed(candidate.path, max_file_bytes)
         facts = FileFacts(candidate.path, len(data), candidate.mtime_ns, digest)
         if point_id_for(digest) in index.point_ids:
@@ -281,6 +284,18 @@ class _Writer:
             self.index.point_ids.discard(point_id)
         else:
             self.store.set_payload(point_id, remaining)
+
+
+def _check_name(path: Path) -> None:
+    """``DecodeError`` for a path that is not valid UTF-8 (bytes Python keeps as surrogates):
+    the store keeps paths as text, and one such name would fail the whole batch's write."""
+    try:
+        path.as_posix().encode("utf-8")
+    except UnicodeEncodeError:
+        reason = ("its name is not valid UTF-8, and the store keeps names as text; rename it "
+                  "(e.g. convmv -f latin1 -t utf8)")
+        raise DecodeError(f"Cannot index {printable(path.as_posix())}: {reason}.",
+                          reason) from None
 
 
 def _under(path: str, root: str) -> bool:

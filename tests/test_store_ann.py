@@ -206,3 +206,12 @@ def test_a_models_mean_text_vector_is_the_mean_of_its_generic_caption_vectors(ti
     vectors = tiny_model.encode_text(tiny_model.tokenize(list(GENERIC_CAPTIONS))).text_vector
     np.testing.assert_allclose(mean, vectors.detach().float().numpy().mean(0), atol=1e-5)
     assert 0 < np.linalg.norm(mean) < 1  # a mean of unit vectors that do not all agree
+
+
+def test_a_collection_an_ingest_creates_records_the_models_mean_text_vector(tiny_model):
+    from twinrank.ingest.collection import collection_info
+    from twinrank.models.gap import mean_text_vector
+
+    info = collection_info(tiny_model, "twinrank-tiny")
+    assert info.centred and info.image_mean is None  # the store computes that one
+    np.testing.assert_allclose(info.text_mean, mean_text_vector(tiny_model), atol=1e-6)
