@@ -58,8 +58,10 @@ def ingest_folder(job: IngestJob) -> IngestReport:
     report is written even when the run is interrupted, so what was done is on record.
 
     Example:
-        >>> job = IngestJob(IngestConfig(Path("photos")), store=Path("photos.twinrank"))
+        >>> job = IngestJob(IngestConfig(Path("photos"), progress=False),
+        ...                 store=Path("photos.twinrank"), model="twinrank-tiny")
         >>> print(ingest_folder(job).summary())
+        added 6, updated 0, unchanged 0, moved 0, duplicates 0, pruned 0, failed 0 in ...
     """
     root = job.config.root
     if not root.is_dir() and not root.is_file():

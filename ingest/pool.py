@@ -46,9 +46,13 @@ class ReadAheadPool(Generic[T, R]):
     """Runs ``fn`` over items on ``workers`` daemon threads; ``map`` yields in order.
 
     Example:
-        >>> with ReadAheadPool(decode, workers=2, timeout=60) as pool:
+        >>> from twinrank.models.images import open_image
+        >>> paths = [Path("photos/2021/a0.png"), Path("missing.png")]
+        >>> with ReadAheadPool(open_image, workers=2, timeout=60) as pool:
         ...     for path, result in pool.map(paths, read_ahead=64):
-        ...         ...  # result is fn(path), or the exception it raised / TimeoutError
+        ...         print(path, type(result).__name__)  # fn(path), or what it raised
+        photos/2021/a0.png Image
+        missing.png ImageReadError
     """
 
     def __init__(

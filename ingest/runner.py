@@ -102,8 +102,14 @@ def run_ingest(
     Pass ``report`` to keep the counts of a run that ends early (Ctrl+C, an error).
 
     Example:
-        >>> report = run_ingest(IngestConfig(Path("photos")), ImageEmbedder(model), store)
+        >>> from twinrank.models.encode import ImageEmbedder
+        >>> from twinrank.store import open_store
+        >>> store = open_store("new.twinrank", info)  # info: what the model's vectors are
+        >>> report = run_ingest(IngestConfig(Path("photos"), progress=False),
+        ...                     ImageEmbedder(model), store)
         >>> print(report.summary())
+        added 6, updated 0, unchanged 0, moved 0, duplicates 0, pruned 0, failed 0 in ...
+        >>> store.close()
     """
     started = time.perf_counter()
     report = report if report is not None else IngestReport()

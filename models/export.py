@@ -8,6 +8,7 @@ tokens. ``export_query_side`` writes both as ONNX graphs into a folder (a collec
 A CLI search then costs about a second instead of torch's import and model load.
 
 Example:
+    >>> from twinrank.models import create_model
     >>> export_query_side(create_model("twinrank-tiny"), Path("store/fast"))
     PosixPath('store/fast')
 """

@@ -116,9 +116,9 @@ def decode_image(
     Raises ``DecodeError`` (an ``ImageReadError``) with the reason.
 
     Example:
-        >>> decoded = decode_image(Path("photo.jpg"), target_size=224)  # doctest: +SKIP
-        >>> decoded.image.mode, decoded.format
-        ('RGB', 'jpeg')
+        >>> decoded = decode_image(Path("photos/2022/b3.jpg"), target_size=224)
+        >>> decoded.image.mode, decoded.format, (decoded.width, decoded.height)
+        ('RGB', 'jpeg', (48, 40))
     """
     return _decode(source, max_pixels, target_size, max_bytes, DecodeError)
 
