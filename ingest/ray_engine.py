@@ -99,7 +99,8 @@ def run_ray_ingest(
     sees every batch the driver receives (after the actors, before the writer).
 
     Example:
-        >>> spec = ModelSpec("twinrank-tiny", None, model.model_id)
+        >>> shape = (store.info.token_count, store.info.token_width)
+        >>> spec = ModelSpec("twinrank-tiny", None, model.model_id, store.info.vector_size, shape)
         >>> report = run_ray_ingest(IngestConfig(Path("photos")), spec, ImageEmbedder(model),
         ...                         store, RayOptions(actors=2))  # doctest: +SKIP
     """
