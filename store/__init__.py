@@ -81,7 +81,8 @@ def open_store(
     - ``":memory:"`` or ``"path:DIR"``: qdrant-client's local mode, a stand-in for tests.
 
     ``collection`` names the server collection (default ``"twinrank"``); a folder is one
-    collection; ``layout`` spreads a new server collection (shards, replicas). Opening with another model's ``info`` raises ``CollectionMismatchError``.
+    collection; ``layout`` spreads a new server collection (shards, replicas). Opening with
+    another model's ``info`` raises ``CollectionMismatchError``.
 
     Example:
         >>> store = open_store("~/.twinrank/store")
