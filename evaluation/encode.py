@@ -124,7 +124,10 @@ def encode_images(
 def encode_texts(
     model: TwinModel, texts: Sequence[str], batch_size: int = 256, precision: str = "auto"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Caption vectors (M, D), token states (M, L, width) and masks (M, L), zero-padded."""
+    """Caption vectors (M, D), text tokens (M, L, ...) and masks (M, L), zero-padded.
+
+    The tokens are what the model's ``match_logit`` reads: token states (M, L, width) for
+    an open_clip fusion head, token ids (M, L) for BLIP (its ITM re-reads the text)."""
     dtype = inference_dtype(model.device, precision)
     vectors: list[np.ndarray] = []
     token_batches: list[np.ndarray] = []
@@ -133,11 +136,13 @@ def encode_texts(
         with autocast(model.device, dtype):
             encoded = model.encode_text(model.tokenize(list(texts[start : start + batch_size])))
         vectors.append(encoded.text_vector.float().cpu().numpy())
-        token_batches.append(encoded.text_tokens.float().cpu().numpy())
+        tokens = encoded.text_tokens
+        token_batches.append((tokens.float() if tokens.is_floating_point() else tokens)
+                             .cpu().numpy())
         mask_batches.append(encoded.text_mask.cpu().numpy())
     length = max(batch.shape[1] for batch in token_batches)
-    width = token_batches[0].shape[2]
-    tokens = np.zeros((len(texts), length, width), dtype=np.float32)
+    first = token_batches[0]
+    tokens = np.zeros((len(texts), length, *first.shape[2:]), dtype=first.dtype)
     mask = np.zeros((len(texts), length), dtype=bool)
     row = 0
     for batch_tokens, batch_mask in zip(token_batches, mask_batches, strict=True):

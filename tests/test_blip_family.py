@@ -14,6 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_image
@@ -231,3 +232,26 @@ def test_no_cache_tokens_stores_none_and_rerank_reads_the_images(blip_folder, bl
     for hit in hits:
         match = reference_scores(blip, query, open_rgb(hit.path))[1]
         assert hit.rerank_score == pytest.approx(match, abs=CACHED)
+
+
+def test_evaluate_scores_blip_as_transformers_does(blip_folder, blip, photos, tmp_path):
+    """``twinrank evaluate --model blip:...``: the bi-encoder's recall comes from BLIP's ITC
+    cosines and COOP over every image from its ITM scores, as transformers computes them."""
+    captions = ["a red dog", "a blue cat on the beach", "two green squares", "a big man",
+                "a small photo of a woman", "circle left of a triangle"]
+    data = tmp_path / "captions.jsonl"
+    data.write_text("".join(json.dumps({"image": str(p), "caption": c}) + "\n"
+                            for p, c in zip(photos, captions, strict=True)))
+    result = CliRunner().invoke(app, [
+        "evaluate", "--model", f"blip:{blip_folder}", "--data", str(data), "--modes",
+        "bi,coop", "--k-sweep", str(len(photos)), "--latency-queries", "0", "--device", "cpu",
+        "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    (table,) = [d["tables"]["all"] for d in report["datasets"].values()]
+    pairs = np.array([[reference_scores(blip, c, open_rgb(p)) for p in photos]
+                      for c in captions])  # (caption, image, [itc, itm])
+    own = np.arange(len(captions))
+    for mode, scores in (("bi", pairs[..., 0]), (f"coop@{len(photos)}", pairs[..., 1])):
+        expected = 100.0 * float(np.mean(scores.argmax(axis=1) == own))
+        assert table[mode]["t2i_recall@1"] == pytest.approx(expected)
