@@ -5,6 +5,7 @@
     twinrank search "a dog on a beach"   # bi-encoder top-k, reranked
     twinrank rerank "a dog" a.jpg b.jpg  # order image files with a cross-encoder
     twinrank ui                          # the app: before / after reranking
+    twinrank models                      # the presets, and `models pull NAME` to fetch one
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ DeviceOption = Annotated[
     str | None, typer.Option(help="cpu, cuda or cuda:N; default: CUDA when available.")
 ]
 RerankerOption = Annotated[str, typer.Option(
-    help="fused (cached tokens, default), blip-itm[:HF-ID-OR-FOLDER], or none.")]
+    help="auto (the collection's trained reranker, else none, said in one line), fused "
+         "(the model's own over cached tokens), blip-itm[:HF-ID-OR-FOLDER], or none.")]
 BiWeightOption = Annotated[float, typer.Option(
     min=0.0, max=1.0, help="Blend in the bi-encoder score: 0 = reranker only, 1 = bi only.")]
 ThreadsOption = Annotated[int | None, typer.Option(
@@ -66,7 +68,8 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     """The user-error classes of the modules loaded so far, plus the built-in ones."""
     loaded = [getattr(sys.modules[module], name, None) for module, name in USER_ERRORS
               if module in sys.modules]
-    return (*(kind for kind in loaded if isinstance(kind, type)), FileNotFoundError, ValueError)
+    return (*(kind for kind in loaded if isinstance(kind, type)), FileNotFoundError, ValueError,
+            ConnectionError)
 
 
 @contextlib.contextmanager
@@ -88,8 +91,9 @@ def ingest(
                                                 "when their Pillow plugin is installed).")],
     store: StoreOption = DEFAULT_HOME / "store",
     model: Annotated[str | None, typer.Option(
-        help="Model: an open_clip name (ViT-B-32), a model folder, or twinrank-tiny. "
-             "Default: the store's model, or twinrank-tiny for a new store.")] = None,
+        help="A preset (twinrank models: blip-base, clip-b32, demo, ...), an open_clip name "
+             "with --pretrained, blip:HF-ID-OR-FOLDER, or a model folder. Default: the "
+             "store's model, or blip-base for a new store.")] = None,
     pretrained: Annotated[str | None, typer.Option(
         help="open_clip pretrained tag or a local checkpoint file, with --model.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model forward.")] = 32,
@@ -210,7 +214,7 @@ def search(
     rerank: Annotated[bool, typer.Option(help="Reorder the top candidates with the "
                                               "cross-encoder.")] = True,
     rerank_top_k: Annotated[int, typer.Option(min=1, help="Candidates the reranker sees.")] = 20,
-    reranker: RerankerOption = "fused",
+    reranker: RerankerOption = "auto",
     bi_weight: BiWeightOption = 0.0,
     device: DeviceOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print hits as JSON.")] = False,
@@ -297,7 +301,7 @@ def rerank_command(
     threads: ThreadsOption = None,
 ) -> None:
     """Score IMAGE files against QUERY with a cross-encoder and print them best first."""
-    from twinrank.rerank.files import RerankFilesRequest, rerank_files
+    from twinrank.search.files import RerankFilesRequest, rerank_files
 
     set_threads(threads)
     request = RerankFilesRequest(query, images, reranker, model, pretrained, store, device)
@@ -310,6 +314,39 @@ def rerank_command(
     for hit in hits:
         typer.echo(f"{hit.rerank_rank:>3}  {hit.rerank_score:8.3f}  {hit.path}  "
                    f"(given #{hit.bi_rank})")
+
+
+models_app = typer.Typer(
+    help="Model presets: what to pick for --model, and fetching their weights.",
+    invoke_without_command=True, no_args_is_help=False)
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback()
+def models_command(ctx: typer.Context) -> None:
+    """List the presets: what each is, its bi-encoder and reranker, sizes, licence, and the
+    published quality figure with its source."""
+    from twinrank.models.presets import presets_table
+
+    if ctx.invoked_subcommand is None:
+        typer.echo(presets_table())
+
+
+@models_app.command("pull")
+def models_pull(
+    name: Annotated[str, typer.Argument(help="A preset (blip-base, clip-b32, ...) or "
+                                             "blip:HF-ID.")],
+) -> None:
+    """Download a preset's weights into the Hugging Face cache (HF_HOME), nothing else.
+
+    Run it on a connected machine; copy the cache to an offline one.
+    """
+    from twinrank.models.presets import pull
+
+    with friendly_errors():
+        fetched = pull(name)
+    typer.echo(f"In the cache: {', '.join(fetched)}." if fetched
+               else f"{name} needs no download.")
 
 
 @app.command()
@@ -474,8 +511,7 @@ def demo(
                                                         "the app.")] = False,
     threads: ThreadsOption = None,
 ) -> None:
-    """Offline demo: busy generated scenes, indexed with the shipped demo model, example
-    queries measured on them (the reranker fixes the bi-encoder), then the app."""
+    """Offline demo: busy scenes, the shipped model, example queries it fixes, the app."""
     from twinrank.captions.data import load_dataset
     from twinrank.captions.scenes import ScenesConfig, make_scenes
     from twinrank.ingest.job import IngestJob, ingest_folder
@@ -548,6 +584,10 @@ def evaluate(
                                                              "(0: no latency).")] = 30,
     search_backend: Annotated[str, typer.Option(
         help="First stage for latency: numpy (exact) or qdrant-edge.")] = "numpy",
+    reranker: Annotated[str, typer.Option(
+        help="The cross-encoder of cross-all and COOP: any registered reranker, as search "
+             "uses it: fused (the model's own, over cached tokens) or "
+             "blip-itm[:HF-ID-OR-FOLDER].")] = "fused",
     out: Annotated[Path | None, typer.Option(help="Folder for evaluation.json and "
                                                   "the sweep plots.")] = None,
     device: DeviceOption = None,
@@ -568,7 +608,7 @@ def evaluate(
             ce_all_limit=ce_all_limit, allow_ce_all=allow_ce_all, query_sample=query_sample,
             ce_queries=ce_queries, ce_image_queries=ce_image_queries,
             batch_size=batch_size, latency_queries=latency_queries,
-            search_backend=search_backend, seed=seed, positives=positives)
+            search_backend=search_backend, seed=seed, positives=positives, reranker=reranker)
         job = EvaluateJob(model=model, datasets=tuple(data), harness=harness,
                           protocol=split_protocol, pretrained=pretrained, device=device,
                           out_dir=out.expanduser() if out else None)

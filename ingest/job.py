@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from twinrank.ingest.report import IngestReport
-from twinrank.models.presets import DEFAULT_PRESET
-from twinrank.models.presets import resolve as resolve_preset
 from twinrank.ingest.runner import IngestConfig, run_ingest
 from twinrank.ingest.walk import FORMATS, has_images
+from twinrank.models.presets import DEFAULT_PRESET, is_preset, missing_weights
+from twinrank.models.presets import resolve as resolve_preset
 from twinrank.store import CollectionInfo, VectorStore, check_info, open_store, read_info
 
 if TYPE_CHECKING:
@@ -72,6 +72,10 @@ def ingest_folder(job: IngestJob) -> IngestReport:
     existing = read_info(job.store)
     source = job.model or (existing.model_source if existing else DEFAULT_PRESET)
     pretrained = job.pretrained if job.model else (existing.model_pretrained if existing else None)
+    if existing is None and is_preset(source) and pretrained is None:
+        missing = missing_weights(source)  # offline: one sentence now, not after imports
+        if missing:
+            raise ConnectionError(missing)
     source, pretrained = resolve_preset(source, pretrained)  # a preset name -> its loader
     loaded: list[Any] = []  # the model, once something needed it
 

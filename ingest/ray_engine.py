@@ -28,6 +28,7 @@ Ray is imported only here; the in-process ingest never imports this module.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -54,6 +55,8 @@ from twinrank.ingest.sources import is_source_list, plan_list, read_source_list
 from twinrank.ingest.write import FileFacts, ImageFacts
 from twinrank.models.encode import ImageEmbedder
 from twinrank.models.images import DecodeError
+from twinrank.models.presets import DEFAULT_PRESET
+from twinrank.models.presets import resolve as resolve_preset
 from twinrank.store import (
     ClusterLayout,
     CollectionInfo,
@@ -80,6 +83,16 @@ class RayOptions:
 
 
 BatchHook = Callable[[dict[str, np.ndarray]], None]
+# Memory a read task reserves (its decode threads each hold one image at full size). Also
+# what keeps Ray Data from fusing the read tasks into the actors, which it does when two
+# stages ask for the same resources: decoding would then run on the model's CPUs (or
+# next to its GPU) serially with the forward pass instead of on every CPU of the cluster.
+READ_TASK_MEMORY = 256 * 1024 * 1024
+# Seconds the workers report per row -> the report's stage names (summed over workers:
+# wall-clock and CPU seconds of the read tasks and the actors, and the actors' start-up).
+WORKER_TIMES = {"read_s": "read_tasks", "read_cpu_s": "read_tasks_cpu",
+                "embed_s": "embed_actors", "embed_cpu_s": "embed_actors_cpu",
+                "actor_start_s": "actor_start"}
 
 
 def run_ray_ingest(
@@ -151,8 +164,8 @@ def _write_all(
             report.add_time("wait", time.perf_counter() - waited)
             if on_batch is not None:
                 on_batch(batch)
-            report.add_time("read_tasks", float(np.sum(batch["read_s"])))
-            report.add_time("embed_actors", float(np.sum(batch["embed_s"])))
+            for column, stage in WORKER_TIMES.items():
+                report.add_time(stage, float(np.sum(batch[column])))
             if len(batch["precision"]):
                 report.precision = str(batch["precision"][0])
             for i, seq in enumerate(batch["seq"]):
@@ -220,7 +233,7 @@ def _ray_batches(
     candidates = ray.data.from_arrow(blocks)
     read = candidates.map_batches(
         read_batch, fn_kwargs={"stage": stage, "known": known}, batch_size=per_task,
-        num_cpus=options.read_cpus)
+        num_cpus=options.read_cpus, memory=READ_TASK_MEMORY)
     embedded = read.map_batches(
         embed_actor, fn_constructor_kwargs={"spec": spec, "threads": options.model_threads},
         batch_size=config.batch_size,
@@ -236,9 +249,10 @@ def start_ray(options: RayOptions) -> None:
     if ray.is_initialized():
         return
     if options.address:
-        ray.init(address=options.address, log_to_driver=False)
+        ray.init(address=options.address, log_to_driver=False, logging_level=logging.WARNING)
     else:
-        ray.init(num_cpus=options.local_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=options.local_cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
 
 
 
@@ -272,8 +286,9 @@ def ingest_on_ray(
         raise FileNotFoundError(f"No such folder or list: {root}. Pass a folder of images "
                                 f"or a txt/CSV/Parquet list of their paths.")
     existing = _existing_info(job, server)
-    source = job.model or (existing.model_source if existing else "twinrank-tiny")
+    source = job.model or (existing.model_source if existing else DEFAULT_PRESET)
     pretrained = job.pretrained if job.model else (existing.model_pretrained if existing else None)
+    source, pretrained = resolve_preset(source, pretrained)  # a preset name -> its loader
     model = create_model(source, pretrained=pretrained, device="cpu")
     info = collection_info(model, source, pretrained)
     if server is None:

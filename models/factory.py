@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from twinrank.models import presets
 from twinrank.models.config import TwinConfig, twin_config
 from twinrank.models.device import pick_device
 from twinrank.models.fusion import FusionHead
@@ -42,7 +43,9 @@ def create_model(
     device: str | torch.device | None = None,
     seed: int = 0,
 ) -> TwinModel:
-    """Build or load a TwinModel in eval mode.
+    """Build or load a model in eval mode: a preset name (``twinrank models``), an open_clip
+    architecture (with ``pretrained``: a tag or a weights file), ``blip:HF_ID_OR_FOLDER``,
+    or a model folder.
 
     Random initialisation is seeded, so the same name and seed always give the same
     weights (and the same ``model_id``).
@@ -53,6 +56,11 @@ def create_model(
         'twinrank-tiny:random:0'
     """
     target = pick_device(str(device) if device is not None else None)
+    if presets.is_preset(str(name_or_path)) and pretrained is None:
+        missing = presets.missing_weights(str(name_or_path))
+        if missing:
+            raise ModelLoadError(missing)
+        name_or_path, pretrained = presets.resolve(str(name_or_path))
     path = Path(name_or_path)
     if str(name_or_path).startswith("blip:") or (path / BLIP_MARKER_FILE).is_file():
         from twinrank.models.blip import load_blip  # transformers loads only for BLIP
@@ -84,12 +92,15 @@ def _pretrained_clip(config: TwinConfig) -> torch.nn.Module:
 
     tag = str(config.pretrained)
     is_file = Path(tag).is_file() or tag.startswith("local-dir:")
-    if not is_file and not hub_reachable() and not _in_hub_cache(config.name, tag):
+    if not is_file and not _in_hub_cache(config.name, tag) and not hub_reachable():
+        pull = next((p.name for p in presets.PRESETS
+                     if (p.model, p.pretrained) == (config.name, tag)), None)
+        how = (f"run `twinrank models pull {pull}` on a connected machine and copy its "
+               f"HF_HOME here" if pull else
+               "download them on a connected machine and pass the file with --pretrained")
         raise ModelLoadError(
-            f"Cannot download pretrained weights {config.name!r} / {tag!r}: the Hugging Face hub "
-            f"is unreachable. Download them on a connected machine and pass the file: "
-            f"--model {config.name} --pretrained /path/to/open_clip_model.safetensors"
-        )
+            f"Pretrained weights {config.name!r} / {tag!r} are not in the Hugging Face cache "
+            f"and the hub is unreachable: {how}, or use --model demo for the offline demo.")
     try:
         clip = open_clip.create_model(config.name, pretrained=tag, force_custom_text=True)
     except Exception as error:  # open_clip raises many kinds; all mean "could not load"

@@ -12,9 +12,12 @@ from twinrank.cli import app
 runner = CliRunner()
 
 
+TINY = ("--model", "twinrank-tiny")  # a new store defaults to a pretrained preset
+
 def test_ingest_then_search_as_json(image_folder, tmp_path):
     store = tmp_path / "store"
     result = runner.invoke(app, ["ingest", str(image_folder), "--store", str(store),
+                                 "--model", "twinrank-tiny",
                                  "--report", str(tmp_path / "report.json")])
     assert result.exit_code == 0, result.output
     assert "added 10" in result.output and "failed 1" in result.output
@@ -30,7 +33,7 @@ def test_ingest_then_search_as_json(image_folder, tmp_path):
 
 def test_plain_search_output_and_no_rerank(image_folder, tmp_path):
     store = tmp_path / "store"
-    runner.invoke(app, ["ingest", str(image_folder), "--store", str(store)])
+    runner.invoke(app, ["ingest", str(image_folder), "--store", str(store), *TINY])
     result = runner.invoke(app, ["search", "blocks", "--store", str(store), "--no-rerank"])
     assert result.exit_code == 0
     assert result.output.count(str(image_folder)) == 10
@@ -43,7 +46,7 @@ def test_threads_option_sets_torch_threads_and_the_apps_environment(image_folder
     from twinrank.ui.launch import ui_environment
 
     store = tmp_path / "store"
-    runner.invoke(app, ["ingest", str(image_folder), "--store", str(store)])
+    runner.invoke(app, ["ingest", str(image_folder), "--store", str(store), *TINY])
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -61,7 +64,7 @@ def test_threads_option_sets_torch_threads_and_the_apps_environment(image_folder
 def test_user_errors_are_one_line_not_a_traceback(image_folder, tmp_path):
     cases = [
         ["search", "x", "--store", str(tmp_path / "none")],
-        ["ingest", str(tmp_path / "missing"), "--store", str(tmp_path / "s")],
+        ["ingest", str(tmp_path / "missing"), "--store", str(tmp_path / "s"), *TINY],
         ["ingest", str(image_folder), "--store", str(tmp_path / "s2"), "--model", "nope"],
     ]
     for args in cases:
@@ -72,7 +75,7 @@ def test_user_errors_are_one_line_not_a_traceback(image_folder, tmp_path):
 
 def test_empty_query_is_refused(image_folder, tmp_path):
     store = tmp_path / "store"
-    runner.invoke(app, ["ingest", str(image_folder), "--store", str(store)])
+    runner.invoke(app, ["ingest", str(image_folder), "--store", str(store), *TINY])
     result = runner.invoke(app, ["search", "  ", "--store", str(store)])
     assert result.exit_code == 1 and "empty" in result.output
 

@@ -48,7 +48,8 @@ def fast_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("fast")
     for i in range(24):
         make_image(root / "photos" / ("a" if i % 2 else "b") / f"{i}.png", seed=100 + i)
-    ingest_folder(IngestJob(IngestConfig(root / "photos", progress=False), root / "store"))
+    ingest_folder(IngestJob(IngestConfig(root / "photos", progress=False), root / "store",
+                            model="twinrank-tiny"))
     return root / "store"
 
 

@@ -33,7 +33,8 @@ def ingest(root: Path, store: Path, *extra: str) -> tuple[int, str, dict]:
     """``twinrank ingest`` in this process: (exit code, output, the JSON report)."""
     report = store.parent / f"{store.name}-report.json"
     result = CliRunner().invoke(app, ["ingest", str(root), "--store", str(store),
-                                      "--no-progress", "--report", str(report), *extra])
+                                      "--no-progress", "--report", str(report),
+                                      "--model", "twinrank-tiny", *extra])
     data = json.loads(report.read_text()) if report.is_file() else {}
     return result.exit_code, result.output, data
 
@@ -205,7 +206,8 @@ def test_ingest_with_a_file_as_the_store_is_one_sentence(tmp_path):
     make_image(root / "a.png", seed=1)
     not_a_folder = tmp_path / "notes.txt"
     not_a_folder.write_text("hello")
-    for args in (["ingest", str(root), "--store", str(not_a_folder), "--no-progress"],
+    for args in (["ingest", str(root), "--store", str(not_a_folder), "--no-progress",
+                  "--model", "twinrank-tiny"],
                  ["search", "a dog", "--store", str(not_a_folder)]):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 1, result.output

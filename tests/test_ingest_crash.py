@@ -21,7 +21,7 @@ PROGRESS = re.compile(r"\| *(\d+)/(\d+) \[")
 
 def _ingest_command(folder: Path, store: Path) -> list[str]:
     return [sys.executable, str(ROOT / "cli.py"), "ingest", str(folder), "--store", str(store),
-            "--batch-size", "2", "--workers", "1", "--threads", "1"]
+            "--batch-size", "2", "--workers", "1", "--threads", "1", "--model", "twinrank-tiny"]
 
 
 def _run_and_kill(folder: Path, store: Path, at_least: int) -> str:

@@ -7,6 +7,7 @@ One Ray per module (start-up costs seconds); each run still starts its own actor
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -92,8 +93,16 @@ def test_ray_ingest_gives_the_in_process_points_and_reruns_embed_nothing(
     finally:
         local_store.close()
 
-    report, points = _ray_run(tiny_model, photos, tmp_path / "ray")
+    workers: dict[str, set[int]] = {"read": set(), "actor": set()}
 
+    def watch(batch) -> None:
+        workers["read"].update(int(pid) for pid in batch["read_pid"])
+        workers["actor"].update(int(pid) for pid in batch["actor_pid"])
+
+    report, points = _ray_run(tiny_model, photos, tmp_path / "ray", on_batch=watch)
+
+    # Decoding ran in CPU tasks of their own, not fused into the model's actor.
+    assert workers["read"] and not workers["read"] & workers["actor"]
     assert _counts(report) == _counts(expected_report) == (12, 0, 0, 0, 1, 0, 1)
     assert report.embedded == 12 and report.failed[0]["path"].endswith("broken.jpg")
     assert set(points) == set(expected)
@@ -178,7 +187,8 @@ def test_cli_ingests_a_csv_list_of_paths_on_ray(local_ray, tmp_path):
     listing.write_text("\n".join(rows) + "\n")
     store = tmp_path / "store"
     result = CliRunner().invoke(app, ["ingest", str(listing), "--engine", "ray", "--store",
-                                      str(store), "--batch-size", "2", "--no-progress"])
+                                      str(store), "--batch-size", "2", "--no-progress",
+                                      "--model", "twinrank-tiny"])
     assert result.exit_code == 0, result.output
     assert "added 5," in result.output and "failed 1" in result.output
     assert "missing.png" in result.output
@@ -223,3 +233,36 @@ def test_a_new_server_collection_gets_the_shards_replicas_and_write_consistency(
     _create_collection(client, "photos", info, ClusterLayout(6, 2, 2))
     assert (client.created["shard_number"], client.created["replication_factor"],
             client.created["write_consistency_factor"]) == (6, 2, 2)
+
+
+@pytest.mark.slow
+def test_a_killed_ray_driver_resumes_with_nothing_lost_or_doubled(local_ray, tmp_path):
+    root = tmp_path / "photos"
+    for i in range(40):
+        make_image(root / f"p{i:02d}.png", seed=300 + i)
+    store = tmp_path / "store"
+    args = ["ingest", str(root), "--engine", "ray", "--store", str(store), "--batch-size", "4",
+            "--model", "twinrank-tiny"]
+    driver = subprocess.Popen(
+        [sys.executable, "-c", "from twinrank.cli import app; app()", *args],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
+    done = 0
+    text = b""
+    assert driver.stderr is not None
+    while driver.poll() is None and done < 12:
+        text += os.read(driver.stderr.fileno(), 4096)
+        counts = [int(n) for n in re.findall(rb"ingest \(ray\):[^|]*\|[^|]*\| *(\d+)/40", text)]
+        done = max(counts, default=0)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    driver.wait()
+    assert 12 <= done < 40, "the driver finished before it could be killed"
+
+    result = CliRunner().invoke(app, [*args, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    added, unchanged = (int(n) for n in re.search(
+        r"added (\d+), updated 0, unchanged (\d+)", result.output).groups())
+    assert unchanged >= 8 and added + unchanged == 40  # resumed, not redone
+    with open_store(store) as opened:
+        payloads = dict(opened.iter_payloads())
+    assert set(payloads) == {point_id_for(file_content_hash(p)) for p in root.iterdir()}
+    assert all(len(p["paths"]) == 1 for p in payloads.values())

@@ -21,7 +21,8 @@ def cli_ingest_in_a_process(folder: Path, store: Path) -> str:
     """`twinrank ingest` in a fresh process; prints whether torch / open_clip got imported."""
     script = ("import sys\n"
               "from twinrank.cli import app\n"
-              f"app(['ingest', {str(folder)!r}, '--store', {str(store)!r}, '--no-progress'], "
+              f"app(['ingest', {str(folder)!r}, '--store', {str(store)!r}, '--no-progress', "
+              "'--model', 'twinrank-tiny'], "
               "standalone_mode=False)\n"
               "print('LOADED', 'torch' in sys.modules, 'open_clip' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
@@ -30,7 +31,7 @@ def cli_ingest_in_a_process(folder: Path, store: Path) -> str:
 
 
 def job(folder: Path, store: Path) -> IngestJob:
-    return IngestJob(IngestConfig(folder, progress=False), store)
+    return IngestJob(IngestConfig(folder, progress=False), store, model="twinrank-tiny")
 
 
 @pytest.fixture

@@ -55,6 +55,7 @@ def joint_run(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_training_writes_a_model_folder_that_loads_and_logs_metrics(joint_run) -> None:
     model = create_model(joint_run, device="cpu")
     assert type(model).__name__ == "TwinModel"
+    assert model.reranker_trained  # a joint run trains the match objective: it may rerank
     rows = [json.loads(line) for line in (joint_run / METRICS_FILE).read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2, 3, 4]
     assert {"contrastive_loss", "match_loss", "lr", "samples_per_s"} <= set(rows[0])
@@ -141,6 +142,7 @@ def test_train_command_trains_and_reports(scenes, tmp_path) -> None:
                                       "--steps", "1", "--batch-size", "4", "--mode", "bi"])
     assert result.exit_code == 0, result.output
     assert (out / "config.json").is_file() and "model folder" in result.output
+    assert not create_model(out, device="cpu").reranker_trained  # bi only: head untouched
     bad = CliRunner().invoke(app, ["train", "--data", "nowhere.jsonl", "--out", str(out)])
     assert bad.exit_code == 1 and "not found" in bad.output
 

@@ -45,6 +45,7 @@ from twinrank.ui.thumbs import (
 from twinrank.ui.views import path_name
 
 log = logging.getLogger("twinrank.ui")
+FRAGMENT_ENV = "TWINRANK_UI_FRAGMENT"
 HOW_TO_INGEST = (
     "Ingest a folder of images first:\n\n"
     "`twinrank ingest ~/Pictures --store ~/.twinrank/store`\n\n"
@@ -109,9 +110,13 @@ def sidebar(client: SearchClient, store: str) -> Settings:
     st.caption(f"Model: `{stats['model_id']}`  \n"
                f"Reranker cache: {stats['token_bytes_per_image'] / 1000:.1f} kB per image")
     k = st.slider("Results", min_value=1, max_value=50, value=8, key="k")
-    rerank = st.toggle("Rerank", value=True, key="rerank",
+    own = getattr(client.reranker, "name", None)  # the collection's trained one, or None
+    if client.reranker_note:  # no trained reranker: say so, never rerank with noise
+        st.info(client.reranker_note)
+    rerank = st.toggle("Rerank", value=own is not None, key="rerank",
                        help="Reorder the bi-encoder's top candidates with the cross-encoder.")
-    names = [n for n in reranker_names() if n != RERANK_OFF]
+    names = [n for n in reranker_names()
+             if n != RERANK_OFF and (n != "fused" or own == "fused")]
     reranker = st.selectbox("Reranker", names, key="reranker", disabled=not rerank)
     st.subheader("Filters")
     facets = get_facets(store, int(stats["images"]))
@@ -212,7 +217,6 @@ def show_results(client: SearchClient, store: str, settings: Settings) -> None:
     grid(client, thumbs, results, title, results.timings)
 
 
-@st.fragment
 def results_area(store: str, settings: Settings) -> None:
     """Examples, the search box and the results. A fragment: a new query reruns only this
     part of the page, not the sidebar and its facets, so the page answers at about the
@@ -221,6 +225,10 @@ def results_area(store: str, settings: Settings) -> None:
     with friendly_errors():
         example_buttons(get_examples(store))
         show_results(client, store, settings)
+
+
+if os.environ.get(FRAGMENT_ENV, "1") != "0":  # "0": whole-page reruns (bench baseline)
+    results_area = st.fragment(results_area)
 
 
 def main() -> None:
