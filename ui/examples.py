@@ -9,7 +9,10 @@ and offered in the app as one-click examples.
 Example:
     >>> examples = choose_examples(client, [("a red circle left of a blue square",
     ...                                      "/demo/images/test/000007.png")])
-    >>> write_examples(store, examples)
+    >>> write_examples(Path("store"), examples)  # next to the collection
+    PosixPath('store/examples.json')
+    >>> read_examples("store") == examples
+    True
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ its payloads, and the ``SearchFilter`` a set of choices in the sidebar means.
 Example:
     >>> facets = collect_facets(store.iter_payloads())
     >>> facets.to_filter(FilterChoices(folder=facets.folders[1][0], formats=("png",)))
-    SearchFilter(folder='/photos/2021', ..., formats=('png',), ...)
+    SearchFilter(folder='.../photos/2021', ..., formats=('png',), ...)
 """
 
 from __future__ import annotations

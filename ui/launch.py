@@ -9,8 +9,8 @@ only to the host names it was started for, so a web page cannot reach it by DNS
 rebinding, and Streamlit's XSRF protection stays on.
 
 Example:
-    >>> process = start_ui(Path("~/.twinrank/photos"), port=8501)
-    >>> wait_until_ready("http://127.0.0.1:8501", process)
+    >>> process = start_ui(Path("~/.twinrank/photos"), port=8501)  # doctest: +SKIP
+    >>> wait_until_ready("http://127.0.0.1:8501", process)  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -6,7 +6,11 @@ type and timing labels.
 
 Example:
     >>> results = similar_to(client, hit.id, k=8)           # excludes the image itself
-    >>> results = search_by_image(client, Image.open(f), k=8)
+    >>> hit.id in [h.id for h in results], len(results)   # 6 images in the collection
+    (False, 5)
+    >>> results = search_by_image(client, Image.open("photos/2021/a0.png"), k=8)
+    >>> results[0].path.endswith("a0.png")                 # the same picture comes first
+    True
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ the browser.
 
 Example:
     >>> cache = ThumbnailCache(Path("~/.twinrank/photos/thumbs").expanduser())
-    >>> cache.get(hit.id, hit.payload)  # Path to a small JPEG, or None if the file is gone
+    >>> cache.get(hit.id, hit.payload).suffix  # a small JPEG, or None if the file is gone
+    '.jpg'
 """
 
 from __future__ import annotations

@@ -42,6 +42,8 @@ def caption(hit: Hit, stage: str, k: int) -> str:
     """One line under a result: rank, score, movement (after reranking) and file name.
 
     Example:
+        >>> hit = Hit("id", "/photos/beach.jpg", score=2.31, bi_score=0.28, bi_rank=4,
+        ...           rerank_score=2.31, rerank_rank=1)
         >>> caption(hit, "after", 8)
         '#1 · match 2.310 · ↑3 · beach.jpg'
     """
