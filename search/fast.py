@@ -108,7 +108,7 @@ class FastQueryModel:
             import onnxruntime  # noqa: F401
         except ImportError:
             raise FastPathUnavailable(
-                "onnxruntime is not installed (pip install 'twinrank[fast]')") from None
+                "onnxruntime is not installed (pip install onnxruntime)") from None
         return cls(folder, manifest, threads)
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
