@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from twinrank.store import PointRecord
-from twinrank.store.filters import ancestor_folders
+from twinrank.store.filters import ImagePayload, ancestor_folders
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class _HasImageFacts(Protocol):
     def captured_at(self) -> str | None: ...
 
 
-def build_payload(facts: FileFacts, decoded: _HasImageFacts) -> dict[str, Any]:
+def build_payload(facts: FileFacts, decoded: _HasImageFacts) -> ImagePayload:
     """The payload of a new point: its file, image facts, capture time and ingest time."""
     path = facts.path.as_posix()
     captured = decoded.captured_at or time.strftime(
@@ -70,10 +70,10 @@ def build_payload(facts: FileFacts, decoded: _HasImageFacts) -> dict[str, Any]:
     }
 
 
-def add_path(payload: dict[str, Any], facts: FileFacts) -> dict[str, Any]:
+def add_path(payload: ImagePayload, facts: FileFacts) -> ImagePayload:
     """The payload of an existing point with one more (or a refreshed) path."""
     path = facts.path.as_posix()
-    updated = dict(payload)
+    updated = payload.copy()
     paths = [p for p in updated.get("paths", []) if p != path] + [path]
     files = dict(updated.get("files", {}))
     files[path] = {"size": facts.size, "mtime_ns": facts.mtime_ns}
@@ -83,12 +83,12 @@ def add_path(payload: dict[str, Any], facts: FileFacts) -> dict[str, Any]:
     return updated
 
 
-def remove_paths(payload: dict[str, Any], gone: set[str]) -> dict[str, Any] | None:
+def remove_paths(payload: ImagePayload, gone: set[str]) -> ImagePayload | None:
     """The payload without ``gone`` paths, or None when no path is left."""
     paths = [p for p in payload.get("paths", []) if p not in gone]
     if not paths:
         return None
-    updated = dict(payload)
+    updated = payload.copy()
     updated["paths"] = paths
     updated["files"] = {p: v for p, v in payload.get("files", {}).items() if p in paths}
     updated["folders"] = sorted({f for p in paths for f in ancestor_folders(p)})
@@ -96,6 +96,6 @@ def remove_paths(payload: dict[str, Any], gone: set[str]) -> dict[str, Any] | No
 
 
 def make_record(
-    point_id: str, vector: np.ndarray, tokens: np.ndarray | None, payload: dict[str, Any]
+    point_id: str, vector: np.ndarray, tokens: np.ndarray | None, payload: ImagePayload
 ) -> PointRecord:
     return PointRecord(id=point_id, image_vector=vector, image_tokens=tokens, payload=payload)

@@ -65,7 +65,7 @@ def create_model(
     if str(name_or_path).startswith("blip:") or (path / BLIP_MARKER_FILE).is_file():
         from twinrank.models.blip import load_blip  # transformers loads only for BLIP
 
-        return load_blip(str(name_or_path), target)  # type: ignore[return-value]
+        return load_blip(str(name_or_path), target)
     if (path / CONFIG_FILE).is_file():
         model = load_model(path)
     elif path.suffix in (".json", ".safetensors") or os.sep in str(name_or_path):
@@ -149,7 +149,7 @@ def save_model(model: TwinModel, folder: str | Path, dtype: torch.dtype | None =
     None keeps the model's own record.
     """
     if getattr(model, "family", "") == "blip":  # a Hugging Face folder + twinrank's marker
-        saved: Path = model.save(folder, dtype, reranker_trained)  # type: ignore[operator]
+        saved: Path = model.save(folder, dtype, reranker_trained)
         return saved
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from twinrank.store.filters import INDEXED_FIELDS, SearchFilter, to_rfc3339
+from twinrank.store.filters import INDEXED_FIELDS, SearchFilter
 from twinrank.store.lease import ShardLease, is_writable, readable_copy
 from twinrank.store.schema import (
     CENTRED_VECTOR,
@@ -336,22 +336,19 @@ def _edge_config(info: CollectionInfo) -> Any:
 
 
 def edge_filter(search_filter: SearchFilter | None) -> Any:
-    """``SearchFilter`` as a Qdrant Edge filter (None for no filter)."""
+    """``SearchFilter`` as a Qdrant Edge filter (None for no filter), condition by kind."""
     from qdrant_edge import FieldCondition, Filter, MatchAny, MatchValue, RangeDateTime, RangeFloat
 
     if search_filter is None or search_filter.is_empty():
         return None
     must: list[Any] = []
-    folder = search_filter.normalised_folder()
-    if folder:
-        must.append(FieldCondition("folders", match=MatchValue(folder)))
-    if search_filter.formats:
-        must.append(FieldCondition("format", match=MatchAny(search_filter.normalised_formats())))
-    if search_filter.after or search_filter.before:
-        must.append(FieldCondition("captured_at", range=RangeDateTime(
-            gte=to_rfc3339(search_filter.after) if search_filter.after else None,
-            lt=to_rfc3339(search_filter.before) if search_filter.before else None)))
-    if search_filter.min_size is not None or search_filter.max_size is not None:
-        must.append(FieldCondition("size", range=RangeFloat(
-            gte=search_filter.min_size, lte=search_filter.max_size)))
+    for c in search_filter.conditions():
+        if c.kind == "match":
+            must.append(FieldCondition(c.key, match=MatchValue(c.value)))
+        elif c.kind == "match_any":
+            must.append(FieldCondition(c.key, match=MatchAny(list(c.values))))
+        elif c.kind == "time_range":
+            must.append(FieldCondition(c.key, range=RangeDateTime(gte=c.gte, lt=c.lt)))
+        else:
+            must.append(FieldCondition(c.key, range=RangeFloat(gte=c.gte, lte=c.lte)))
     return Filter(must=must)

@@ -1,7 +1,13 @@
-"""Payload filters users search by: folder, capture date range, file type, file size.
+"""What a point's payload holds, and the filters users search it by.
 
-One ``SearchFilter`` dataclass is the only filter type above the store; each back end
-translates it to its own condition objects.
+The payload stays a JSON dict on the wire (Qdrant stores JSON); ``ImagePayload`` gives its
+keys one definition that ingest writes, the store indexes, and search and the app read.
+``FILTER_FIELDS`` is the one list of filterable fields: the store creates a payload index
+for each, and ``SearchFilter.conditions`` turns a filter into back-end-neutral
+``Condition``s, which each back end translates by *kind*, never by field name. So a new
+filter is three edits: here (its ``ImagePayload`` key, its ``FilterField``, its
+``SearchFilter`` attribute and condition, its ``filter_from_text`` argument), the value
+ingest writes (``ingest/write.py``), and its option (``cli.py``).
 """
 
 from __future__ import annotations
@@ -11,14 +17,70 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
 from pathlib import Path, PurePosixPath
+from typing import Any, Literal, TypedDict
 
-# payload field -> kind of payload index; every field a filter touches is indexed.
-INDEXED_FIELDS: dict[str, str] = {
-    "folders": "keyword",
-    "format": "keyword",
-    "captured_at": "datetime",
-    "size": "integer",
-}
+ConditionKind = Literal["match", "match_any", "range", "time_range"]
+
+
+class FileEntry(TypedDict):
+    """One path's file facts, so a re-run skips files whose size and mtime are unchanged."""
+
+    size: int
+    mtime_ns: int
+
+
+class ImagePayload(TypedDict, total=False):
+    """The payload of one image point (one file content, possibly under several paths)."""
+
+    paths: list[str]  # every path this content was found under (POSIX, absolute)
+    files: dict[str, FileEntry]  # per path
+    folders: list[str]  # every folder above every path: a folder filter is one match
+    size: int  # bytes
+    mtime: float  # seconds, of the first path
+    width: int  # pixels, after EXIF orientation
+    height: int
+    format: str  # "jpeg", "png", ...
+    captured_at: str  # RFC 3339 UTC: EXIF DateTimeOriginal, else the file's mtime
+    captured_at_source: str  # "exif" or "mtime"
+    content_hash: str  # sha256 of the bytes; the point id derives from it
+    ingested_at: str  # RFC 3339 UTC
+
+
+@dataclass(frozen=True)
+class FilterField:
+    """A payload field searches filter on: its key, its payload index, its condition kind."""
+
+    key: str
+    index: Literal["keyword", "integer", "float", "datetime"]
+    kind: ConditionKind
+
+
+FILTER_FIELDS: tuple[FilterField, ...] = (
+    FilterField("folders", "keyword", "match"),
+    FilterField("format", "keyword", "match_any"),
+    FilterField("captured_at", "datetime", "time_range"),
+    FilterField("size", "integer", "range"),
+)
+INDEXED_FIELDS: dict[str, str] = {f.key: f.index for f in FILTER_FIELDS}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One back-end-neutral condition on a payload field.
+
+    ``match``: the field equals ``value``; ``match_any``: it equals one of ``values``;
+    ``range``: numbers, ``gte`` <= x <= ``lte``; ``time_range``: RFC 3339 times,
+    ``gte`` <= t < ``lt``.
+    """
+
+    key: str
+    kind: ConditionKind
+    value: Any = None
+    values: tuple[Any, ...] = ()
+    gte: Any = None
+    lt: Any = None
+    lte: Any = None
+
 
 
 @dataclass(frozen=True)
@@ -48,6 +110,27 @@ class SearchFilter:
     def normalised_formats(self) -> list[str]:
         aliases = {"jpg": "jpeg", "tif": "tiff"}
         return [aliases.get(f.lower().lstrip("."), f.lower().lstrip(".")) for f in self.formats]
+
+    def conditions(self) -> list[Condition]:
+        """The filter as back-end-neutral conditions on ``FILTER_FIELDS`` (all must hold):
+        the one place a filter attribute meets a payload key.
+
+        >>> [(c.key, c.kind) for c in SearchFilter(formats=("jpg",), min_size=10).conditions()]
+        [('format', 'match_any'), ('size', 'range')]
+        """
+        found: list[Condition] = []
+        folder = self.normalised_folder()
+        if folder:
+            found.append(Condition("folders", "match", value=folder))
+        if self.formats:
+            found.append(Condition("format", "match_any", values=tuple(self.normalised_formats())))
+        if self.after or self.before:
+            found.append(Condition("captured_at", "time_range",
+                                   gte=to_rfc3339(self.after) if self.after else None,
+                                   lt=to_rfc3339(self.before) if self.before else None))
+        if self.min_size is not None or self.max_size is not None:
+            found.append(Condition("size", "range", gte=self.min_size, lte=self.max_size))
+        return found
 
 
 def folder_key(folder: str) -> str:

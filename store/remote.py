@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from twinrank.store.filters import INDEXED_FIELDS, SearchFilter, to_utc
+from twinrank.store.filters import INDEXED_FIELDS, SearchFilter
 from twinrank.store.schema import (
     CENTRED_VECTOR,
     IMAGE_VECTOR,
@@ -334,25 +334,23 @@ def _create_collection(
 
 
 def client_filter(search_filter: SearchFilter | None) -> Any:
-    """``SearchFilter`` as a qdrant-client filter (None for no filter)."""
+    """``SearchFilter`` as a qdrant-client filter (None for no filter), condition by kind."""
     from qdrant_client import models
 
     if search_filter is None or search_filter.is_empty():
         return None
     must: list[Any] = []
-    folder = search_filter.normalised_folder()
-    if folder:
-        must.append(models.FieldCondition(key="folders", match=models.MatchValue(value=folder)))
-    if search_filter.formats:
-        must.append(models.FieldCondition(
-            key="format", match=models.MatchAny(any=search_filter.normalised_formats())))
-    if search_filter.after or search_filter.before:
-        must.append(models.FieldCondition(key="captured_at", range=models.DatetimeRange(
-            gte=to_utc(search_filter.after) if search_filter.after else None,
-            lt=to_utc(search_filter.before) if search_filter.before else None)))
-    if search_filter.min_size is not None or search_filter.max_size is not None:
-        must.append(models.FieldCondition(key="size", range=models.Range(
-            gte=search_filter.min_size, lte=search_filter.max_size)))
+    for c in search_filter.conditions():
+        if c.kind == "match":
+            must.append(models.FieldCondition(key=c.key, match=models.MatchValue(value=c.value)))
+        elif c.kind == "match_any":
+            must.append(models.FieldCondition(key=c.key, match=models.MatchAny(any=list(c.values))))
+        elif c.kind == "time_range":
+            must.append(models.FieldCondition(key=c.key, range=models.DatetimeRange(
+                gte=c.gte, lt=c.lt)))
+        else:
+            must.append(models.FieldCondition(key=c.key, range=models.Range(gte=c.gte,
+                                                                            lte=c.lte)))
     return models.Filter(must=must)
 
 

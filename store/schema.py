@@ -18,7 +18,7 @@ from typing import Any, Protocol, Self
 
 import numpy as np
 
-from twinrank.store.filters import SearchFilter
+from twinrank.store.filters import ImagePayload, SearchFilter
 
 SCHEMA_VERSION = 1
 
@@ -118,14 +118,14 @@ class PointRecord:
     id: str
     image_vector: np.ndarray  # (D,) float32, L2-normalised
     image_tokens: np.ndarray | None  # (T, W), stored as float16
-    payload: dict[str, Any]
+    payload: ImagePayload
 
 
 @dataclass(frozen=True)
 class StoredHit:
     id: str
     score: float
-    payload: dict[str, Any]
+    payload: ImagePayload
 
 
 class VectorStore(Protocol):
