@@ -215,3 +215,18 @@ def test_a_collection_an_ingest_creates_records_the_models_mean_text_vector(tiny
     info = collection_info(tiny_model, "twinrank-tiny")
     assert info.centred and info.image_mean is None  # the store computes that one
     np.testing.assert_allclose(info.text_mean, mean_text_vector(tiny_model), atol=1e-6)
+
+
+def test_only_text_queries_across_a_gap_from_an_image_cone_go_two_stage():
+    def info(text_mean: tuple[float, ...] | None, image_mean: tuple[float, ...] | None):
+        return CollectionInfo("m", 2, 1, 1, text_mean=text_mean, image_mean=image_mean)
+
+    assert crosses_gap(info((0.0, 0.9), (0.6, 0.0)))  # CLIP-like: two cones apart
+    assert not crosses_gap(info((0.0, 0.9), (0.05, 0.0)))  # images fill the sphere
+    assert not crosses_gap(info((0.6, 0.1), (0.6, 0.0)))  # texts inside the image cone
+    assert not crosses_gap(info(None, (0.6, 0.0)))  # made before `centred` existed
+    assert not crosses_gap(info((0.0, 0.9), None))  # nothing written yet
+    two = search_plan(1_000_000, K, modality="text", across_gap=True)
+    assert two.candidates >= 20 * K and not two.exact
+    assert search_plan(1_000_000, K, modality="image", across_gap=True).candidates == 0
+    assert search_plan(1_000, K, modality="text", across_gap=True).exact
