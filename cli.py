@@ -230,6 +230,8 @@ def search(
                                                       "size, e.g. 500kB.")] = None,
     max_size: Annotated[str | None, typer.Option(help="Only files of at most this "
                                                       "size, e.g. 5MB.")] = None,
+    orientation: Annotated[str | None, typer.Option(
+        help="Only landscape, portrait or square pictures.")] = None,
     url: Annotated[str | None, typer.Option(
         help="Search a Qdrant server instead of --store (API key from "
              "TWINRANK_QDRANT_API_KEY).", envvar="TWINRANK_QDRANT_URL")] = None,
@@ -243,11 +245,12 @@ def search(
     ingest wrote one for its model; otherwise, or for a server, a GPU or a reranker that
     only torch runs, this loads the model (one line says why).
     """
-    from twinrank.models.images import printable
+    from twinrank.display import printable  # no torch on the fast path
     from twinrank.store.filters import filter_from_text
 
     with friendly_errors():
-        filters = filter_from_text(folder, after, before, file_type or (), min_size, max_size)
+        filters = filter_from_text(folder, after, before, file_type or (), min_size, max_size,
+                                   orientation)
         hits, note = None, None
         if url is None and device in (None, "cpu"):
             from twinrank.search import fast

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from twinrank.models.images import printable
+from twinrank.display import printable
 
 
 @dataclass

@@ -35,6 +35,8 @@ from typing import IO
 import numpy as np
 from PIL import Image
 
+from twinrank.display import printable as printable  # re-exported: names in messages
+
 MAX_PIXELS = 180_000_000  # above this an image is treated as a decompression bomb
 MAX_FILE_BYTES = 256 * 1024 * 1024  # above this a file is refused from its size alone
 CHUNK_BYTES = 1024 * 1024
@@ -186,27 +188,6 @@ def display_name(source: object) -> str:
     if isinstance(name, (str, Path)) and str(name):
         return printable(os.fsdecode(name))
     return "the uploaded image"
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters (terminal escapes, newlines) and undecodable bytes
-    written as visible escapes, so a file name cannot fake or recolour output lines.
-
-    Example:
-        >>> printable("a\\x1b[31m\\nb.jpg")
-        'a\\\\x1b[31m\\\\nb.jpg'
-    """
-    if text.isprintable():
-        return text
-    out = []
-    for char in text:
-        if char.isprintable():
-            out.append(char)
-        elif "\udc80" <= char <= "\udcff":  # an undecodable byte kept by surrogateescape
-            out.append(f"\\x{ord(char) - 0xDC00:02x}")
-        else:
-            out.append(char.encode("unicode_escape").decode("ascii"))
-    return "".join(out)
 
 
 def _decode(

@@ -9,7 +9,6 @@ from twinrank.models.images import (
     MAX_PIXELS,
     ImageReadError,
     open_image,
-    printable,
 )
 
-__all__ = ["MAX_FILE_BYTES", "MAX_PIXELS", "ImageReadError", "open_image", "printable"]
+__all__ = ["MAX_FILE_BYTES", "MAX_PIXELS", "ImageReadError", "open_image"]
