@@ -10,7 +10,7 @@ from typing import Protocol
 import numpy as np
 
 from twinrank.store import PointRecord
-from twinrank.store.filters import ImagePayload, ancestor_folders
+from twinrank.store.filters import ImagePayload, ancestor_folders, orientation_of
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ def build_payload(facts: FileFacts, decoded: _HasImageFacts) -> ImagePayload:
         "mtime": facts.mtime,
         "width": decoded.width,
         "height": decoded.height,
+        "orientation": orientation_of(decoded.width, decoded.height),
         "format": decoded.format,
         "captured_at": captured,
         "captured_at_source": "exif" if decoded.captured_at else "mtime",

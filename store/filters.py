@@ -39,6 +39,7 @@ class ImagePayload(TypedDict, total=False):
     mtime: float  # seconds, of the first path
     width: int  # pixels, after EXIF orientation
     height: int
+    orientation: str  # "landscape", "portrait" or "square", after EXIF orientation
     format: str  # "jpeg", "png", ...
     captured_at: str  # RFC 3339 UTC: EXIF DateTimeOriginal, else the file's mtime
     captured_at_source: str  # "exif" or "mtime"
@@ -60,6 +61,7 @@ FILTER_FIELDS: tuple[FilterField, ...] = (
     FilterField("format", "keyword", "match_any"),
     FilterField("captured_at", "datetime", "time_range"),
     FilterField("size", "integer", "range"),
+    FilterField("orientation", "keyword", "match"),
 )
 INDEXED_FIELDS: dict[str, str] = {f.key: f.index for f in FILTER_FIELDS}
 
@@ -98,6 +100,7 @@ class SearchFilter:
     formats: tuple[str, ...] = field(default_factory=tuple)  # "jpeg", "png", ...
     min_size: int | None = None  # bytes
     max_size: int | None = None
+    orientation: str | None = None  # "landscape", "portrait" or "square"
 
     def is_empty(self) -> bool:
         return self == SearchFilter()
@@ -130,6 +133,8 @@ class SearchFilter:
                                    lt=to_rfc3339(self.before) if self.before else None))
         if self.min_size is not None or self.max_size is not None:
             found.append(Condition("size", "range", gte=self.min_size, lte=self.max_size))
+        if self.orientation:
+            found.append(Condition("orientation", "match", value=self.orientation))
         return found
 
 
@@ -205,6 +210,7 @@ def filter_from_text(
     types: Sequence[str] = (),
     min_size: str | None = None,
     max_size: str | None = None,
+    orientation: str | None = None,
 ) -> SearchFilter | None:
     """A ``SearchFilter`` from command-line text; a relative folder is taken from the cwd.
 
@@ -221,5 +227,26 @@ def filter_from_text(
         formats=tuple(types),
         min_size=parse_size(min_size) if min_size else None,
         max_size=parse_size(max_size) if max_size else None,
+        orientation=parse_orientation(orientation) if orientation else None,
     )
     return None if built.is_empty() else built
+
+
+ORIENTATIONS = ("landscape", "portrait", "square")
+
+
+def orientation_of(width: int, height: int) -> str:
+    """How a picture stands, as ingest records it.
+
+    >>> orientation_of(4000, 3000), orientation_of(3000, 4000), orientation_of(512, 512)
+    ('landscape', 'portrait', 'square')
+    """
+    return "landscape" if width > height else "portrait" if height > width else "square"
+
+
+def parse_orientation(text: str) -> str:
+    """``--orientation`` checked against the three values ingest records."""
+    value = text.strip().lower()
+    if value not in ORIENTATIONS:
+        raise ValueError(f"Unknown orientation {text!r}; use {', '.join(ORIENTATIONS)}.")
+    return value

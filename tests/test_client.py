@@ -162,3 +162,29 @@ def test_cli_unreachable_server_is_one_clear_line(tmp_path):
     assert result.exit_code == 1
     assert "Could not reach the Qdrant server" in result.output
     assert "Traceback" not in result.output
+
+
+def test_orientation_filter_is_written_at_ingest_and_searched_on_both_back_ends(
+        tiny_model, tmp_path):
+    """A filter added in three places (payload key + filter in store/filters.py, the value
+    in ingest/write.py, the option in cli.py) works on Edge and the server back end."""
+    from tests.conftest import make_image
+
+    root = tmp_path / "photos"
+    make_image(root / "wide.png", seed=1, size=(64, 32))
+    make_image(root / "tall.png", seed=2, size=(32, 64))
+    make_image(root / "even.png", seed=3, size=(40, 40))
+    for location in (tmp_path / "edge", f"path:{tmp_path / 'local'}"):
+        store = ingest_into(tiny_model, root, location)
+        store.close()
+        with SearchClient(location, model=tiny_model, reranker=None) as client:
+            for wanted, name in (("landscape", "wide"), ("portrait", "tall"), ("square", "even")):
+                hits = client.search("blocks", k=3, filters=SearchFilter(orientation=wanted))
+                assert [Path(h.path).stem for h in hits] == [name]
+                assert hits[0].payload["orientation"] == wanted
+    result = CliRunner().invoke(app, ["search", "blocks", "--store", str(tmp_path / "edge"),
+                                      "--no-rerank", "--orientation", "portrait"])
+    assert result.exit_code == 0 and "tall.png" in result.output and "wide" not in result.output
+    bad = CliRunner().invoke(app, ["search", "blocks", "--store", str(tmp_path / "edge"),
+                                   "--orientation", "diagonal"])
+    assert bad.exit_code == 1 and "Unknown orientation" in bad.output
