@@ -245,10 +245,13 @@ def search(
     ingest wrote one for its model; otherwise, or for a server, a GPU or a reranker that
     only torch runs, this loads the model (one line says why).
     """
-    from twinrank.display import printable  # no torch on the fast path
+    import warnings
+
+    from twinrank.display import QUERY_CUT, printable  # no torch on the fast path
     from twinrank.store.filters import filter_from_text
 
-    with friendly_errors():
+    with friendly_errors(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
         filters = filter_from_text(folder, after, before, file_type or (), min_size, max_size,
                                    orientation)
         hits, note = None, None
@@ -273,6 +276,9 @@ def search(
                               collection=collection) as client:
                 hits = client.search(query, k=k, rerank=rerank, filters=filters)
                 note = client.reranker_note if rerank else None
+    for text in dict.fromkeys(str(w.message) for w in caught):
+        if text.startswith(QUERY_CUT):  # the one warning a user should see
+            typer.secho(text, fg=typer.colors.YELLOW, err=True)
     if note:
         typer.echo(note, err=True)
     if as_json:

@@ -30,3 +30,15 @@ def printable(text: str) -> str:
         else:
             out.append(char.encode("unicode_escape").decode("ascii"))
     return "".join(out)
+
+
+QUERY_CUT = "The query is longer than the model reads"
+
+
+def warn_query_cut(limit: int) -> None:
+    """Say (as a ``UserWarning``, which the CLI prints as one line) that a query was cut
+    to the model's context of ``limit`` tokens: the words after it changed nothing."""
+    import warnings
+
+    warnings.warn(f"{QUERY_CUT} ({limit} tokens); the words after that were ignored.",
+                  UserWarning, stacklevel=3)

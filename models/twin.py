@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from twinrank.display import warn_query_cut
 from twinrank.models.config import TwinConfig
 from twinrank.models.fusion import FusionHead
 
@@ -180,6 +181,8 @@ class TwinModel(nn.Module):
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Token ids (B, L), cut to the longest text: the text tower is causal, so this is exact."""
         ids: torch.Tensor = self.tokenizer(list(texts))
+        if len(ids) and bool((ids[:, -1] != self.pad_id).any()):  # a text filled the context
+            warn_query_cut(int(ids.shape[1]))
         length = int((ids != self.pad_id).sum(dim=1).max().item()) if len(ids) else 1
         return ids[:, : max(length, 1)]
 

@@ -24,6 +24,8 @@ import ftfy
 import numpy as np
 import regex
 
+from twinrank.display import warn_query_cut
+
 MERGES = 49152 - 256 - 2  # merges CLIP's vocabulary uses (the file has more)
 SPECIAL = ("<start_of_text>", "<end_of_text>")
 
@@ -93,6 +95,7 @@ class ClipBpe:
         for row, text in enumerate(texts):
             ids = [self.sot, *self.encode(text), self.eot]
             if len(ids) > self.context_length:
+                warn_query_cut(self.context_length)
                 ids = ids[: self.context_length]
                 ids[-1] = self.eot
             out[row, : len(ids)] = ids

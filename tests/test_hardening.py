@@ -363,3 +363,26 @@ def test_mode_bits_of_a_read_only_copy_do_not_leak(tmp_path):
         for place, folders, _ in os.walk(tmp_path / "s"):
             for name in folders:
                 os.chmod(os.path.join(place, name), 0o755)
+
+
+def test_a_query_cut_to_the_models_context_gets_one_line(tmp_path):
+    root = tmp_path / "photos"
+    for i in range(3):
+        make_image(root / f"p{i}.png", seed=50 + i)
+    assert ingest(root, tmp_path / "store")[0] == 0
+    long_query = " ".join(["a small red circle left of a large blue square"] * 12)
+    runner = CliRunner()
+    for query, lines in ((long_query, 1), ("a red circle", 0)):
+        result = runner.invoke(app, ["search", query, "--store", str(tmp_path / "store"),
+                                     "--no-rerank"])
+        assert result.exit_code == 0, result.output
+        assert result.output.count("The query is longer than the model reads") == lines
+    import warnings
+
+    from twinrank.search import SearchClient
+
+    with SearchClient(tmp_path / "store", reranker=None) as client:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            client.search(long_query, k=2)
+    assert any("longer than the model reads" in str(w.message) for w in caught)
