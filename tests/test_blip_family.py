@@ -255,3 +255,16 @@ def test_evaluate_scores_blip_as_transformers_does(blip_folder, blip, photos, tm
     for mode, scores in (("bi", pairs[..., 0]), (f"coop@{len(photos)}", pairs[..., 1])):
         expected = 100.0 * float(np.mean(scores.argmax(axis=1) == own))
         assert table[mode]["t2i_recall@1"] == pytest.approx(expected)
+
+
+def test_bf16_ingest_copy_of_blip_matches_fp32(blip, photos):
+    """Ingest's bf16 copy (CPUs with native bf16) casts BLIP's vision modules only and
+    leaves the model it was given in fp32."""
+    images = [open_rgb(p) for p in photos[:3]]
+    exact_vectors, exact_tokens = ImageEmbedder(blip, precision="fp32").embed(images)
+    half = ImageEmbedder(blip, precision="bf16")
+    vectors, tokens = half.embed(images)
+    assert next(blip.retrieval.vision_model.parameters()).dtype == torch.float32
+    assert half._tower.retrieval.text_encoder is blip.retrieval.text_encoder  # shared, not copied
+    assert (vectors * exact_vectors).sum(axis=1).min() > 0.99
+    assert tokens.shape == exact_tokens.shape == (3, *blip.token_shape)
