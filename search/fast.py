@@ -12,6 +12,7 @@ another model than the collection's (``FastPathUnavailable``, one sentence); the
 then says so in one line and searches with torch.
 
 Example:
+    >>> from twinrank.store import open_store
     >>> with open_store("~/.twinrank/store") as store:
     ...     fast = FastQueryModel.open(Path("~/.twinrank/store").expanduser(), store.info)
     ...     hits = fast_search(store, fast, FastSearch("a red circle", k=5))
