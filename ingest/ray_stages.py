@@ -95,7 +95,7 @@ def read_batch(batch: dict[str, np.ndarray], stage: ReadStage, known: Any) -> di
         "embed": np.zeros(n, bool),
         "pixels": np.zeros((n, *stage.pixel_shape), dtype=stage.pixel_dtype),
     }
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     with ReadAheadPool(load, stage.threads, stage.timeout, nice=stage.nice) as pool:
         for i, (_, result) in enumerate(pool.map(candidates, read_ahead=n)):
             if isinstance(result, BaseException):
@@ -110,6 +110,8 @@ def read_batch(batch: dict[str, np.ndarray], stage: ReadStage, known: Any) -> di
                 out["embed"][i] = True
                 out["pixels"][i] = result.pixels
     out["read_s"] = np.full(n, (time.perf_counter() - began) / max(1, n))
+    out["read_cpu_s"] = np.full(n, (time.process_time() - cpu) / max(1, n))
+    out["read_pid"] = np.full(n, os.getpid(), np.int64)
     return out
 
 
@@ -121,6 +123,7 @@ class EmbedActor:
     """
 
     def __init__(self, spec: ModelSpec, threads: int | None = None) -> None:
+        began = time.perf_counter()
         import torch
 
         from twinrank.models import create_model
@@ -136,9 +139,10 @@ class EmbedActor:
         self.embedder = ImageEmbedder(model, spec.precision)
         self.spec = spec
         self.pid = os.getpid()
+        self.start_s = time.perf_counter() - began  # imports and model load, reported once
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         wanted = np.asarray(batch["embed"], dtype=bool)
         n = len(wanted)
         out = {name: column for name, column in batch.items() if name != "pixels"}
@@ -153,6 +157,10 @@ class EmbedActor:
         out["precision"] = np.full(n, str(self.embedder.dtype).removeprefix("torch."),
                                    dtype=object)
         out["embed_s"] = np.full(n, (time.perf_counter() - began) / max(1, n))
+        out["embed_cpu_s"] = np.full(n, (time.process_time() - cpu) / max(1, n))
+        out["actor_start_s"] = np.zeros(n)
+        if n:  # counted once per actor: on its first batch
+            out["actor_start_s"][0], self.start_s = self.start_s, 0.0
         return out
 
 
