@@ -68,7 +68,7 @@ def twins(models: nn.ModuleDict) -> dict[str, TwinModel]:
              if isinstance(model, TwinModel | BlipTwinModel)}
     if len(found) != len(models):
         raise TypeError("training holds only TwinModels")
-    return found  # type: ignore[return-value]
+    return found
 
 
 def exported_model(mode: str, models: nn.ModuleDict) -> TwinModel:
