@@ -163,7 +163,7 @@ def test_an_upload_that_is_not_an_image_is_a_message(shared_store, monkeypatch):
     buffer = io.BytesIO(b"\x89PNG\r\n\x1a\n not really a png")
     at.file_uploader(key="upload").set_value(("x.png", buffer.getvalue(), "image/png")).run()
     assert not at.exception
-    assert "Could not read x.png" in at.error[0].value
+    assert "Cannot read image x.png" in at.error[0].value
 
 
 def test_unexpected_errors_never_show_a_stack_trace(shared_store, monkeypatch):

@@ -19,9 +19,15 @@ from pathlib import Path
 import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
-from twinrank.models import ModelLoadError
-from twinrank.search import QueryError, SearchClient, SearchFilter
-from twinrank.store import StoreBusyError, StoreError, read_info
+from twinrank.search import (
+    ModelLoadError,
+    QueryError,
+    SearchClient,
+    SearchFilter,
+    StoreBusyError,
+    StoreError,
+    read_info,
+)
 from twinrank.ui.examples import Example, read_examples
 from twinrank.ui.facets import Facets, FilterChoices, collect_facets
 from twinrank.ui.launch import MAX_UPLOAD_MB, STORE_ENV

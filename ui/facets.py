@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from twinrank.store.filters import SearchFilter, folder_key
+from twinrank.search import SearchFilter, folder_key
 
 MAX_FOLDERS = 1000  # choices in the folder box; the biggest folders win beyond this
 

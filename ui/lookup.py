@@ -19,8 +19,8 @@ from typing import Any
 
 from PIL import Image
 
-from twinrank.rerank.registry import available_rerankers
 from twinrank.search import SearchClient, SearchFilter
+from twinrank.search import reranker_names as search_reranker_names
 from twinrank.search.client import QueryError
 from twinrank.search.hits import SearchResults
 
@@ -61,7 +61,7 @@ def source_payload(client: SearchClient, point_id: str) -> dict[str, Any]:
 
 def reranker_names() -> list[str]:
     """The rerankers the app offers (from the reranker registry), "off" last."""
-    names = [kind.name for kind in available_rerankers() if kind.name != "none"]
+    names = search_reranker_names()
     return [*names, RERANK_OFF]
 
 
