@@ -527,7 +527,7 @@ def demo(
     from twinrank.ingest.runner import IngestConfig
     from twinrank.models import DEMO_MODEL
     from twinrank.search import SearchClient
-    from twinrank.ui.examples import choose_examples, read_examples, write_examples
+    from twinrank.ui.examples import Tally, choose_examples, read_examples, write_examples
 
     home = home.expanduser()
     set_threads(threads)
@@ -545,9 +545,11 @@ def demo(
             pairs = [(min(record.captions, key=len), str(record.image_path.resolve()))
                      for record in load_dataset(f"scenes:{scenes}:test:en")
                      if not record.also_true]
+            tally = Tally()
             with SearchClient(store) as client:
-                examples = choose_examples(client, pairs)
+                examples = choose_examples(client, pairs, tally=tally)
             write_examples(store, examples)
+            typer.echo(tally.summary())
     typer.echo("Try these (bi-encoder rank → reranked rank of the image the query describes):")
     for example in examples:
         typer.echo(f"  {example.label()}")

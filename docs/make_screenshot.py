@@ -1,7 +1,10 @@
 """Make docs/screenshot.png: the app on the demo collection, in headless Chromium.
 
-    python cli.py demo --home /tmp/twinrank-demo --no-ui
-    python docs/make_screenshot.py --store /tmp/twinrank-demo/store
+    python cli.py demo --home runs/demo --no-ui
+    python docs/make_screenshot.py --store runs/demo/store-busy
+
+It clicks the demo's first example query (one the reranker fixes) and waits for both
+result grids to load.
 
 Needs Playwright (a dev dependency) and Debian's /usr/bin/chromium; downloads nothing.
 """
@@ -19,13 +22,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
+from twinrank.ui.examples import read_examples  # noqa: E402
 from twinrank.ui.launch import start_ui, stop, wait_until_ready  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-QUERY = "a small red circle left of a large blue square"
-ROWS = 3  # result rows to wait for before the picture is taken
+ROWS = 8  # results per column to wait for before the picture is taken
 
 
 def free_port() -> int:
@@ -34,26 +37,22 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def capture(url: str, profile: Path) -> bytes:
+def capture(url: str, profile: Path, query: str) -> bytes:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(profile), executable_path=CHROMIUM, headless=True, args=FLAGS,
-            viewport={"width": 1360, "height": 1180})
+            viewport={"width": 1400, "height": 1000})
         try:
             page = context.new_page()
             page.goto(url)
-            box = page.get_by_label("What are you looking for?")
-            box.wait_for(timeout=120_000)
-            box.fill(QUERY)
-            box.press("Enter")
+            page.get_by_role("button", name=query).click(timeout=120_000)
             page.wait_for_function(
                 """rows => [...Array(rows).keys()].every(i => ['before', 'after'].every(s => {
                     const img = document.querySelector(`.st-key-card-${s}-${i + 1} img`);
                     return img && img.complete && img.naturalWidth > 0; }))""",
                 arg=ROWS, timeout=120_000)
-            box.blur()  # no focus ring or hover highlight in the picture
             page.mouse.move(700, 5)
             return page.screenshot()
         finally:
@@ -73,13 +72,16 @@ def main() -> None:
     parser.add_argument("--store", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("screenshot.png"))
     args = parser.parse_args()
+    examples = [e for e in read_examples(args.store) if e.fixed]
+    if not examples:
+        raise SystemExit(f"{args.store} has no example queries: build it with `twinrank demo`.")
     port = free_port()
     process = start_ui(args.store, port=port, new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until_ready(url, process)
         with tempfile.TemporaryDirectory() as profile:
-            png = small_png(capture(url, Path(profile)))
+            png = small_png(capture(url, Path(profile), examples[0].query))
     finally:
         stop(process)
     args.out.write_bytes(png)

@@ -39,7 +39,7 @@ class Example:
     """
 
     query: str
-    image: str  # the right image's file name
+    image: str  # the path of the image the query describes
     bi_rank: int | None
     rerank_rank: int | None
 
@@ -51,7 +51,8 @@ class Example:
     def label(self) -> str:
         """How the example reads in the terminal: bi-encoder rank → reranked rank."""
         bi = f"#{self.bi_rank}" if self.bi_rank else "not found"
-        return f"{self.query!r}: bi-encoder {bi} → reranked #{self.rerank_rank}"
+        return (f"{self.query!r} ({path_name(self.image)}): bi-encoder {bi} → reranked "
+                f"#{self.rerank_rank}")
 
 
 def measure(client: SearchClient, query: str, image_path: str) -> Example:
@@ -60,19 +61,36 @@ def measure(client: SearchClient, query: str, image_path: str) -> Example:
     wanted = str(image_path)
     for hit in after:
         if wanted in (str(p) for p in hit.payload.get("paths") or [hit.path]):
-            return Example(query, path_name(wanted), hit.bi_rank, hit.rerank_rank)
-    return Example(query, path_name(wanted), None, None)
+            return Example(query, wanted, hit.bi_rank, hit.rerank_rank)
+    return Example(query, wanted, None, None)
+
+
+@dataclass
+class Tally:
+    """What the reranker did to the captions tried: the honest context of the examples."""
+
+    tried: int = 0
+    fixed: int = 0  # bi-encoder below rank 1, reranked to rank 1
+    broken: int = 0  # bi-encoder rank 1, reranked below it
+    bi_first: int = 0
+    reranked_first: int = 0
+
+    def summary(self) -> str:
+        return (f"Of {self.tried} captions tried, the bi-encoder put the right picture first "
+                f"for {self.bi_first} and the reranker for {self.reranked_first}: it fixed "
+                f"{self.fixed} and broke {self.broken}.")
 
 
 def choose_examples(
     client: SearchClient, captions: Iterable[tuple[str, str]], fixed: int = FIXED,
-    agreed: int = AGREED, visible: int = 8,
+    agreed: int = AGREED, visible: int = 8, tally: Tally | None = None,
 ) -> list[Example]:
     """Captions where the reranker fixes the bi-encoder (biggest visible jumps first), then
     ones both stages get right; one example per image.
 
     ``captions`` are (query, path of the one image it describes) pairs. A fix whose right
     image the bi-encoder ranked within ``visible`` is preferred, so both columns show it.
+    Stops once it has twice the fixes it needs; ``tally`` counts every caption it tried.
     """
     fixes: list[Example] = []
     agreements: list[Example] = []
@@ -81,6 +99,12 @@ def choose_examples(
         if path in seen:
             continue
         example = measure(client, query, path)
+        if tally is not None:
+            tally.tried += 1
+            tally.fixed += example.fixed
+            tally.broken += example.bi_rank == 1 and example.rerank_rank != 1
+            tally.bi_first += example.bi_rank == 1
+            tally.reranked_first += example.rerank_rank == 1
         if example.fixed:
             fixes.append(example)
             seen.add(path)

@@ -17,7 +17,14 @@ from twinrank.search import SearchClient
 from twinrank.search.hits import Hit
 from twinrank.ui.lookup import source_payload
 from twinrank.ui.thumbs import PREVIEW_SIZE, ThumbnailCache
-from twinrank.ui.views import caption, file_name, metadata_rows, moved_summary, timing_line
+from twinrank.ui.views import (
+    caption,
+    file_name,
+    markdown_safe,
+    metadata_rows,
+    moved_summary,
+    timing_line,
+)
 
 PER_ROW = 4  # thumbnails a row in each of the before/after columns
 GRID_COLUMNS = 8  # thumbnails a row when one list fills the page
@@ -51,9 +58,10 @@ def result_card(
     actions under it, "More like this" and "Details"."""
     with st.container(key=f"card-{key}", gap="small"):
         if thumb is not None:
-            st.image(str(thumb), caption=text, width="stretch")
+            st.image(str(thumb), caption=markdown_safe(text), width="stretch")
         else:
-            st.warning(f"{text}: the file is missing or unreadable (moved since ingest?).")
+            st.warning(f"{markdown_safe(text)}: the file is missing or unreadable (moved since "
+                       f"ingest?).")
         with st.container(horizontal=True, gap="small"):
             st.button("More like this", key=f"similar-{key}", on_click=ask_similar,
                       args=(hit.id,), type="tertiary",
@@ -68,7 +76,7 @@ def source_card(thumbs: ThumbnailCache, point_id: str, payload: dict[str, Any],
     """The image a "more like this" search started from."""
     thumb = thumbs.get(point_id, payload)
     if thumb is not None:
-        st.image(str(thumb), caption=f"Searching with {name}", width=120)
+        st.image(str(thumb), caption=f"Searching with {markdown_safe(name)}", width=120)
 
 
 @st.dialog("Image details", width="large")
@@ -117,7 +125,7 @@ def grid(
     """A single ranked list (rerank off, or a search by image) as a grid of cards."""
     paths, thumbs_ms = load_thumbs(thumbs, hits)
     st.caption(f"{timing_line(timings)} · thumbnails {thumbs_ms:.1f} ms")
-    st.subheader(title)
+    st.subheader(markdown_safe(title))
     for start in range(0, len(hits), GRID_COLUMNS):
         columns = st.columns(GRID_COLUMNS, gap="small")
         for column, hit in zip(columns, hits[start:start + GRID_COLUMNS], strict=False):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Any
 
 from twinrank.search.hits import Hit
 
+_MARKUP = re.compile(r"([\\`*_\[\]<>$:~|&])")
 TIMING_LABELS = {
     "encode_ms": "text encoding",
     "image_encode_ms": "image encoding",
@@ -27,6 +29,18 @@ def movement(hit: Hit, k: int) -> str:
     if moved < 0:
         return f"↓{-moved}"
     return "="
+
+
+def markdown_safe(text: str) -> str:
+    r"""``text`` for a place Streamlit renders as Markdown (image captions, headers, alerts):
+    every character that could start markup, a link, an image, a colour directive, LaTeX
+    or HTML is backslash-escaped, so a file name shows exactly as it is spelled.
+
+    Example:
+        >>> print(markdown_safe("a`[x](y)`$z$.png"))
+        a\`\[x\](y)\`\$z\$.png
+    """
+    return _MARKUP.sub(r"\\\1", text)
 
 
 def path_name(path: str) -> str:
