@@ -88,7 +88,7 @@ class TwinModel(nn.Module):
         self.clip: Any = clip if clip is not None else build_clip(config)
         self._model_id = model_id or f"{config.name}:unknown"
         self.head = FusionHead(config.fusion, self.text_width, self.vision_width)
-        self.tokenizer = build_tokenizer(config)
+        self._tokenizer: Any = None  # built on first use (see ``tokenizer``)
         self._preprocess: Any = None
 
     @property
@@ -172,6 +172,18 @@ class TwinModel(nn.Module):
                 std=self.config.image_std,
             )
         return self._preprocess
+
+    @property
+    def tokenizer(self) -> Any:
+        """The text tokenizer, built on first use: reading CLIP's BPE merges costs about a
+        CPU-second, and ingest (the image side) never tokenizes."""
+        if self._tokenizer is None:
+            self._tokenizer = build_tokenizer(self.config)
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
 
     @property
     def pad_id(self) -> int:
