@@ -45,6 +45,7 @@ from twinrank.store.schema import (
     SearchPlan,
     centre,
     crosses_gap,
+    query_for_centred,
     search_plan,
 )
 
@@ -62,6 +63,7 @@ class BenchConfig:
     candidates: tuple[int, ...] = (100, 200, 400, 800)
     efs: tuple[int, ...] = (128, 512)
     seed: int = 0
+    ceiling_only: bool = False  # no index: how many candidates the size needs (numpy)
     indexes_after_build: bool = False  # payload indexes after the HNSW build: no payload
     # subgraphs (ingest creates them before; Qdrant then adds links per indexed value)
     workdir: Path | None = None
@@ -192,14 +194,16 @@ def two_stage_direct(store: EdgeStore, vector: np.ndarray, centred: np.ndarray, 
     With ``using="image"`` it is the alternative that needs no second vector: the text
     query shifted into the image cone (``q - text_mean + image_mean``) on ``image``'s HNSW.
     """
-    from qdrant_edge import Prefetch, Query, QueryRequest, SearchParams
+    from qdrant_edge import Prefetch, QuantizationSearchParams, Query, QueryRequest, SearchParams
 
     condition = edge_filter(search_filter)
     prefetch = Prefetch(limit=candidates, filter=condition,
                         query=Query.Nearest(centred.tolist(), using=using),
                         params=SearchParams(hnsw_ef=candidates, quantization=quantization))
+    exact_rescoring = SearchParams(quantization=QuantizationSearchParams(ignore=True))
     request = QueryRequest(limit=K, query=Query.Nearest(vector.tolist(), using=IMAGE_VECTOR),
-                           prefetches=[prefetch], filter=condition, with_payload=False)
+                           prefetches=[prefetch], filter=condition, with_payload=False,
+                           params=exact_rescoring)
     with store._lease.hold() as shard:
         return list(shard.query(request))
 
@@ -233,9 +237,10 @@ def query_all(config: BenchConfig, store: EdgeStore, sets: dict[str, np.ndarray]
         for flt in (None, FILTER):
             key = f"{modality}{'' if flt is None else '_filtered'}"
             qs, expected = sets[modality], truth[key]
-            cq = centre(qs, np.asarray(means[modality], dtype=np.float32))
-            shifted = corpus.unit(qs - np.asarray(means[modality], dtype=np.float32)
-                                  + np.asarray(means["image"], dtype=np.float32))
+            # the store's first-stage query (a text vector as it is, an image centred) and
+            # the issue's first proposal for text: minus the model's mean text vector
+            cq = np.stack([query_for_centred(q, store.info, modality) for q in qs])
+            text_centred = centre(qs, np.asarray(means["text"], dtype=np.float32))
             count = len(qs)
 
             def run(search: Any, queries: int = count, expected: np.ndarray = expected) -> Any:
@@ -248,7 +253,14 @@ def query_all(config: BenchConfig, store: EdgeStore, sets: dict[str, np.ndarray]
                 "policy": run(lambda i, qs=qs, f=flt, m=modality: store.search(
                     qs[i], K, f, modality=m)),
             }
-            rows["policy"]["plan"] = asdict(search_plan(n, K, modality, crosses_gap(store.info)))
+            plan = search_plan(n, K, modality, crosses_gap(store.info))
+            rows["policy"]["plan"] = asdict(plan)
+            if quantized:  # the store's request as it runs on a collection without int8
+                rows["policy_full_precision"] = run(
+                    lambda i, qs=qs, cq=cq, f=flt, p=plan: (
+                        two_stage_direct(store, qs[i], cq[i], p.candidates, f, ignore)
+                        if p.candidates else store.search(qs[i], K, f, plan=p) if p.exact
+                        else direct(store, qs[i], IMAGE_VECTOR, K, p.hnsw_ef or 0, f, ignore)))
             for ef in config.efs:
                 rows[f"image_hnsw_ef{ef}"] = run(lambda i, qs=qs, f=flt, e=ef: direct(
                     store, qs[i], IMAGE_VECTOR, K, e, f, ignore))
@@ -260,9 +272,9 @@ def query_all(config: BenchConfig, store: EdgeStore, sets: dict[str, np.ndarray]
                 rows[f"two_stage_{c}"] = run(lambda i, qs=qs, cq=cq, f=flt, c=c: (
                     two_stage_direct(store, qs[i], cq[i], c, f, ignore)))
                 if modality == "text":
-                    rows[f"shifted_query_on_image_{c}"] = run(
-                        lambda i, qs=qs, sq=shifted, f=flt, c=c: two_stage_direct(
-                            store, qs[i], sq[i], c, f, ignore, using=IMAGE_VECTOR))
+                    rows[f"text_mean_centred_{c}"] = run(
+                        lambda i, qs=qs, tq=text_centred, f=flt, c=c: two_stage_direct(
+                            store, qs[i], tq[i], c, f, ignore))
                 if quantized:
                     rows[f"two_stage_{c}_quantized_prefetch"] = run(
                         lambda i, qs=qs, cq=cq, f=flt, c=c: two_stage_direct(
@@ -283,6 +295,60 @@ def ground_truth(config: BenchConfig, source: Source) -> dict[str, np.ndarray]:
     return truth
 
 
+def candidate_ceiling(config: BenchConfig, source: Source,
+                      truth: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Recall@20 of the two-stage search if its first stage were exact: the exact top-C
+    by centred cosine, rescored exactly. HNSW can only lose from here, so this says how
+    many candidates a size needs, without building an index (numpy, two passes).
+    """
+    total, count = np.zeros(source.queries["text"].shape[1]), 0
+    for _, vectors in source.chunks():
+        total += vectors.sum(axis=0, dtype=np.float64)
+        count += len(vectors)
+    image_mean = (total / count).astype(np.float32)
+    texts = source.queries["text"]
+    centred_texts = centre(texts, source.text_mean)
+    shifted = corpus.unit(texts - source.text_mean + image_mean)
+    folders, jpeg = corpus.payload_columns(source.points, config.seed)
+    mask = (folders == 3) & jpeg
+    most = max(config.candidates)
+    out: dict[str, Any] = {"image_mean_points": count}
+    for label, first_stage, over in [("centred", centred_texts, "centred"),
+                                     ("raw_query_on_centred", texts, "centred"),
+                                     ("shifted_on_image", shifted, "image")]:
+        for filtered in (False, True):
+            best = np.full((len(texts), 0), -np.inf, dtype=np.float32)
+            ids = np.zeros((len(texts), 0), dtype=np.int64)
+            raw = np.zeros((len(texts), 0), dtype=np.float32)
+            for start, vectors in source.chunks():
+                space = centre(vectors, image_mean) if over == "centred" else vectors
+                scores = first_stage @ space.T  # (Q, chunk)
+                if filtered:
+                    scores[:, ~mask[start:start + len(vectors)]] = -np.inf
+                best = np.concatenate([best, scores], axis=1)
+                ids = np.concatenate([ids, np.broadcast_to(
+                    np.arange(start, start + len(vectors)), scores.shape)], axis=1)
+                raw = np.concatenate([raw, texts @ vectors.T], axis=1)
+                keep = np.argpartition(-best, min(most, best.shape[1] - 1), axis=1)[:, :most]
+                best = np.take_along_axis(best, keep, axis=1)
+                ids = np.take_along_axis(ids, keep, axis=1)
+                raw = np.take_along_axis(raw, keep, axis=1)
+            order = np.argsort(-best, axis=1)
+            ids, raw = np.take_along_axis(ids, order, axis=1), np.take_along_axis(raw, order,
+                                                                                   axis=1)
+            expected = truth["text_filtered" if filtered else "text"]
+            row = {}
+            for c in config.candidates:
+                top = np.take_along_axis(ids[:, :c], np.argsort(-raw[:, :c], axis=1)[:, :K],
+                                         axis=1)
+                row[str(c)] = round(float(np.mean([len(set(t) & set(e)) / K for t, e in
+                                                   zip(top.tolist(), expected.tolist(),
+                                                       strict=True)])), 4)
+            out[f"{label}{'_filtered' if filtered else ''}"] = row
+            print("ceiling", label, filtered, row, flush=True)
+    return out
+
+
 def disk_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -299,6 +365,14 @@ def main(config: BenchConfig) -> dict[str, Any]:
                    f"(load average at start {os.getloadavg()[0]:.1f}): compare with the exact "
                    f"scan of the same run",
     }
+    if config.ceiling_only:
+        started = time.perf_counter()
+        truth = {k: v for k, v in ground_truth(config, source).items() if k.startswith("text")}
+        report["numpy_truth_s"] = round(time.perf_counter() - started, 1)
+        report["candidate_ceiling"] = candidate_ceiling(config, source, truth)
+        config.out.parent.mkdir(parents=True, exist_ok=True)
+        config.out.write_text(json.dumps(report, indent=2))
+        return report
     dim = source.queries["text"].shape[1]
     info = CollectionInfo("bench-real" if real else "bench-synthetic", dim, 16, 256,
                           text_mean=tuple(source.text_mean.tolist()))
@@ -350,6 +424,10 @@ def parse(argv: list[str] | None = None) -> BenchConfig:
                         help="Build here and keep it; a later run with the same --points "
                              "queries what it holds.")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--ceiling-only", action="store_true",
+                        help="No Qdrant: recall@20 of an exact first stage over C candidates "
+                             "(numpy), to size the candidate count at a scale too large to "
+                             "index here.")
     parser.add_argument("--indexes-after-build", action="store_true",
                         help="Create the payload indexes after the HNSW build (no payload "
                              "subgraphs: a much shorter build on a busy machine).")
@@ -361,6 +439,7 @@ def parse(argv: list[str] | None = None) -> BenchConfig:
                        candidates=tuple(args.candidates), efs=tuple(args.efs),
                        workdir=args.workdir, keep=args.keep, real_vectors=args.real_vectors,
                        indexes_after_build=args.indexes_after_build,
+                       ceiling_only=args.ceiling_only,
                        out=args.out)
 
 
