@@ -26,6 +26,9 @@ import pytest
 from tests.conftest import make_image
 
 ROOT = Path(__file__).resolve().parents[1]
+# About 35 s of CPU (a wheel build and five fresh interpreters, three of them importing
+# torch): well under a minute alone, but far longer on a machine others are loading.
+pytestmark = pytest.mark.timeout(900)
 
 
 @dataclass(frozen=True)
