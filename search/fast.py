@@ -81,8 +81,13 @@ class FastQueryModel:
         self.pad_id = int(manifest["pad_id"])
         self.reranker_trained = bool(manifest.get("reranker_trained", False))
         self.tokenizer = ClipBpe(folder / manifest["vocab"], int(manifest["context_length"]))
-        self._text = ort.InferenceSession(str(folder / manifest["text_graph"]), options,
-                                          providers=providers)
+        try:
+            self._text = ort.InferenceSession(str(folder / manifest["text_graph"]), options,
+                                              providers=providers)
+        except Exception as error:  # ONNX Runtime raises its own kinds; all mean unusable
+            raise FastPathUnavailable(
+                f"its fast query export cannot be read ({str(error)[:200]}); delete "
+                f"{folder} and run `twinrank ingest` to write it again") from None
         self._head_file = folder / manifest["head_graph"]
         self._options, self._providers = options, providers
         self._head: Any = None  # loaded on the first rerank

@@ -125,6 +125,16 @@ def test_an_export_of_another_model_is_refused(fast_store: Path, tmp_path: Path)
     assert len([line for line in result.output.splitlines() if ".png" in line]) == 3
 
 
+def test_a_damaged_export_falls_back_with_one_line(fast_store: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "store"
+    shutil.copytree(fast_store, copy)
+    (copy / FAST_DIR / "text.onnx").write_bytes(b"not an onnx graph")
+    result = CliRunner().invoke(app, ["search", "a red circle", "--store", str(copy), "-k", "3"])
+    assert result.exit_code == 0, result.output
+    assert "cannot be read" in result.output and "Traceback" not in result.output
+    assert len([line for line in result.output.splitlines() if ".png" in line]) == 3
+
+
 def test_a_model_without_a_fast_path_is_recorded_and_refused(fast_store: Path,
                                                              tmp_path: Path) -> None:
     copy = tmp_path / "store"
