@@ -9,6 +9,12 @@ model, batch size and precision: the bare forward rate (``encode_image`` on prep
 tensors), a full ``run_ingest`` into a fresh store (walk, read, hash, decode, preprocess,
 forward, write, flush), and the bare rate again (the machine is shared; the two bare runs
 bracket the ingest). The result is the ratio ingest / bare.
+
+Start-up (``--startup``): the model is saved as a local model folder, a collection is made
+from one photo, a second photo is added, and ``twinrank ingest`` runs again as its own
+process: its wall and CPU seconds, the seconds its report gives the model load and the
+rest (imports, the walk, one forward, the write). Then the same command once more with
+nothing new: the no-op re-run, which loads no model.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,9 +35,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from twinrank.ingest import IngestConfig, run_ingest
+from twinrank.ingest.collection import collection_info
 from twinrank.models import create_model
 from twinrank.models.encode import ImageEmbedder
-from twinrank.search import collection_info, open_store
+from twinrank.store import open_store
 
 RESULTS = Path(__file__).parent / "results" / "ingest_bench.json"
 
@@ -101,6 +109,46 @@ def ingest_rate(embedder: ImageEmbedder, photos: Path, store_dir: Path, args: ar
             "stage_seconds": {k: round(v, 2) for k, v in report.stage_seconds.items()}}
 
 
+def measured(command: list[str]) -> dict[str, float]:
+    """Wall and CPU seconds (user + sys) and peak RSS (MB) of one process."""
+    began = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - began
+    if os.waitstatus_to_exitcode(status) != 0:
+        error = process.stderr.read().decode() if process.stderr else ""
+        raise RuntimeError(f"{' '.join(command)} failed: {error[-2000:]}")
+    return {"wall_s": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024)}
+
+
+def startup(model: torch.nn.Module, photos: Path, work: Path) -> dict[str, object]:
+    """``twinrank ingest`` of one new photo with a local model folder, as a process."""
+    from twinrank.models import save_model
+
+    twinrank = str(Path(sys.executable).parent / "twinrank")
+    folder, store = work / "startup-photos", work / "startup-store"
+    folder.mkdir(parents=True)
+    first, second = sorted(photos.rglob("*.JPG"))[:2]
+    shutil.copy(first, folder / first.name)
+    save_model(model, work / "model")  # type: ignore[arg-type]
+    command = [twinrank, "ingest", str(folder), "--store", str(store), "--model",
+               str(work / "model"), "--no-progress", "--report", str(work / "report.json")]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)  # creates it (+ export)
+    shutil.copy(second, folder / second.name)
+    one_new = measured(command)
+    report = json.loads((work / "report.json").read_text())
+    noop = measured(command)
+    stages = {k: round(v, 2) for k, v in report["stage_seconds"].items()}
+    return {"one_new_photo": one_new, "its_report_seconds": round(report["seconds"], 2),
+            "its_stage_seconds": stages,
+            "startup_wall_s": round(one_new["wall_s"] - report["seconds"]
+                                    + stages.get("model", 0.0), 2),
+            "noop_rerun": noop, "target_startup_s": 3.0,
+            "note": "startup_wall_s = process wall - the run's own seconds + its model "
+                    "load: imports, the model folder's load, the store opening"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="generated photos to ingest")
@@ -111,6 +159,8 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--decode-nice", type=int, default=10, help="niceness of decode threads")
     parser.add_argument("--bare-batches", type=int, default=8)
+    parser.add_argument("--startup", action="store_true",
+                        help="also time a process's start-up with a local model folder")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.threads:
@@ -125,6 +175,7 @@ def main() -> None:
         bare_before = bare_forward_rate(embedder, args.batch_size, args.bare_batches)
         ingest = ingest_rate(embedder, work / "photos", work / "store", args, args.model)
         bare_after = bare_forward_rate(embedder, args.batch_size, args.bare_batches)
+        started = startup(model, work / "photos", work) if args.startup else None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     bare = (bare_before[0] + bare_after[0]) / 2
@@ -145,6 +196,7 @@ def main() -> None:
         "ingest_over_bare_cpu": round(
             float(ingest["images_per_cpu_s"]) / bare_cpu, 3),  # type: ignore[arg-type]
         "target": 0.85,
+        "startup": started,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip()
                    + f", {torch.get_num_threads()} torch threads",
         "load_average_1m": round(os.getloadavg()[0], 2),
