@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 BENCHMARKS: dict[str, str] = {
     "ingest_bench": "ingest images/s vs the bare image-tower forward rate (issue 3)",
+    "cli_speed_bench": "whole-process search (fast path vs torch), no-op ingest, --help (issue 19)",
     "store_bench": "Qdrant Edge vs qdrant-client local: upsert, p50/p95, filters, recall (issue 8)",
     "rerank_bench": "cached-token reranking vs recomputed tokens vs BLIP-ITM size (issue 5)",
     "train_bench": "JOINT vs SEP parameters, JOINT vs bi-encoder step time (issue 4)",
