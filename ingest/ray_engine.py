@@ -83,11 +83,12 @@ class RayOptions:
 
 
 BatchHook = Callable[[dict[str, np.ndarray]], None]
-# Memory a read task reserves (its decode threads each hold one image at full size). Also
+# Memory a read task reserves: its worker peaked at 577 MiB in bench/ray_ingest_bench.py
+# (the imports are most of it; each decode thread holds one image at full size). Also
 # what keeps Ray Data from fusing the read tasks into the actors, which it does when two
 # stages ask for the same resources: decoding would then run on the model's CPUs (or
 # next to its GPU) serially with the forward pass instead of on every CPU of the cluster.
-READ_TASK_MEMORY = 256 * 1024 * 1024
+READ_TASK_MEMORY = 768 * 1024 * 1024
 # Seconds the workers report per row -> the report's stage names (summed over workers:
 # wall-clock and CPU seconds of the read tasks and the actors, and the actors' start-up).
 WORKER_TIMES = {"read_s": "read_tasks", "read_cpu_s": "read_tasks_cpu",
