@@ -4,8 +4,10 @@
 
 For each query the browser's clock runs from the Enter key to the moment every reranked
 card shows the caption the in-process client gives for that query with its image loaded.
-The same queries are first timed in-process (text encoding + vector search + rerank, what
-the app's timing line reports), so the JSON holds the page's cost next to the engine's.
+The same queries are first timed in-process (text encoding + vector search + rerank), and
+each answer's own timing line is read off the page, so the JSON holds the page's overhead
+(latency minus the query's own work, measured at the same moment: robust to a loaded
+machine) next to the engine's time.
 With --baseline the app is also run with its results fragment off (every query reruns the
 whole script, as before the fragment): a baseline measured in the same run on the same
 machine. Headless Chromium is Debian's /usr/bin/chromium; nothing is downloaded.
@@ -19,6 +21,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import socket
 import statistics
 import time
@@ -84,11 +87,15 @@ def in_process(store: Path, queries: list[str]) -> tuple[dict[str, list[str]], l
 
 
 async def session(browser: Any, url: str, queries: list[str],
-                  expected: dict[str, list[str]], timeout_ms: int) -> tuple[list[float], int]:
-    """One browser session running ``queries`` in turn; (latencies in ms, errors)."""
+                  expected: dict[str, list[str]], timeout_ms: int
+                  ) -> tuple[list[float], list[float], int]:
+    """One browser session running ``queries`` in turn: latencies in ms, the part of each
+    that was not the query's own work (the page's timing line: encode, search, rerank,
+    thumbnails), and the errors."""
     context = await browser.new_context(viewport={"width": 1400, "height": 1000})
     page = await context.new_page()
     latencies: list[float] = []
+    overheads: list[float] = []
     errors = 0
     try:
         await page.goto(url)
@@ -101,8 +108,12 @@ async def session(browser: Any, url: str, queries: list[str],
                 await box.press("Enter")
                 await page.wait_for_function(READY_JS, arg=[expected[query]],
                                              timeout=timeout_ms, polling="raf")
-                latencies.append(await page.evaluate(
-                    "window.__twinrank_done - window.__twinrank_start"))
+                latency = await page.evaluate("window.__twinrank_done - window.__twinrank_start")
+                latencies.append(latency)
+                engine = page_engine_ms(await page.get_by_text(
+                    re.compile(r"total [0-9.]+ ms · thumbnails")).first.inner_text())
+                if engine is not None:
+                    overheads.append(latency - engine)
                 if await page.locator("[data-testid='stAlert']").count():
                     errors += 1
             except Exception as error:  # a timeout or a closed page is an error, counted
@@ -110,7 +121,7 @@ async def session(browser: Any, url: str, queries: list[str],
                 errors += 1
     finally:
         await context.close()
-    return latencies, errors
+    return latencies, overheads, errors
 
 
 async def drive(url: str, sessions: int, queries: list[str], expected: dict[str, list[str]],
@@ -126,9 +137,21 @@ async def drive(url: str, sessions: int, queries: list[str], expected: dict[str,
                 for i in range(sessions)])
         finally:
             await browser.close()
-    latencies = [ms for run, _ in runs for ms in run]
+    latencies = [ms for run, _, _ in runs for ms in run]
+    overheads = [ms for _, run, _ in runs for ms in run]
     return {"sessions": sessions, "queries": len(latencies),
-            "errors": sum(errors for _, errors in runs), **summary(latencies)}
+            "errors": sum(errors for _, _, errors in runs), **summary(latencies),
+            "page_overhead": summary(overheads)}
+
+
+def page_engine_ms(timing: str) -> float | None:
+    """The query's own milliseconds from the page's timing line ('... total 12.0 ms ·
+    thumbnails 1.0 ms · ...'): encode + search + rerank, plus thumbnails."""
+    total = re.search(r"total ([0-9.]+) ms", timing)
+    thumbs = re.search(r"thumbnails ([0-9.]+) ms", timing)
+    if total is None or thumbs is None:
+        return None
+    return float(total.group(1)) + float(thumbs.group(1))
 
 
 def summary(values: list[float]) -> dict[str, float]:

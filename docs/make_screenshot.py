@@ -53,7 +53,8 @@ def capture(url: str, profile: Path, query: str) -> bytes:
                     const img = document.querySelector(`.st-key-card-${s}-${i + 1} img`);
                     return img && img.complete && img.naturalWidth > 0; }))""",
                 arg=ROWS, timeout=120_000)
-            page.mouse.move(700, 5)
+            page.mouse.move(60, 990)  # off the buttons: no tooltip in the picture
+            page.wait_for_timeout(1000)
             return page.screenshot()
         finally:
             context.close()

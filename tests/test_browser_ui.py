@@ -120,7 +120,7 @@ def test_query_both_columns_then_more_like_this(tmp_path):
             assert card_texts(page, "after", K) == [caption(h, "after", K) for h in after]
             page.screenshot(path=str(ARTIFACTS / "query.png"), full_page=True)
 
-            page.locator(".st-key-card-after-1").get_by_role("button", name="More like this") \
+            page.locator(".st-key-card-after-1").get_by_role("button", name="Similar") \
                 .click()
             expect(page.get_by_text(f"More like {file_name(after[0])}")).to_be_visible(
                 timeout=WAIT_MS)

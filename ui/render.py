@@ -55,7 +55,7 @@ def result_card(
     thumb: Path | None,
 ) -> None:
     """One result: thumbnail, its caption (rank, score, movement, file name) and two small
-    actions under it, "More like this" and "Details"."""
+    actions under it, "Similar" (more like this) and "Details"."""
     with st.container(key=f"card-{key}", gap="small"):
         if thumb is not None:
             st.image(str(thumb), caption=markdown_safe(text), width="stretch")
@@ -63,9 +63,9 @@ def result_card(
             st.warning(f"{markdown_safe(text)}: the file is missing or unreadable (moved since "
                        f"ingest?).")
         with st.container(horizontal=True, gap="small"):
-            st.button("More like this", key=f"similar-{key}", on_click=ask_similar,
+            st.button("Similar", key=f"similar-{key}", on_click=ask_similar,
                       args=(hit.id,), type="tertiary",
-                      help="Search the collection with this image.")
+                      help="More like this: search the collection with this image.")
             if st.button("Details", key=f"details-{key}", type="tertiary",
                          help="The full image and its facts."):
                 show_details(client, thumbs, hit.id)
