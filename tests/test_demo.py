@@ -42,6 +42,7 @@ def test_demo_examples_are_fixed_by_the_reranker(demo_home):
     fixed = [e for e in examples if e.fixed]
     assert fixed, "the demo found no caption the reranker fixes"
     assert examples[-1].bi_rank == 1 and examples[-1].rerank_rank == 1  # one both get right
+    assert "captions tried" in output  # the tally: what the reranker did to all it tried
     for example in examples:  # printed for the user, with the ranks
         assert example.query in output and path_name(example.image) in output
     with SearchClient(store) as client:  # measured again, by a fresh client
