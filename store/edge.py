@@ -159,7 +159,13 @@ class EdgeStore(StoreBase):
     ) -> list[StoredHit]:
         """The ``limit`` nearest images to an image or text vector (``modality``); ``plan``
         overrides the policy (``schema.search_plan``). Scores are cosines to ``image``."""
-        from qdrant_edge import Prefetch, Query, QueryRequest, SearchParams
+        from qdrant_edge import (
+            Prefetch,
+            QuantizationSearchParams,
+            Query,
+            QueryRequest,
+            SearchParams,
+        )
 
         vector = np.asarray(vector, dtype=np.float32)
         query = Query.Nearest(vector.tolist(), using=IMAGE_VECTOR)
@@ -174,7 +180,9 @@ class EdgeStore(StoreBase):
                     prefetches = [Prefetch(
                         limit=chosen.candidates, filter=condition,
                         query=Query.Nearest(centred.tolist(), using=CENTRED_VECTOR),
-                        params=SearchParams(exact=chosen.exact, hnsw_ef=chosen.hnsw_ef))]
+                        params=SearchParams(  # int8 scores pick; `image` rescores exactly
+                            exact=chosen.exact, hnsw_ef=chosen.hnsw_ef,
+                            quantization=QuantizationSearchParams(rescore=False)))]
                 request = QueryRequest(
                     limit=limit, query=query, filter=condition, with_payload=True,
                     prefetches=prefetches,
@@ -315,6 +323,8 @@ def _edge_config(info: CollectionInfo) -> Any:
         Memory,
         MultiVectorComparator,
         MultiVectorConfig,
+        ScalarQuantizationConfig,
+        ScalarType,
         VectorStorageDatatype,
     )
 
@@ -328,10 +338,11 @@ def _edge_config(info: CollectionInfo) -> Any:
     )
     vectors = {IMAGE_VECTOR: EdgeVectorParams(size=info.vector_size, distance=Distance.Cosine),
                "tokens": tokens}
-    if info.centred:  # only a prefetch reads it, so half precision is enough
+    if info.centred:  # only a prefetch reads it: half precision, searched through int8
         vectors[CENTRED_VECTOR] = EdgeVectorParams(
             size=info.vector_size, distance=Distance.Cosine,
-            datatype=VectorStorageDatatype.Float16)
+            datatype=VectorStorageDatatype.Float16,
+            quantization_config=ScalarQuantizationConfig(ScalarType.Int8, quantile=0.99))
     return EdgeConfig(vectors=vectors)
 
 

@@ -190,9 +190,12 @@ class RemoteStore(StoreBase):
             prefetch = None
             if chosen.candidates:
                 centred = query_for_centred(vector, info, modality)
+                first = None if self._local else models.SearchParams(  # int8 picks
+                    exact=chosen.exact, hnsw_ef=chosen.hnsw_ef,
+                    quantization=models.QuantizationSearchParams(rescore=False))
                 prefetch = models.Prefetch(query=centred.tolist(), using=CENTRED_VECTOR,
                                            limit=chosen.candidates, filter=condition,
-                                           params=params)
+                                           params=first)
             response = self._call(lambda: self._client.query_points(
                 self.collection, query=vector.tolist(), using=IMAGE_VECTOR, limit=limit,
                 prefetch=prefetch, query_filter=condition, search_params=params,
@@ -317,10 +320,12 @@ def _create_collection(
     vectors = {IMAGE_VECTOR: models.VectorParams(size=info.vector_size,
                                                  distance=models.Distance.COSINE),
                "tokens": tokens}
-    if info.centred:  # only a prefetch reads it, so half precision is enough
+    if info.centred:  # only a prefetch reads it: half precision, searched through int8
         vectors[CENTRED_VECTOR] = models.VectorParams(
             size=info.vector_size, distance=models.Distance.COSINE,
-            datatype=models.Datatype.FLOAT16)
+            datatype=models.Datatype.FLOAT16,
+            quantization_config=models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
+                type=models.ScalarType.INT8, quantile=0.99, always_ram=True)))
     client.create_collection(collection, vectors_config=vectors,
                              metadata={METADATA_KEY: asdict(info)},
                              **(layout or ClusterLayout()).create_args())
