@@ -141,6 +141,7 @@ def main() -> None:
         results["help"] = paired([*TWINRANK, "--help"], [sys.executable, "-c", "pass"],
                                  args.runs)
         load_after = os.getloadavg()[0]
+        points = {name: _points(stores[name]) for name in ("vitb32", "demo")}
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -149,7 +150,8 @@ def main() -> None:
         "query": QUERY, "photos": args.n, "photo_size": "1024x768 JPEG",
         "models": {"vitb32": f"ViT-B-32 towers (random) + fusion head, {args.train_steps} "
                              f"twinrank train steps (reranker_trained)",
-                   "demo": "the shipped demo model, 300 generated scenes (128 px)"},
+                   "demo": "the shipped demo model, generated scenes (128 px)"},
+        "collection_points": points,
         "build_seconds": round(build_s, 1),
         "targets": {"search_wall_s": 1.0, "search_peak_rss_mb": 600, "noop_ingest_wall_s": 1.0,
                     "help_wall_s": 0.5},
@@ -163,6 +165,13 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+
+
+def _points(collection: Path) -> int:
+    from twinrank.store import open_store
+
+    with open_store(collection) as store:
+        return store.count()
 
 
 def _cpu_name() -> str:

@@ -131,7 +131,7 @@ def startup(model: torch.nn.Module, photos: Path, work: Path) -> dict[str, objec
     folder.mkdir(parents=True)
     first, second = sorted(photos.rglob("*.JPG"))[:2]
     shutil.copy(first, folder / first.name)
-    save_model(model, work / "model")  # type: ignore[arg-type]
+    save_model(model, work / "model")
     command = [twinrank, "ingest", str(folder), "--store", str(store), "--model",
                str(work / "model"), "--no-progress", "--report", str(work / "report.json")]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)  # creates it (+ export)
