@@ -40,10 +40,14 @@ HNSW_EF_MIN = 128  # beam width for the HNSW search above that size...
 HNSW_EF_PER_RESULT = 8  # ...and at least this many candidates per requested result
 # Text queries across the gap: prefetch at least this many from ``centred`` (through its
 # int8 copy) and this many per requested result; all are rescored exactly on ``image``.
-# At 20k synthetic points recall@20 was 0.91/0.977/0.995 at 100/400/800 (int8 prefetch
-# the same to 0.001); bench/results/ann_bench_*.json.
-TWO_STAGE_CANDIDATES_MIN = 800
-TWO_STAGE_PER_RESULT = 40
+# Recall@20 on synthetic CLIP-like vectors (bench/results/ann_bench_*.json): at 20k
+# 0.91/0.977/0.995 at 100/400/800 candidates; at 100k 0.72/0.88/0.94/0.972 at
+# 100/400/800/1600 (plain HNSW on ``image``: 0.71 at ef 128, 0.89 at ef 512; int8 prefetch
+# within 0.003 of full precision). That is short of the exact scan's 1.0, so below
+# EXACT_RETRY_BELOW such queries are still searched exactly, and the two stages replace
+# the old ef-1024 fallback above it.
+TWO_STAGE_CANDIDATES_MIN = 1600
+TWO_STAGE_PER_RESULT = 80
 # Collections made before ``centred`` existed keep the old fallback for far queries.
 FAR_QUERY_COSINE = 0.5  # best hit below this: the query is out of distribution
 EXACT_RETRY_BELOW = 1_000_000  # points; a far query is re-run exactly below this size
@@ -261,17 +265,20 @@ class SearchPlan:
 
 def search_plan(points: int, limit: int, modality: str = "image",
                 across_gap: bool = False) -> SearchPlan:
-    """The shared policy: exact below ``EXACT_SEARCH_BELOW`` points; above it a text query
-    that crosses the modality gap (``crosses_gap``) goes two-stage, anything else HNSW.
+    """The shared policy: exact below ``EXACT_SEARCH_BELOW`` points; a text query that
+    crosses the modality gap (``crosses_gap``) exactly below ``EXACT_RETRY_BELOW`` and in
+    two stages above it; anything else HNSW.
 
     Example:
         >>> search_plan(5_000, 20)
         SearchPlan(exact=True, hnsw_ef=None, candidates=0)
         >>> search_plan(1_000_000, 20, modality="text", across_gap=True)
-        SearchPlan(exact=False, hnsw_ef=800, candidates=800)
+        SearchPlan(exact=False, hnsw_ef=1600, candidates=1600)
     """
     if points < EXACT_SEARCH_BELOW:
         return SearchPlan(exact=True, hnsw_ef=None)
+    if modality == "text" and across_gap and points < EXACT_RETRY_BELOW:
+        return SearchPlan(exact=True, hnsw_ef=None)  # no HNSW attempt that would be retried
     if modality == "text" and across_gap:
         candidates = max(TWO_STAGE_CANDIDATES_MIN, TWO_STAGE_PER_RESULT * limit)
         return SearchPlan(exact=False, hnsw_ef=candidates, candidates=candidates)

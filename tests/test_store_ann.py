@@ -101,6 +101,7 @@ def test_two_stage_returns_the_exact_top_k_when_the_candidates_hold_it(backend, 
 def test_the_policy_sends_text_queries_two_stage_and_image_queries_the_plain_way(
         backend, tmp_path, data, monkeypatch):
     monkeypatch.setattr(schema_module, "EXACT_SEARCH_BELOW", 100)  # as if it were large
+    monkeypatch.setattr(schema_module, "EXACT_RETRY_BELOW", 200)
     images = data["images"]
     plan = search_plan(len(images), K, modality="text", across_gap=True)
     assert plan.candidates >= K and search_plan(len(images), K).candidates == 0
@@ -165,6 +166,7 @@ def test_a_collection_that_grows_far_recomputes_its_image_mean_and_recentres(bac
 
 def test_edge_and_the_server_back_end_give_the_same_answers(tmp_path, data, monkeypatch):
     monkeypatch.setattr(schema_module, "EXACT_SEARCH_BELOW", 100)
+    monkeypatch.setattr(schema_module, "EXACT_RETRY_BELOW", 200)
     info = info_for(data)
     with open_store(tmp_path / "edge", info) as edge, open_store(":memory:", info) as server:
         for store in (edge, server):
@@ -230,3 +232,4 @@ def test_only_text_queries_across_a_gap_from_an_image_cone_go_two_stage():
     assert two.candidates >= 20 * K and not two.exact
     assert search_plan(1_000_000, K, modality="image", across_gap=True).candidates == 0
     assert search_plan(1_000, K, modality="text", across_gap=True).exact
+    assert search_plan(100_000, K, modality="text", across_gap=True).exact  # recall first
