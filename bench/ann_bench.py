@@ -4,6 +4,7 @@
     python -m bench.ann_bench --points 1000000 --workdir DIR --keep   # build once, keep it
     python -m bench.ann_bench --points 1000000 --workdir DIR          # query what DIR holds
     python -m bench.ann_bench --real-vectors OUT.npz --out bench/results/ann_bench_real.json
+    python -m bench.ann_bench --points 1000000 --ceiling-only   # no index: the best C can do
 
 Synthetic CLIP-like geometry with a modality gap (``bench.ann_corpus``): images in a narrow
 clustered cone, text queries in another, best text->image cosine ~0.25. The collection is
@@ -189,11 +190,8 @@ def direct(store: EdgeStore, vector: np.ndarray, using: str, limit: int, ef: int
 def two_stage_direct(store: EdgeStore, vector: np.ndarray, centred: np.ndarray, candidates: int,
                      search_filter: SearchFilter | None, quantization: Any,
                      using: str = CENTRED_VECTOR) -> list[Any]:
-    """The product's two-stage request, with explicit quantization on the prefetch.
-
-    With ``using="image"`` it is the alternative that needs no second vector: the text
-    query shifted into the image cone (``q - text_mean + image_mean``) on ``image``'s HNSW.
-    """
+    """The store's two-stage request with explicit quantization on the prefetch and exact
+    rescoring (``centred`` is the first-stage query, ``vector`` the rescoring one)."""
     from qdrant_edge import Prefetch, QuantizationSearchParams, Query, QueryRequest, SearchParams
 
     condition = edge_filter(search_filter)
