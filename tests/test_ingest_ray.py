@@ -6,6 +6,7 @@ One Ray per module (start-up costs seconds); each run still starts its own actor
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -235,29 +236,50 @@ def test_a_new_server_collection_gets_the_shards_replicas_and_write_consistency(
             client.created["write_consistency_factor"]) == (6, 2, 2)
 
 
+_DRIVER = """
+import os, signal, sys
+from pathlib import Path
+from twinrank.ingest import IngestConfig
+from twinrank.ingest.collection import collection_info
+from twinrank.ingest.ray_engine import RayOptions, run_ray_ingest
+from twinrank.ingest.ray_stages import ModelSpec
+from twinrank.models import create_model
+from twinrank.models.encode import ImageEmbedder
+from twinrank.store import open_store
+
+root, store_path = Path(sys.argv[1]), Path(sys.argv[2])
+model = create_model("twinrank-tiny", device="cpu")
+info = collection_info(model, "twinrank-tiny")
+spec = ModelSpec("twinrank-tiny", None, model.model_id, info.vector_size,
+                 (info.token_count, info.token_width), device="cpu")
+batches = []
+
+def kill_after_three(batch):
+    batches.append(batch)
+    if len(batches) == 4:  # three batches handed to the writer: kill -9 ourselves
+        os.kill(os.getpid(), signal.SIGKILL)
+
+run_ray_ingest(IngestConfig(root=root, batch_size=4, progress=False), spec,
+               ImageEmbedder(model), open_store(store_path, info),
+               RayOptions(files_per_task=4, local_cpus=2), on_batch=kill_after_three)
+"""
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # two Ray starts and two runs; minutes on a loaded machine
 def test_a_killed_ray_driver_resumes_with_nothing_lost_or_doubled(local_ray, tmp_path):
     root = tmp_path / "photos"
     for i in range(40):
         make_image(root / f"p{i:02d}.png", seed=300 + i)
     store = tmp_path / "store"
-    args = ["ingest", str(root), "--engine", "ray", "--store", str(store), "--batch-size", "4",
-            "--model", "twinrank-tiny"]
-    driver = subprocess.Popen(
-        [sys.executable, "-c", "from twinrank.cli import app; app()", *args],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
-    done = 0
-    text = b""
-    assert driver.stderr is not None
-    while driver.poll() is None and done < 12:
-        text += os.read(driver.stderr.fileno(), 4096)
-        counts = [int(n) for n in re.findall(rb"ingest \(ray\):[^|]*\|[^|]*\| *(\d+)/40", text)]
-        done = max(counts, default=0)
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    driver.wait()
-    assert 12 <= done < 40, "the driver finished before it could be killed"
+    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(root), str(store)],
+                              start_new_session=True)
+    assert driver.wait(timeout=600) == -signal.SIGKILL  # killed after 12 of 40 files
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(driver.pid, signal.SIGKILL)  # the local Ray that driver started
 
-    result = CliRunner().invoke(app, [*args, "--no-progress"])
+    result = CliRunner().invoke(app, ["ingest", str(root), "--engine", "ray", "--store",
+                                      str(store), "--batch-size", "4", "--no-progress"])
     assert result.exit_code == 0, result.output
     added, unchanged = (int(n) for n in re.search(
         r"added (\d+), updated 0, unchanged (\d+)", result.output).groups())
