@@ -7,14 +7,14 @@ Ingest creates collections, so it writes their identity; search reads it back
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+from twinrank.models.encoder import Encoder
 from twinrank.models.gap import mean_text_vector
 from twinrank.store import CollectionInfo
 
 
 def collection_info(
-    model: Any, source: str | None = None, pretrained: str | None = None,
+    model: Encoder, source: str | None = None, pretrained: str | None = None,
     cache_tokens: bool = True,
 ) -> CollectionInfo:
     """The identity a collection built with ``model`` records.

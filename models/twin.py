@@ -70,10 +70,11 @@ class TwinModel(nn.Module):
     surface, which is all that ingest, the store, search and rerank use: ``model_id``,
     ``image_size``, ``vector_size``, ``token_shape``, ``reranker_trained``, ``tokenize``,
     ``preprocess_images``, ``encode_image``, ``encode_text``, ``match_logit`` and
-    ``image_modules`` (see ``models.Encoder``).
+    ``image_modules`` (the ``models.encoder.Encoder`` protocol).
 
     Example:
-        >>> model = create_model("twinrank-tiny")  # from models.factory
+        >>> from twinrank.models import create_model
+        >>> model = create_model("twinrank-tiny")
         >>> text = model.encode_text(model.tokenize(["a red circle"]))
         >>> text.text_vector.shape
         torch.Size([1, 64])

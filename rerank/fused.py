@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +26,7 @@ from PIL import Image
 
 from twinrank.models import TextEncoding
 from twinrank.models.device import autocast, inference_dtype
+from twinrank.models.encoder import Encoder
 from twinrank.rerank.base import (
     Candidate,
     RerankerContext,
@@ -64,7 +64,7 @@ class FusedReranker:
 
     def __init__(
         self,
-        model: Any,
+        model: Encoder,
         tokens: TokenSource | None,
         precision: str = "auto",
         batch_size: int = 64,
@@ -176,7 +176,7 @@ def untrained_allowed() -> bool:
     return os.environ.get(ALLOW_UNTRAINED_ENV, "").lower() in ("1", "true", "yes")
 
 
-def untrained_message(model: Any) -> str:
+def untrained_message(model: Encoder) -> str:
     """Why a model's own cross-encoder is not used, and what to do instead."""
     return (f"The model {model.model_id!r} has no trained reranker (its cross-encoder was "
             f"never trained), so reranking with it would reorder results at random. Use "

@@ -203,7 +203,8 @@ def test_search_command_takes_reranker_and_bi_weight(model, indexed, tmp_path):
         make_image(root / f"s{i}.png", seed=300 + i)
     runner = CliRunner()
     store = tmp_path / "store"
-    assert runner.invoke(app, ["ingest", str(root), "--store", str(store)]).exit_code == 0
+    assert runner.invoke(app, ["ingest", str(root), "--store", str(store),
+                              "--model", "twinrank-tiny"]).exit_code == 0
     bi = runner.invoke(app, ["search", "blocks", "--store", str(store), "--json", "-k", "5",
                              "--reranker", "fused", "--bi-weight", "1"])
     rows = json.loads(bi.output)
