@@ -5,9 +5,12 @@ collection was built with (or checks the one you pass), and runs query -> vector
 (optional) rerank, timing each stage. Queries are text, image files or PIL images.
 
 Example:
-    >>> with SearchClient("~/.twinrank/photos") as client:
-    ...     for hit in client.search("a dog on a beach", k=5):
+    >>> with SearchClient("~/.twinrank/photos") as client:  # built by `twinrank ingest`
+    ...     for hit in client.search("a dog on a beach", k=3):
     ...         print(hit.rerank_rank, hit.bi_rank, hit.path)
+    1 ... /.../photos/...
+    2 ... /.../photos/...
+    3 ... /.../photos/...
 """
 
 from __future__ import annotations
@@ -73,12 +76,15 @@ class SearchClient:
     Safe to share between threads.
 
     Example:
+        >>> from datetime import date
         >>> with SearchClient("~/.twinrank/store") as client:
         ...     hits = client.search("a red circle left of a blue square", k=5)
         ...     same_look = client.similar(hits[0].id, k=5)
-        ...     by_photo = client.search(Path("holiday/beach.jpg"), k=5)
+        ...     by_photo = client.search(Path("photos/2021/a0.png"), k=5)
         ...     in_2021 = client.search("a beach", filters=SearchFilter(
         ...         after=date(2021, 1, 1), before=date(2022, 1, 1), formats=("jpeg",)))
+        >>> len(hits), len(same_look), len(by_photo), len(in_2021)  # none here is from 2021
+        (5, 5, 5, 0)
     """
 
     def __init__(
@@ -171,8 +177,9 @@ class SearchClient:
         """``search`` for many queries; texts (and images) are encoded in one batch each.
 
         Example:
-            >>> for results in client.search_batch(["a red circle", "a blue square"], k=3):
-            ...     print([h.path for h in results])
+            >>> batch = client.search_batch(["a red circle", "a blue square"], k=3)
+            >>> [len(results) for results in batch]
+            [3, 3]
         """
         _check_k(k)
         started = time.perf_counter()
@@ -192,8 +199,10 @@ class SearchClient:
         The image itself is left out of its own results.
 
         Example:
-            >>> client.similar(hits[0].id, k=5)
-            >>> client.similar(Path("~/Pictures/cat.jpg").expanduser(), k=5)
+            >>> hits[0].id in [h.id for h in client.similar(hits[0].id, k=5)]
+            False
+            >>> len(client.similar(Path("photos/2021/a0.png"), k=5))  # any image file
+            5
         """
         _check_k(k)
         started = time.perf_counter()
