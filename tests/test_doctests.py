@@ -249,6 +249,12 @@ def test_docstring_examples(name: str, doctest_world: Path, _tiny_model_once: An
         monkeypatch.setenv("TWINRANK_HOME", str(here / "home" / ".twinrank"))
         monkeypatch.setenv("TWINRANK_FAST_EXPORT", "0")
         monkeypatch.delenv("TWINRANK_STORE", raising=False)
+        for example in test.examples:  # an illustration must still be valid Python
+            if example.options.get(doctest.SKIP):
+                try:
+                    compile(example.source, test.name, "single")
+                except SyntaxError as error:
+                    failures.append(f"{test.name}: skipped example does not compile: {error}")
         runner = doctest.DocTestRunner(optionflags=OPTIONS)
         with ExitStack() as closing:
             fixtures = Fixtures(doctest_world, here, _tiny_model_once, closing)
