@@ -116,7 +116,7 @@ def run_ingest(
     root = Path(os.path.abspath(config.root.expanduser()))
     index = StoreIndex.load(store)
     plan = plan_run(root, config.walk_options(), index, report)
-    if not plan.seen:
+    if not plan.seen and not config.prune:  # (--prune says why it prunes nothing)
         report.notes.append(f"No image files found under {root}.")
     report.add_time("walk", time.perf_counter() - started)
     bar = tqdm(total=len(plan.candidates), unit="img", desc="ingest", disable=not config.progress,

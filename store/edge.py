@@ -115,7 +115,14 @@ class EdgeStore(StoreBase):
         store.count()  # open now, so a busy or broken folder fails here, not mid-query
         return store
 
+    def _check_writable(self) -> None:
+        if self._lease.read_only:  # a private copy of a read-only folder: writes would be lost
+            raise StoreError(f"The store at {self.folder} is read-only, so nothing can be "
+                             f"added to it or changed. Copy it to a writable folder, or pass "
+                             f"another --store.")
+
     def upsert(self, records: Sequence[PointRecord]) -> None:
+        self._check_writable()
         from qdrant_edge import Point, UpdateOperation
 
         if not records:
@@ -136,12 +143,14 @@ class EdgeStore(StoreBase):
             self.refresh_image_mean()
 
     def set_payload(self, point_id: str, payload: dict[str, Any]) -> None:
+        self._check_writable()
         from qdrant_edge import UpdateOperation
 
         with self._lease.hold() as shard:
             shard.update(UpdateOperation.overwrite_payload([point_id], payload))
 
     def delete(self, ids: Sequence[str]) -> None:
+        self._check_writable()
         from qdrant_edge import UpdateOperation
 
         if ids:
@@ -215,6 +224,7 @@ class EdgeStore(StoreBase):
                 return
 
     def _write_centred(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        self._check_writable()
         from qdrant_edge import PointVectors, UpdateOperation
 
         points = [PointVectors(i, {CENTRED_VECTOR: v.tolist()})
@@ -223,6 +233,7 @@ class EdgeStore(StoreBase):
             shard.update(UpdateOperation.update_vectors(points))
 
     def _save_info(self, info: CollectionInfo) -> None:
+        self._check_writable()
         meta = self.folder / META_FILE
         staged = meta.with_suffix(".tmp")
         staged.write_text(json.dumps(asdict(info), indent=2))

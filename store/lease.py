@@ -85,6 +85,7 @@ class ShardLease:
         self._watcher.start()
         self._scratch = (weakref.finalize(self, shutil.rmtree, scratch, True)
                          if scratch is not None else None)
+        self.read_only = scratch is not None  # the shard is a copy: writes would be lost
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[Any]:

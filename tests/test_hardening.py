@@ -231,6 +231,7 @@ def test_read_only_store_is_searchable_and_refuses_writes(tmp_path, shared_tmp):
     hits = json.loads(done.stdout)
     assert len(hits) == 3 and all(Path(h["path"]).parent == root for h in hits)
     assert set(os.listdir(store)) == before  # nothing written, not even a lock
+    make_image(root / "new.png", seed=29)  # something to add, so the ingest must write
     ingest_again = [sys.executable, "-m", "twinrank.cli", "ingest", str(root), "--store",
                     str(store), "--no-progress"]
     done = subprocess.run(ingest_again, capture_output=True, text=True, timeout=240,
@@ -322,6 +323,7 @@ def test_errors_name_only_options_that_exist(tmp_path):
     info = json.loads((store / "twinrank.json").read_text())
     info["model_id"] = "some-other-model:v1"
     (store / "twinrank.json").write_text(json.dumps(info))
+    make_image(root / "b.png", seed=2)  # a new file: the model must load, and is checked
     result = CliRunner().invoke(app, ["ingest", str(root), "--store", str(store),
                                       "--no-progress", "--model", "twinrank-tiny"])
     assert result.exit_code == 1

@@ -30,7 +30,7 @@ def test_ingest_counts_and_reports_corrupt_files(tiny_model, image_folder, tmp_p
     store, report = ingest(tiny_model, image_folder, tmp_path / "store")
     assert (report.added, len(report.failed)) == (10, 1)
     assert report.failed[0]["path"].endswith("broken.jpg")
-    assert "cannot read image" in report.failed[0]["reason"]
+    assert "damaged or truncated" in report.failed[0]["reason"]
     assert store.count() == 10
     store.close()
 
