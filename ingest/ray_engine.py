@@ -8,14 +8,15 @@ The same semantics as the in-process runner, because it *is* the runner's stages
   content the store does not hold) under its read-ahead pool, so the per-file timeout holds;
 - an actor pool: one model copy per actor (``ImageEmbedder``, the same precision rules),
   ``--actors`` of them, ``--gpus-per-actor`` each; Ray restarts a killed actor and retries
-  its batch (``max_restarts`` / ``max_task_retries``);
+  its batch (Ray Data's actor-pool defaults: ``max_restarts=-1``, ``max_task_retries=-1``);
 - on the driver again, in plan order: the runner's writer (new, moved, duplicate, changed;
   one batched upsert per ``batch_size``), then ``--prune``.
 
-Writes happen on the driver. Per image the driver receives the vector and the cached
-tokens (2 kB + 8 kB for ViT-B-32) and sends them on to the store: ~10 kB a point, well
-inside one machine's network and one writer's rate at the scale where embedding is the
-cost (docs/scale.md has the figures, and where an actor-side writer would take over).
+Writes happen on the driver (the embedded store allows one writer, and the moved and
+duplicate decisions need one place in plan order). Per image the driver receives the
+vector and the cached tokens (2 kB + 8 kB for ViT-B-32) and sends them on to the store;
+one driver measured a few hundred points a second (docs/scale.md: enough for a CPU
+cluster of tens of cores, not for a GPU; past that, one driver per part of the list).
 Point ids come from content, so a batch written twice is one point, not two: a retried
 actor batch or a killed driver (run the command again) leaves nothing lost or duplicated.
 
@@ -23,7 +24,9 @@ Known content is not decoded: tasks get the stored ids' first 8 bytes as one sor
 (8 bytes per point, shared through Ray's object store). A 64-bit prefix collision would only
 skip a decode, and the writer then decodes that file itself (its late-decode path).
 
-Ray is imported only here; the in-process ingest never imports this module.
+Ray itself is imported only inside the functions that run the pipeline, so importing
+this module (the CLI does, for its options) loads no Ray; the in-process ingest never
+touches Ray (a test checks ``sys.modules``).
 """
 
 from __future__ import annotations
