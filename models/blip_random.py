@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import string
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +61,10 @@ def write_vocab(path: Path) -> dict[str, int]:
     return {token: index for index, token in enumerate(vocab)}
 
 
-def save_random_blip(folder: str | Path, size: str = "tiny", seed: int = 0,
-                     init_std: float | None = None) -> Path:
-    """Write a random ``BlipForImageTextRetrieval`` of ``size`` (tiny, base, large) and its
-    ``BlipProcessor`` into ``folder``; ``create_model(f"blip:{folder}")`` loads it.
+def random_blip(size: str = "tiny", seed: int = 0, init_std: float | None = None,
+                folder: Path | None = None) -> tuple[Any, Any]:
+    """A random ``BlipForImageTextRetrieval`` of ``size`` (tiny, base, large) and its
+    ``BlipProcessor``, in memory (the vocabulary file goes to ``folder``, else a temp dir).
 
     ``init_std`` redraws every matrix with that spread: BERT's 0.02 leaves a tiny model's
     scores nearly blind to the picture, and a test needs pictures to matter."""
@@ -76,8 +77,6 @@ def save_random_blip(folder: str | Path, size: str = "tiny", seed: int = 0,
     )
 
     spec = SIZES[size]
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     vision = spec["vision"]
     text = dict(spec["text"], vocab_size=BLIP_VOCAB_SIZE,
                 encoder_hidden_size=vision["hidden_size"])
@@ -91,13 +90,24 @@ def save_random_blip(folder: str | Path, size: str = "tiny", seed: int = 0,
                 for parameter in model.parameters():
                     if parameter.ndim > 1:
                         parameter.normal_(0.0, init_std)
+    folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="blip-vocab"))
     vocab = write_vocab(folder / "vocab.txt")  # transformers 5 takes the vocabulary itself
     tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=512)
     side = vision["image_size"]
     processor = BlipProcessor(BlipImageProcessor(size={"height": side, "width": side}),
                               tokenizer)
+    return model, processor
+
+
+def save_random_blip(folder: str | Path, size: str = "tiny", seed: int = 0,
+                     init_std: float | None = None) -> Path:
+    """Write ``random_blip(size, seed, init_std)`` into ``folder`` as ``save_pretrained``
+    does; ``create_model(f"blip:{folder}")`` loads it."""
     from twinrank.models.blip import _quiet_progress
 
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model, processor = random_blip(size, seed, init_std, folder)
     with _quiet_progress():
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
