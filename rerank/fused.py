@@ -143,7 +143,8 @@ class FusedReranker:
         cached = self.tokens.get_tokens(ids) if self.tokens is not None else {}
         missing = [c for c in candidates if c.id not in cached]
         if missing:
-            if not self._warned_fallback:
+            info = getattr(self.tokens, "info", None)  # a store; --no-cache-tokens: on purpose
+            if not self._warned_fallback and getattr(info, "token_count", 1) != 0:
                 log.warning(
                     "%d candidate(s) have no cached reranker tokens (ingested with "
                     "--no-cache-tokens, or an older collection); reading their image files.",

@@ -90,10 +90,15 @@ def test_pooling_tokens_for_big_towers():
     assert tokens.shape == (1, 16, model.config.fusion.width)  # 7x7 patches pooled to 4x4
 
 
-def test_offline_pretrained_fails_fast_with_one_clear_sentence(monkeypatch):
+def test_offline_pretrained_fails_fast_with_one_clear_sentence(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelLoadError, match="unreachable.*--pretrained /path"):
-        create_model("ViT-B-32", pretrained="laion2b_s34b_b79k")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
+    with pytest.raises(ModelLoadError, match="unreachable.*models pull clip-b32.*--model demo"):
+        create_model("ViT-B-32", pretrained="laion2b_s34b_b79k")  # the clip-b32 preset's tag
+    with pytest.raises(ModelLoadError, match="unreachable.*--pretrained.*--model demo"):
+        create_model("ViT-B-16", pretrained="laion2b_s34b_b88k")  # no preset: a file then
+    with pytest.raises(ModelLoadError, match="not in the Hugging Face cache.*models pull"):
+        create_model("clip-b32")
 
 
 @pytest.mark.parametrize("name", ["no-such-model", "missing/folder"])
