@@ -86,7 +86,7 @@ class EdgeSearch:
         self.store.flush()
 
     def search(self, vector: np.ndarray, k: int) -> np.ndarray:
-        hits = self.store.search(vector, k)
+        hits = self.store.search(vector, k, modality="text")  # the queries are captions
         return np.array([self._index[hit.id] for hit in hits], dtype=np.int64)
 
     def close(self) -> None:
