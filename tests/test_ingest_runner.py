@@ -200,7 +200,8 @@ def test_cli_report_lists_every_skipped_file_as_json(image_folder, tmp_path):
     report_file = tmp_path / "report.json"
     result = CliRunner().invoke(app, ["ingest", str(image_folder), "--store",
                                       str(tmp_path / "store"), "--report", str(report_file),
-                                      "--no-progress", "--exclude", "2022/beach"])
+                                      "--no-progress", "--exclude", "2022/beach",
+                                      "--model", "twinrank-tiny"])
     assert result.exit_code == 0, result.output
     data = json.loads(report_file.read_text())
     assert data["added"] == 6 and data["embedded"] == 6
