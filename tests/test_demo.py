@@ -85,6 +85,9 @@ def test_app_example_click_and_hostile_name(demo_home, tmp_path):
             page.get_by_text("Search by image").click()
             page.locator("input[type='file']").set_input_files(str(hostile))
             wait_for_cards(page, "grid", 1)
+            first = page.locator(".st-key-card-grid-1 [data-testid='stImage']")
+            expect(first).to_have_count(1, timeout=WAIT_MS)  # the old page's cards are gone
+            page.screenshot(path=str(shots / "hostile-grid.png"))
             assert card_texts(page, "grid", 1)[0].endswith(HOSTILE)
             page.locator(".st-key-card-grid-1").get_by_role("button", name="Details").click()
             dialog = page.get_by_role("dialog")
