@@ -160,7 +160,8 @@ def main() -> None:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     result = {
-        "command": " ".join(["python -m bench.cli_speed_bench", *sys.argv[1:]]),
+        "command": " ".join(["python -m bench.cli_speed_bench",
+                             *("DIR" if a == str(args.work) else a for a in sys.argv[1:])]),
         "query": QUERY, "photos": args.n, "photo_size": "1024x768 JPEG",
         "models": {"vitb32": f"ViT-B-32 towers (random) + fusion head, {args.train_steps} "
                              f"twinrank train steps (reranker_trained)",
