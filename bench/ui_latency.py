@@ -98,7 +98,7 @@ async def session(browser: Any, url: str, queries: list[str],
     overheads: list[float] = []
     errors = 0
     try:
-        await page.goto(url)
+        await page.goto(url, timeout=timeout_ms)
         box = page.get_by_label("What are you looking for?")
         await box.wait_for(timeout=timeout_ms)
         for query in queries:
