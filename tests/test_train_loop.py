@@ -72,7 +72,7 @@ def test_save_then_load_gives_identical_outputs(tiny_model, tmp_path) -> None:
 
 def test_sep_pair_saves_loads_and_encodes_with_both_models(tiny_model, tmp_path) -> None:
     cross = create_model("twinrank-tiny", seed=1)
-    pair = SepTwinModel.from_pair(tiny_model.eval(), cross)
+    pair = SepTwinModel.from_pair(tiny_model.eval(), cross).eval()  # as loaded models are
     pixels, texts = torch.randn(2, 3, 32, 32), ["a red circle", "a blue star"]
     outputs = _outputs(pair, pixels, texts)
     assert torch.equal(outputs[0], _outputs(tiny_model, pixels, texts)[0])  # bi's vectors
