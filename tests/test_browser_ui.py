@@ -24,8 +24,16 @@ from twinrank.ui.lookup import similar_to
 from twinrank.ui.views import caption, file_name
 
 CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ROOT = Path(__file__).parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 WAIT_MS = 90_000  # a loaded 2-core machine; we wait for content, this is only the ceiling

@@ -10,13 +10,15 @@ import pytest
 import torch
 
 from twinrank.ingest import IngestConfig, run_ingest
+from twinrank.ingest.collection import collection_info
 from twinrank.models import create_model
 from twinrank.models.encode import ImageEmbedder
 from twinrank.rerank import FusedReranker
-from twinrank.rerank.base import apply_scores
-from twinrank.search import CollectionMismatchError, SearchClient, collection_info, open_store
+from twinrank.search import SearchClient
 from twinrank.search.client import QueryError
 from twinrank.search.hits import Hit
+from twinrank.search.ranking import apply_scores
+from twinrank.store import CollectionMismatchError, open_store
 
 
 def ingest(model, root: Path, store_path: Path, **options):
