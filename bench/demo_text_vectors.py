@@ -1,9 +1,8 @@
 """Real image and text vectors from a trained twinrank model on generated scenes.
 
-    PYTHONPATH=/work/wt/issue-4 python bench/demo_text_vectors.py MODEL_DIR OUT.npz
+    python bench/demo_text_vectors.py MODEL_DIR OUT.npz
 
-Only ``models`` and ``train.scenes`` are used, so the script runs with whichever checkout
-can load the model. ``python -m bench.store_bench --real-vectors OUT.npz`` then measures
+Only the model factory and the scene generator are used. ``python -m bench.store_bench --real-vectors OUT.npz`` then measures
 HNSW recall for the model's text queries (``store_bench.real_text_queries``), and
 ``python -m bench.ann_bench --real-vectors OUT.npz`` the two-stage search over ``centred``
 (the file also holds the model's mean text vector, ``text_mean``).
