@@ -81,7 +81,9 @@ def test_sep_pair_saves_loads_and_encodes_with_both_models(tiny_model, tmp_path)
     loaded = create_model(save_model(pair, tmp_path / "sep"))
     assert isinstance(loaded, SepTwinModel)
     for before, after in zip(outputs, _outputs(loaded, pixels, texts), strict=True):
-        assert torch.equal(before, after)
+        # the same weights; loaded tensors may sit at other alignments, so the head's
+        # attention can round its last bit differently (1e-7 seen)
+        assert torch.allclose(before, after, rtol=0, atol=1e-6)
 
 
 def test_fp16_files_are_half_the_size_and_load_close(tiny_model, tmp_path) -> None:
