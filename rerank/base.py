@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,15 @@ from twinrank.models.images import open_image
 
 if TYPE_CHECKING:  # a type only: importing it loads torch, which ranking hits never needs
     from twinrank.models import TextEncoding
+
+
+ALLOW_UNTRAINED_ENV = "TWINRANK_ALLOW_UNTRAINED_RERANKER"  # tests and experiments only
+
+
+def untrained_allowed() -> bool:
+    """Whether ``TWINRANK_ALLOW_UNTRAINED_RERANKER=1`` lets an untrained head score (read
+    here, without torch, by the fused reranker and the fast query path alike)."""
+    return os.environ.get(ALLOW_UNTRAINED_ENV, "").lower() in ("1", "true", "yes")
 
 
 class UntrainedRerankerError(ValueError):

@@ -17,7 +17,6 @@ batch.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -36,10 +35,9 @@ from twinrank.rerank.base import (
     UntrainedRerankerError,
     as_query,
     open_rgb,
+    untrained_allowed,
 )
 from twinrank.rerank.one_query import one_query_logits, supports_one_query
-
-ALLOW_UNTRAINED_ENV = "TWINRANK_ALLOW_UNTRAINED_RERANKER"  # tests and experiments only
 
 log = logging.getLogger(__name__)
 
@@ -170,11 +168,6 @@ class FusedReranker:
                 tokens = self.model.encode_image(pixels.to(device)).image_tokens
             chunks.append(tokens.to(torch.float16).float().cpu())
         return torch.cat(chunks)
-
-
-def untrained_allowed() -> bool:
-    """Whether ``TWINRANK_ALLOW_UNTRAINED_RERANKER=1`` lets an untrained head score."""
-    return os.environ.get(ALLOW_UNTRAINED_ENV, "").lower() in ("1", "true", "yes")
 
 
 def untrained_message(model: Encoder) -> str:

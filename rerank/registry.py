@@ -22,8 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from twinrank.rerank import fused, itm
-from twinrank.rerank.base import Reranker, RerankerContext, RerankerKind
-from twinrank.rerank.fused import untrained_allowed
+from twinrank.rerank.base import Reranker, RerankerContext, RerankerKind, untrained_allowed
 
 
 def _no_reranker(argument: str, context: RerankerContext) -> None:

@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from twinrank.models.onnx_files import FAST_DIR, FORMAT_VERSION, read_manifest
+from twinrank.rerank.base import untrained_allowed
 from twinrank.search.hits import Hit, SearchResults
 from twinrank.store import CollectionInfo, VectorStore
 from twinrank.store.filters import SearchFilter
@@ -184,12 +184,12 @@ def reranks(request: FastSearch, trained: bool) -> tuple[bool, str | None]:
     if not request.rerank or spec == "none":
         return False, None
     if spec == "":
-        if trained or _untrained_allowed():
+        if trained or untrained_allowed():
             return True, None
         return False, UNTRAINED_NOTE
     if spec != "fused":
         raise NeedsTorch(f"the {spec.partition(':')[0]} reranker runs in torch")
-    if not trained and not _untrained_allowed():
+    if not trained and not untrained_allowed():
         raise NeedsTorch("this collection's reranker is untrained")  # torch says so
     return True, None
 
@@ -212,11 +212,6 @@ def run_fast_search(collection: Path, request: FastSearch,
     with open_store(collection) as store:
         return fast_search(store, fast, request), note
 
-
-def _untrained_allowed() -> bool:
-    # the switch rerank.registry reads (its ALLOW_UNTRAINED_ENV), read here without torch
-    return os.environ.get("TWINRANK_ALLOW_UNTRAINED_RERANKER", "").lower() in ("1", "true",
-                                                                              "yes")
 
 
 def _first_path(payload: dict[str, Any]) -> str:
