@@ -8,9 +8,10 @@ opened with its own recorded identity; the model, once loaded, is checked agains
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,24 @@ class IngestJob:
     device: str | None = None
     report_path: Path | None = None  # where to write the run's report as JSON
     torch_threads: int | None = None  # threads for the model's forward; None: torch default
+
+
+@contextlib.contextmanager
+def recorded_run(store: VectorStore, report_path: Path | None) -> Iterator[IngestReport]:
+    """The report of one run, whatever engine runs it: the store is closed and the report
+    written however the run ends, and Ctrl+C becomes ``IngestInterrupted`` carrying it."""
+    report = IngestReport()
+    try:
+        yield report
+    except KeyboardInterrupt as interrupt:
+        report.interrupted = True
+        report.notes.append("Interrupted. Run the same command again to finish; "
+                            "nothing done so far is lost.")
+        raise IngestInterrupted(report) from interrupt
+    finally:
+        store.close()
+        if report_path:
+            report_path.write_text(report.to_json())
 
 
 def ingest_folder(job: IngestJob) -> IngestReport:
@@ -91,19 +110,9 @@ def ingest_folder(job: IngestJob) -> IngestReport:
 
         store = open_store(job.store, collection_info(load_model(), source, pretrained,
                                                       job.config.cache_tokens))
-    report = IngestReport()
-    try:
+    with recorded_run(store, job.report_path) as report:
         run_ingest(job.config, _embedder_factory(job, store, load_model, source, pretrained),
                    store, report)
-    except KeyboardInterrupt as interrupt:
-        report.interrupted = True
-        report.notes.append("Interrupted. Run the same command again to finish; "
-                            "nothing done so far is lost.")
-        raise IngestInterrupted(report) from interrupt
-    finally:
-        store.close()
-        if job.report_path:
-            job.report_path.write_text(report.to_json())
     if _export_wanted(job.store, store.info.model_id):
         _export_query_side(load_model, job.store, report)
     return report

@@ -42,7 +42,7 @@ from typing import Any, cast
 import numpy as np
 from tqdm import tqdm
 
-from twinrank.ingest.job import IngestInterrupted, IngestJob
+from twinrank.ingest.job import IngestJob, recorded_run
 from twinrank.ingest.plan import Candidate, Plan, StoreIndex, plan_run, prune_gone
 from twinrank.ingest.ray_stages import (
     EmbedActor,
@@ -302,19 +302,9 @@ def ingest_on_ray(
                            layout=server.layout)
     spec = ModelSpec(source, pretrained, model.model_id, info.vector_size,
                      (info.token_count, info.token_width), job.device, job.config.precision)
-    report = IngestReport()
-    try:
+    with recorded_run(store, job.report_path) as report:
         run_ray_ingest(job.config, spec, ImageEmbedder(model, job.config.precision), store,
                        options, report)
-    except KeyboardInterrupt as interrupt:
-        report.interrupted = True
-        report.notes.append("Interrupted. Run the same command again to finish; "
-                            "nothing done so far is lost.")
-        raise IngestInterrupted(report) from interrupt
-    finally:
-        store.close()
-        if job.report_path:
-            job.report_path.write_text(report.to_json())
     return report
 
 
