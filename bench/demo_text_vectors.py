@@ -2,7 +2,8 @@
 
     python bench/demo_text_vectors.py MODEL_DIR OUT.npz
 
-Only the model factory and the scene generator are used. ``python -m bench.store_bench --real-vectors OUT.npz`` then measures
+Only the model factory and the scene generator are used.
+``python -m bench.store_bench --real-vectors OUT.npz`` then measures
 HNSW recall for the model's text queries (``store_bench.real_text_queries``), and
 ``python -m bench.ann_bench --real-vectors OUT.npz`` the two-stage search over ``centred``
 (the file also holds the model's mean text vector, ``text_mean``).
