@@ -33,7 +33,8 @@ def one_query_logits(
 ) -> torch.Tensor:
     """Match logits (k,) for one text (1, L, text_width) against k images (k, T, W)."""
     k = image_tokens.shape[0]
-    x = torch.cat([head.cls, head.text_in(text_tokens)], dim=1)  # (1, 1 + L, W)
+    text_in = head.text_in(text_tokens)  # (1, L, W)
+    x = torch.cat([head.cls, text_in], dim=1)  # (1, 1 + L, W)
     pad = ~torch.cat([text_mask.new_ones(1, 1), text_mask.bool()], dim=1)  # (1, 1 + L)
     memory = image_tokens.to(x.dtype)
     layers: list[Any] = list(head.layers)  # nn.TransformerDecoderLayer, norm_first
@@ -50,6 +51,10 @@ def one_query_logits(
         x = x + _cross_attention(layer, layer.norm2(x), memory)
         x = x + layer._ff_block(layer.norm3(x))
     logits: torch.Tensor = head.out(head.norm(x[:, 0])).squeeze(-1)
+    if head.pooled is not None:  # the bilinear term on pooled tokens (``pooled_match``)
+        weights = text_mask.to(text_in.dtype).unsqueeze(-1)  # (1, L, 1)
+        text_mean = (text_in * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (1, W)
+        logits = logits + (head.pooled(text_mean) * memory.mean(dim=1)).sum(-1)  # (k,)
     return logits
 
 

@@ -243,14 +243,17 @@ def test_cuda_reranking_agrees_with_cpu(model, indexed):
                        atol=1e-3 * (1 + np.ptp(on_cpu)))
 
 
-@pytest.mark.parametrize("layers", [1, 3])
-def test_one_query_shortcut_gives_the_heads_own_logits(layers):
+@pytest.mark.parametrize(("layers", "pooled"), [(1, False), (3, False), (2, True)])
+def test_one_query_shortcut_gives_the_heads_own_logits(layers, pooled):
     from twinrank.models.config import FusionConfig
     from twinrank.models.fusion import FusionHead
     from twinrank.rerank.one_query import one_query_logits, supports_one_query
 
     torch.manual_seed(layers)
-    head = FusionHead(FusionConfig(width=32, layers=layers, heads=4), 24, 40).eval()
+    config = FusionConfig(width=32, layers=layers, heads=4, pooled_match=pooled)
+    head = FusionHead(config, 24, 40).eval()
+    if pooled:  # the bilinear term starts at zero; a trained one is not (the demo model's)
+        torch.nn.init.normal_(head.pooled.weight, std=0.5)
     text = torch.randn(1, 7, 24)
     mask = torch.tensor([[True] * 5 + [False] * 2])  # a padded text
     image_tokens = head.project_image(torch.randn(9, 6, 40))
