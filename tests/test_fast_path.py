@@ -25,6 +25,7 @@ from twinrank.ingest.runner import IngestConfig
 from twinrank.models import DEMO_MODEL, create_model
 from twinrank.models.export import export_query_side, record_no_export
 from twinrank.models.onnx_files import BPE_VOCAB, FAST_DIR, read_manifest
+from twinrank.rerank.fused import FusedReranker
 from twinrank.search import SearchClient
 from twinrank.search.bpe import ClipBpe
 from twinrank.search.fast import (
@@ -109,6 +110,9 @@ def test_demo_models_export_matches_its_towers(tmp_path: Path) -> None:
     assert np.allclose(tokens, want.text_tokens.numpy(), atol=TOLERANCE)
     got = fast.match_logits(tokens[1:, :length], mask[1:, :length], image_tokens.numpy())
     assert np.allclose(got, logits.numpy(), atol=TOLERANCE)
+    # the torch path's reranker (its one-query shortcut) scores what the export scores
+    reranker = FusedReranker(model, None, precision="fp32")
+    assert np.allclose(reranker.score_tokens(texts[1], image_tokens), got, atol=TOLERANCE)
 
 
 def test_an_export_of_another_model_is_refused(fast_store: Path, tmp_path: Path) -> None:
