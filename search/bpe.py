@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
-import ftfy
 import numpy as np
 import regex
 
@@ -46,8 +45,16 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 def clean(text: str) -> str:
-    """open_clip's ``lower`` cleaning: fix mojibake, unescape HTML twice, squeeze spaces."""
-    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    """open_clip's ``lower`` cleaning: fix mojibake, unescape HTML twice, squeeze spaces.
+
+    ftfy (a tenth of a second to import) runs only on text it could change: printable
+    ASCII without ``&`` has no mojibake, HTML entity, control character or terminal escape
+    for it to fix, and that is almost every query.
+    """
+    if not (text.isascii() and text.isprintable() and "&" not in text):
+        import ftfy
+
+        text = html.unescape(html.unescape(ftfy.fix_text(text)))
     return " ".join(text.split()).strip().lower()
 
 

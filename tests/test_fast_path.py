@@ -59,6 +59,10 @@ def test_tokenizer_gives_open_clips_ids() -> None:
 
     texts = ["a red circle", "It's 2021: café &amp; Über naïve 東京!!?", "cafÃ© mojibake",
              "  many   spaces\tand\nlines ", "", "word " * 100, "don't STOP_believing"]
+    # plain ASCII skips ftfy: every printable character, entities and escapes among them
+    rng = np.random.default_rng(0)
+    printable = [chr(c) for c in range(32, 127)] + ["&amp;", "&lt;", "\x1b[31m", "\r\n", "\x7f"]
+    texts += ["".join(rng.choice(printable, size=int(rng.integers(1, 30)))) for _ in range(300)]
     theirs = SimpleTokenizer(context_length=77)(texts).numpy()
     vocab = Path(__import__("open_clip").__file__).parent / BPE_VOCAB
     assert np.array_equal(ClipBpe(vocab, 77)(texts), theirs)
@@ -155,10 +159,11 @@ def test_cli_search_answers_without_importing_torch(fast_store: Path) -> None:
               "from twinrank.cli import app\n"
               f"app(['search', 'a red circle', '--store', {str(fast_store)!r}, '-k', '5', "
               "'--json'], standalone_mode=False)\n"
-              "print('TORCH', 'torch' in sys.modules, 'onnxruntime' in sys.modules)\n")
+              "print('TORCH', 'torch' in sys.modules, 'onnxruntime' in sys.modules,\n"
+              "      'ftfy' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=240, check=True)
-    assert "TORCH False True" in done.stdout, done.stdout + done.stderr
+    assert "TORCH False True False" in done.stdout, done.stdout + done.stderr
     rows = json.loads(done.stdout[: done.stdout.rindex("]") + 1])
     with open_store(fast_store) as store, SearchClient(store) as client:
         want = client.search("a red circle", k=5)
