@@ -62,12 +62,15 @@ class ClipBpe:
     """Texts -> token ids (B, context_length) int64, padded with 0, like open_clip's."""
 
     def __init__(self, vocab_file: Path, context_length: int) -> None:
-        lines = gzip.open(vocab_file).read().decode("utf-8").split("\n")[1:MERGES + 1]
-        merges = [tuple(line.split()) for line in lines]
+        # Only the merges CLIP uses are read (a fifth of the file), and each merge line,
+        # "first second", is its own key in ranks, built in C (dict(zip)) rather than as
+        # pairs of strings: together half of a cold search's tokenizer set-up.
+        merges = _read_lines(vocab_file, MERGES + 1)[1:]
         vocab = list(bytes_to_unicode().values())
-        vocab += [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + list(SPECIAL)
-        self.encoder = {token: i for i, token in enumerate(vocab)}
-        self.ranks = {pair: i for i, pair in enumerate(merges)}
+        vocab += [v + "</w>" for v in vocab] + [m.replace(" ", "") for m in merges]
+        vocab += SPECIAL
+        self.encoder = dict(zip(vocab, range(len(vocab)), strict=True))
+        self.ranks = dict(zip(merges, range(len(merges)), strict=True))
         self.byte_encoder = bytes_to_unicode()
         self.cache = {t: t for t in SPECIAL}
         self.pattern = regex.compile(
@@ -81,11 +84,12 @@ class ClipBpe:
             return self.cache[token]
         word = (*token[:-1], token[-1] + "</w>")
         while len(word) > 1:
-            pairs = set(zip(word, word[1:], strict=False))
-            best = min(pairs, key=lambda pair: self.ranks.get(pair, float("inf")))
+            pairs = {f"{a} {b}" for a, b in zip(word, word[1:], strict=False)}
+            best = min(pairs, key=lambda pair: self.ranks.get(pair, MERGES))
             if best not in self.ranks:
                 break
-            word = _merge(word, best)
+            first, second = best.split(" ")
+            word = _merge(word, (first, second))
         joined = " ".join(word)
         self.cache[token] = joined
         return joined
@@ -107,6 +111,16 @@ class ClipBpe:
                 ids[-1] = self.eot
             out[row, : len(ids)] = ids
         return out
+
+
+def _read_lines(gz_file: Path, count: int) -> list[str]:
+    """The first ``count`` lines of a gzipped UTF-8 text file, decompressing no further."""
+    data = b""
+    with gzip.open(gz_file) as stream:
+        while data.count(b"\n") < count and (chunk := stream.read(1 << 18)):
+            data += chunk
+    whole = b"\n".join(data.split(b"\n", count)[:count])  # whole lines: no character cut
+    return whole.decode("utf-8").split("\n")
 
 
 def _merge(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
