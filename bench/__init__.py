@@ -4,6 +4,7 @@ that measures against a baseline in the same run and writes ``bench/results/NAME
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -31,3 +32,14 @@ def run_benchmark(name: str, args: list[str]) -> int:
         raise ValueError(f"Unknown benchmark {name!r}; choose one of: {known}.")
     command = [sys.executable, "-m", f"bench.{name}", *args]
     return subprocess.call(command, cwd=ROOT)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), for a result's record of its machine."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

@@ -29,18 +29,15 @@ import json
 import logging
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 
+from bench.rerank_bench import make_photos, paired
 from twinrank.ingest import IngestConfig, run_ingest
 from twinrank.ingest.collection import collection_info
 from twinrank.ingest.report import IngestReport
@@ -55,29 +52,6 @@ from twinrank.store import open_store
 QUERY = "a dog running on the beach next to a red ball"
 RESULTS = Path(__file__).parent / "results" / "blip_bench.json"
 K = 20
-
-
-def make_photos(folder: Path, count: int, size: tuple[int, int] = (640, 480)) -> None:
-    """Photo-sized JPEGs (random smooth blocks), so decode costs what a real photo costs."""
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        blocks = rng.integers(0, 255, (12, 16, 3)).astype(np.uint8)
-        image = Image.fromarray(blocks).resize(size, Image.Resampling.BILINEAR)
-        image.save(folder / f"photo{i:03d}.jpg", quality=90)
-
-
-def paired(first: Callable[[], object], second: Callable[[], object], repeats: int) -> dict:
-    """Both timed alternately after one warm-up each; medians and the median ratio."""
-    first(), second()
-    a: list[float] = []
-    b: list[float] = []
-    for _ in range(repeats):
-        for fn, times in ((first, a), (second, b)):
-            started = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - started) * 1000.0)
-    return {"ms": statistics.median(a), "baseline_ms": statistics.median(b),
-            "ratio": statistics.median(x / y for x, y in zip(a, b, strict=True))}
 
 
 def folder_bytes(folder: Path) -> int:

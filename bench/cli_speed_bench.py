@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import cpu_name
+
 RESULTS = Path(__file__).parent / "results" / "cli_speed_bench.json"
 QUERY = "a small red circle left of a large blue square"
 TWINRANK = [str(Path(sys.executable).parent / "twinrank")]
@@ -171,7 +173,7 @@ def main() -> None:
         "targets": {"search_wall_s": 1.0, "search_peak_rss_mb": 600, "noop_ingest_wall_s": 1.0,
                     "help_wall_s": 0.5},
         "results": results,
-        "cpu": _cpu_name(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "cpu": cpu_name(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "load_average_1m": {"before": round(load_before, 2), "after": round(load_after, 2)},
         "note": "a = twinrank as shipped, b = the baseline (torch path: the same collection "
                 "without fast/; import torch; python -c pass). Shared machine: other work "
@@ -187,16 +189,6 @@ def _points(collection: Path) -> int:
 
     with open_store(collection) as store:
         return store.count()
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench import cpu_name
 from twinrank.models.encode import cpu_has_native_bf16
 
 RESULTS = Path(__file__).parent / "results" / "preset_speed.json"
@@ -100,12 +100,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         rows[name] = {"images_per_s": round(wall, 2), "images_per_cpu_s": round(per_cpu, 2),
                       "speed_vs_clip_b32": round(wall / first, 3),
                       "hours_for_10000_photos": round(10_000 / wall / 3600, 2)}
-    cpu_name = next((line.split(":", 1)[1].strip() for line in
-                     Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name")), platform.processor())
     result: dict[str, object] = {
         "command": "python -m bench.preset_speed " + " ".join(argv or sys.argv[1:]),
-        "cpu": cpu_name, "threads": args.threads, "dtype": str(dtype).removeprefix("torch."),
+        "cpu": cpu_name(), "threads": args.threads, "dtype": str(dtype).removeprefix("torch."),
         "batch": args.batch, "rounds": args.rounds, "towers": rows,
         "load_average_1m": round(os.getloadavg()[0], 2),
         "note": "random weights of the real sizes; image tower only (no JPEG decoding); "
