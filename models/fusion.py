@@ -74,8 +74,16 @@ class FusionHead(nn.Module):
             x = layer(x, memory, tgt_key_padding_mask=~keep)
         logits: torch.Tensor = self.out(self.norm(x[:, 0])).squeeze(-1)
         if self.pooled is not None:
-            weights = text_mask.to(text_in.dtype).unsqueeze(-1)  # (B, L, 1)
-            text_mean = (text_in * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, W)
-            image_mean = memory.mean(dim=1)  # (B, W)
-            logits = logits + (self.pooled(text_mean) * image_mean).sum(-1)
+            logits = logits + self.pooled_logit(text_in, text_mask, memory)
         return logits
+
+    def pooled_logit(self, text_in: torch.Tensor, text_mask: torch.Tensor,
+                     memory: torch.Tensor) -> torch.Tensor:
+        """The bilinear term (``pooled_match``) of projected text tokens (B or 1, L, W) and
+        image tokens (B, T, W): the masked text mean against the image mean, (B,)."""
+        assert self.pooled is not None
+        weights = text_mask.to(text_in.dtype).unsqueeze(-1)  # (B, L, 1)
+        text_mean = (text_in * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, W)
+        image_mean = memory.mean(dim=1)  # (B, W)
+        pooled: torch.Tensor = (self.pooled(text_mean) * image_mean).sum(-1)
+        return pooled

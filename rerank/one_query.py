@@ -51,10 +51,8 @@ def one_query_logits(
         x = x + _cross_attention(layer, layer.norm2(x), memory)
         x = x + layer._ff_block(layer.norm3(x))
     logits: torch.Tensor = head.out(head.norm(x[:, 0])).squeeze(-1)
-    if head.pooled is not None:  # the bilinear term on pooled tokens (``pooled_match``)
-        weights = text_mask.to(text_in.dtype).unsqueeze(-1)  # (1, L, 1)
-        text_mean = (text_in * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (1, W)
-        logits = logits + (head.pooled(text_mean) * memory.mean(dim=1)).sum(-1)  # (k,)
+    if head.pooled is not None:  # the head's bilinear term, the one text against k images
+        logits = logits + head.pooled_logit(text_in, text_mask, memory)
     return logits
 
 
