@@ -8,9 +8,10 @@ The same queries are first timed in-process (text encoding + vector search + rer
 each answer's own timing line is read off the page, so the JSON holds the page's overhead
 (latency minus the query's own work, measured at the same moment: robust to a loaded
 machine) next to the engine's time.
-With --baseline the app is also run with its results fragment off (every query reruns the
-whole script, as before the fragment): a baseline measured in the same run on the same
-machine. Headless Chromium is Debian's /usr/bin/chromium; nothing is downloaded.
+With --baseline the app is also run twice more in the same run on the same machine: with
+Streamlit's default full garbage collection after every script run (which ``twinrank ui``
+turns off), and with its results fragment off (every query reruns the whole script).
+Headless Chromium is Debian's /usr/bin/chromium; nothing is downloaded.
 Writes bench/results/ui_latency.json.
 """
 
@@ -28,7 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import cpu_name
 from twinrank.search import SearchClient
+from twinrank.ui import launch
 from twinrank.ui.examples import read_examples
 from twinrank.ui.launch import start_ui, stop, wait_until_ready
 from twinrank.ui.views import caption
@@ -40,12 +43,14 @@ K = 8
 FRAGMENT_ENV = "TWINRANK_UI_FRAGMENT"
 RESULTS = Path(__file__).with_name("results") / "ui_latency.json"
 READY_JS = """([expected]) => {
+    const host = [...document.querySelectorAll('.st-key-results *')].find(e => e.shadowRoot);
+    const root = host ? host.shadowRoot : null;
     for (let i = 0; i < expected.length; i++) {
-        const card = document.querySelector(`.st-key-card-after-${i + 1}`);
+        const card = root && root.querySelector(`[data-card="after-${i + 1}"]`);
         const img = card && card.querySelector('img');
-        const text = card && card.querySelector('[data-testid="stImage"]');
+        const text = card && card.querySelector('figcaption');
         if (!img || !img.complete || img.naturalWidth === 0 || !text) return false;
-        if (!text.innerText.includes(expected[i])) return false;
+        if (text.textContent !== expected[i]) return false;
     }
     window.__twinrank_done = performance.now();
     return true;
@@ -163,9 +168,23 @@ def summary(values: list[float]) -> dict[str, float]:
             "mean_ms": statistics.fmean(ordered)}
 
 
-def measure_app(store: Path, fragment: bool, queries: list[str], expected: dict[str, list[str]],
-                session_counts: list[int], timeout_ms: int) -> list[dict[str, Any]]:
+def measure_app(store: Path, queries: list[str], expected: dict[str, list[str]],
+                session_counts: list[int], timeout_ms: int, fragment: bool = True,
+                post_script_gc: bool = False) -> list[dict[str, Any]]:
+    """The app as ``twinrank ui`` starts it, or a baseline: ``fragment=False`` reruns the
+    whole page on every query, ``post_script_gc=True`` restores Streamlit's default full
+    garbage collection after every script run."""
     os.environ[FRAGMENT_ENV] = "1" if fragment else "0"
+    shipped = launch.streamlit_command
+
+    def command(host: str, port: int) -> list[str]:
+        args = shipped(host, port)
+        if post_script_gc:
+            at = args.index("--runner.postScriptGC")
+            args[at + 1] = "true"
+        return args
+
+    launch.streamlit_command = command
     port = free_port()
     process = start_ui(store, port=port, new_session=True, threads=1)
     try:
@@ -175,6 +194,7 @@ def measure_app(store: Path, fragment: bool, queries: list[str], expected: dict[
                                   timeout_ms)) for n in session_counts]
     finally:
         stop(process)
+        launch.streamlit_command = shipped
 
 
 def main() -> None:
@@ -183,7 +203,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=12)
     parser.add_argument("--sessions", default="1,5")
     parser.add_argument("--baseline", action="store_true",
-                        help="Also run the app with its results fragment off.")
+                        help="Also run two baselines: Streamlit's full garbage collection "
+                             "after every script run, and the results fragment off.")
     parser.add_argument("--timeout-s", type=float, default=120.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -200,13 +221,15 @@ def main() -> None:
         "store": "the demo's collection (twinrank demo: 300 busy scenes, the shipped model)",
         "k": K, "queries": queries,
         "in_process_query": summary(engine_ms),
-        "fragment": measure_app(store, True, queries, expected, counts, timeout_ms),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs shared with other work "
-                   f"(measured under load); app server on 1 thread",
+        "app": measure_app(store, queries, expected, counts, timeout_ms),
+        "machine": f"{cpu_name()} ({platform.machine()}), {os.cpu_count()} CPUs shared by "
+                   f"the browser, the app server (1 thread for the models) and this script",
     }
     if args.baseline:
-        result["whole_page_rerun"] = measure_app(store, False, queries, expected, counts,
-                                                 timeout_ms)
+        result["baseline_post_script_gc"] = measure_app(store, queries, expected, counts,
+                                                        timeout_ms, post_script_gc=True)
+        result["baseline_whole_page_rerun"] = measure_app(store, queries, expected, counts,
+                                                          timeout_ms, fragment=False)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "queries"}, indent=2))

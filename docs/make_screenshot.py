@@ -48,11 +48,12 @@ def capture(url: str, profile: Path, query: str) -> bytes:
             page = context.new_page()
             page.goto(url)
             page.get_by_role("button", name=query).click(timeout=120_000)
-            page.wait_for_function(
-                """rows => [...Array(rows).keys()].every(i => ['before', 'after'].every(s => {
-                    const img = document.querySelector(`.st-key-card-${s}-${i + 1} img`);
-                    return img && img.complete && img.naturalWidth > 0; }))""",
-                arg=ROWS, timeout=120_000)
+            for rank in range(1, ROWS + 1):  # the grid's cards live in its shadow root
+                for stage in ("before", "after"):
+                    image = page.locator(f"[data-card='{stage}-{rank}'] img")
+                    image.wait_for(timeout=120_000)
+                    page.wait_for_function("i => i.complete && i.naturalWidth > 0",
+                                           arg=image.element_handle(), timeout=120_000)
             page.mouse.move(60, 990)  # off the buttons: no tooltip in the picture
             page.wait_for_timeout(1000)
             return page.screenshot()

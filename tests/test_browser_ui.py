@@ -88,21 +88,24 @@ def serve(store: Path, log_path: Path) -> Iterator[str]:
             print(f"server log: {log_path}")
 
 
+def card(page, key: str):
+    """The result card ``key`` ("after-3": stage and rank) in the app's result grid.
+    Playwright's CSS locators reach into the grid's shadow root."""
+    return page.locator(f"[data-card='{key}']")
+
+
 def card_texts(page, prefix: str, count: int) -> list[str]:
-    return [page.locator(f".st-key-card-{prefix}-{i} [data-testid='stImage']").inner_text()
+    return [card(page, f"{prefix}-{i}").locator("figcaption").text_content()
             for i in range(1, count + 1)]
 
 
 def wait_for_cards(page, prefix: str, count: int) -> None:
     """Until ``count`` cards with this prefix show a fully loaded image."""
-    page.wait_for_function(
-        """([prefix, count]) => {
-            for (let i = 1; i <= count; i++) {
-                const img = document.querySelector(`.st-key-card-${prefix}-${i} img`);
-                if (!img || !img.complete || img.naturalWidth === 0) return false;
-            }
-            return true;
-        }""", arg=[prefix, count], timeout=WAIT_MS)
+    for i in range(1, count + 1):
+        image = card(page, f"{prefix}-{i}").locator("img")
+        image.wait_for(timeout=WAIT_MS)
+        page.wait_for_function("image => image.complete && image.naturalWidth > 0",
+                               arg=image.element_handle(), timeout=WAIT_MS)
 
 
 def test_query_both_columns_then_more_like_this(tmp_path):
@@ -128,8 +131,7 @@ def test_query_both_columns_then_more_like_this(tmp_path):
             assert card_texts(page, "after", K) == [caption(h, "after", K) for h in after]
             page.screenshot(path=str(ARTIFACTS / "query.png"), full_page=True)
 
-            page.locator(".st-key-card-after-1").get_by_role("button", name="Similar") \
-                .click()
+            card(page, "after-1").get_by_role("button", name="Similar").click()
             expect(page.get_by_text(f"More like {file_name(after[0])}")).to_be_visible(
                 timeout=WAIT_MS)
             wait_for_cards(page, "grid", K)

@@ -55,7 +55,7 @@ def test_demo_examples_are_fixed_by_the_reranker(demo_home):
 @pytest.mark.browser
 def test_app_example_click_and_hostile_name(demo_home, tmp_path):
     from playwright.sync_api import expect, sync_playwright
-    from test_browser_ui import CHROMIUM, FLAGS, WAIT_MS, card_texts, serve, wait_for_cards
+    from test_browser_ui import CHROMIUM, FLAGS, WAIT_MS, card, card_texts, serve, wait_for_cards
 
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; .ci/setup does it)")
@@ -79,17 +79,16 @@ def test_app_example_click_and_hostile_name(demo_home, tmp_path):
             page.screenshot(path=str(shots / "example.png"))
             assert card_texts(page, "after", 1)[0].endswith(name)
             assert not card_texts(page, "before", 1)[0].endswith(name)
-            top = page.locator(".st-key-card-after-8 img").bounding_box()
+            top = card(page, "after-8").locator("img").bounding_box()
             assert top is not None and top["y"] + top["height"] <= 1000  # 8 above the fold
 
             page.get_by_text("Search by image").click()
             page.locator("input[type='file']").set_input_files(str(hostile))
             wait_for_cards(page, "grid", 1)
-            first = page.locator(".st-key-card-grid-1 [data-testid='stImage']")
-            expect(first).to_have_count(1, timeout=WAIT_MS)  # the old page's cards are gone
+            expect(card(page, "after-1")).to_have_count(0, timeout=WAIT_MS)  # old page gone
             page.screenshot(path=str(shots / "hostile-grid.png"))
             assert card_texts(page, "grid", 1)[0].endswith(HOSTILE)
-            page.locator(".st-key-card-grid-1").get_by_role("button", name="Details").click()
+            card(page, "grid-1").get_by_role("button", name="Details").click()
             dialog = page.get_by_role("dialog")
             expect(dialog.get_by_text(f"path: {hostile}", exact=True)).to_be_visible(
                 timeout=WAIT_MS)

@@ -105,6 +105,8 @@ def test_the_wheel_installs_one_import_name(fresh_env: FreshEnv) -> None:
     # the packaged model configs and the demo model travel with the code
     assert "twinrank/models/configs/twinrank-tiny.json" in names
     assert "twinrank/models/demo/model.safetensors" in names
+    # and the app's result grid (its JavaScript and CSS are read at import)
+    assert {"twinrank/ui/results_grid.js", "twinrank/ui/results_grid.css"} <= set(names)
     assert "twinrank/cli.py" in names
     assert not [n for n in names if "__pycache__" in n or n.startswith("twinrank/tests/")]
 

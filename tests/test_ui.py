@@ -21,6 +21,7 @@ from twinrank.search.hits import Hit
 from twinrank.store import open_store
 from twinrank.ui.launch import STORE_ENV, app_url, is_loopback
 from twinrank.ui.render import PER_ROW
+from twinrank.ui.results_grid import MODE_KEY, RESULTS_KEY, SHOWN_KEY, SIMILAR_KEY, clicked
 from twinrank.ui.views import caption, movement, path_name, timing_line
 
 APP = str(Path(__file__).parents[1] / "ui" / "app.py")
@@ -63,8 +64,39 @@ def run_app(store: Path | str, monkeypatch) -> AppTest:
     return at
 
 
+def results_grid(at: AppTest) -> dict:
+    """What the app sent its result grid (one element; its drawing needs a browser, which
+    tests/test_browser_ui.py drives)."""
+    grids = at.get("bidi_component")
+    assert len(grids) == 1 and grids[0].proto.component_name == "twinrank_results"
+    return json.loads(grids[0].proto.json)
+
+
+def column_titles(at: AppTest) -> list[str]:
+    return [column["title"] for column in results_grid(at)["columns"]]
+
+
 def image_captions(at: AppTest) -> list[str]:
-    return [text for image in at.image for text in image.captions]
+    """The captions of every result card, column after column."""
+    return [card["caption"] for column in results_grid(at)["columns"]
+            for card in column["cards"]]
+
+
+def click(at: AppTest, event: str, card_key: str) -> AppTest:
+    """What a card's button does in the browser: its point id arrives as a trigger value,
+    and the app acts on it only if it was one of the results shown (AppTest cannot run the
+    grid's JavaScript, so the trigger is handed to the same check the callback uses)."""
+    card = next(card for column in results_grid(at)["columns"] for card in column["cards"]
+                if card["key"] == card_key)
+    state = {RESULTS_KEY: {event: card["id"]}, SHOWN_KEY: at.session_state[SHOWN_KEY]}
+    point_id = clicked(state, event)
+    assert point_id == card["id"]
+    if event == "similar":
+        at.session_state[SIMILAR_KEY] = point_id
+        at.session_state[MODE_KEY] = "similar"
+    else:
+        at.session_state["details_of"] = point_id
+    return at.run()
 
 
 def test_both_columns_hold_what_the_client_returns(shared_store, monkeypatch):
@@ -72,18 +104,19 @@ def test_both_columns_hold_what_the_client_returns(shared_store, monkeypatch):
     at = run_app(path, monkeypatch)
     at.text_input(key="query").input(QUERY).run()
     assert not at.exception
-    headers = [h.value for h in at.subheader]
-    assert "Before: bi-encoder" in headers and "After: reranked" in headers
+    assert column_titles(at) == ["Before: bi-encoder", "After: reranked"]
     timing = next(c.value for c in at.caption if "text encoding" in c.value)
     assert "vector search" in timing and "rerank" in timing
     shown = image_captions(at)
     assert len(shown) == 2 * K
-    # each row holds PER_ROW ranks of the bi-encoder, then the same ranks reranked
-    expected = []
-    for start in range(0, K, PER_ROW):
-        expected += [caption(h, "before", K) for h in before[start:start + PER_ROW]]
-        expected += [caption(h, "after", K) for h in after[start:start + PER_ROW]]
-    assert shown == expected
+    assert shown == ([caption(h, "before", K) for h in before]
+                     + [caption(h, "after", K) for h in after])
+    assert results_grid(at)["per_row"] == PER_ROW  # rows of both columns line up
+    cards = results_grid(at)["columns"][1]["cards"]
+    assert [c["id"] for c in cards] == [h.id for h in after]
+    assert all(c["src"].startswith("data:image/jpeg;base64,") for c in cards)
+    assert [c["badge"] for c in cards] == [m if m != "=" else "" for m in
+                                           (movement(h, K) for h in after)]
     assert any(movement(h, K) != "=" for h in after)  # the tiny reranker does move things
 
 
@@ -119,7 +152,7 @@ def test_rerank_off_shows_one_bi_encoder_list(shared_store, monkeypatch):
     at = run_app(path, monkeypatch)
     at.toggle(key="rerank").set_value(False).run()
     at.text_input(key="query").input(QUERY).run()
-    assert "After: reranked" not in [h.value for h in at.subheader]
+    assert column_titles(at) == ["Bi-encoder order (rerank off)"]
     names = [c.rsplit(" · ", 1)[-1] for c in image_captions(at)]
     assert names == [h.path.rsplit("/", 1)[-1] for h in before]
     assert not any("rerank" in c.value for c in at.caption if "encoding" in c.value)
@@ -129,21 +162,29 @@ def test_more_like_this_and_details(shared_store, monkeypatch):
     path, _, after = shared_store
     at = run_app(path, monkeypatch)
     at.text_input(key="query").input(QUERY).run()
-    at.button(key="similar-after-1").click().run()
+    click(at, "similar", "after-1")
     assert not at.exception
     source = after[0].path.rsplit("/", 1)[-1]
-    assert f"More like {source}" in [h.value for h in at.subheader]
-    shown = image_captions(at)
-    assert shown[0] == f"Searching with {source}"
-    names = [c.rsplit(" · ", 1)[-1] for c in shown[1:]]
+    assert column_titles(at) == [f"More like {source}"]
+    assert at.image[0].captions == [f"Searching with {source}"]
+    names = [c.rsplit(" · ", 1)[-1] for c in image_captions(at)]
     assert len(names) == K and source not in names  # the image itself is left out
-    at.button(key="details-grid-1").click().run()
+    click(at, "details", "grid-1")
     assert not at.exception
     details = [t.value for t in at.text]
     assert any(line.startswith("path: ") and line.endswith(f"/{names[0]}") for line in details)
     assert any(line.startswith("file type: ") for line in details)
     at.button(key="back").click().run()
-    assert "After: reranked" in [h.value for h in at.subheader]
+    assert column_titles(at) == ["Before: bi-encoder", "After: reranked"]
+
+
+def test_a_click_counts_only_for_a_result_the_session_was_shown():
+    shown = frozenset({"0f8a", "77c1"})
+    assert clicked({RESULTS_KEY: {"similar": "77c1"}, SHOWN_KEY: shown}, "similar") == "77c1"
+    for sent in ("ffff", "../../etc/passwd", 7, None, ["77c1"]):
+        assert clicked({RESULTS_KEY: {"similar": sent}, SHOWN_KEY: shown}, "similar") is None
+    assert clicked({RESULTS_KEY: {"details": "77c1"}, SHOWN_KEY: shown}, "similar") is None
+    assert clicked({}, "similar") is None
 
 
 def test_search_by_uploaded_image_finds_that_image_first(shared_store, monkeypatch):
@@ -152,8 +193,9 @@ def test_search_by_uploaded_image_finds_that_image_first(shared_store, monkeypat
     data = (path.parent / "photos" / "2021" / "a3.png").read_bytes()
     at.file_uploader(key="upload").set_value(("mine.png", data, "image/png")).run()
     assert not at.exception
-    assert "Nearest to your image" in [h.value for h in at.subheader]
-    first = image_captions(at)[1]  # [0] is the uploaded image itself
+    assert column_titles(at) == ["Nearest to your image"]
+    assert at.image[0].captions == ["Your image"]  # the upload itself, above the grid
+    first = image_captions(at)[0]
     assert first.endswith("a3.png") and "cos 1.000" in first
 
 
@@ -204,7 +246,7 @@ def test_app_works_while_another_handle_holds_the_store(tmp_path, monkeypatch):
         assert not at.exception and not at.warning
         at.text_input(key="query").input("a red block").run()
         assert not at.exception
-        assert len(at.get("image")) >= 2
+        assert len(image_captions(at)) == 2 * K
     finally:
         holder.close()
 

@@ -40,7 +40,8 @@ from twinrank.ui.lookup import (
     similar_to,
     source_payload,
 )
-from twinrank.ui.render import MODE_KEY, SIMILAR_KEY, before_after, grid, source_card
+from twinrank.ui.render import before_after, details_if_asked, grid, source_card
+from twinrank.ui.results_grid import MODE_KEY, SIMILAR_KEY
 from twinrank.ui.thumbs import (
     THUMBS_DIR,
     ImageReadError,
@@ -211,7 +212,8 @@ def show_results(client: SearchClient, store: str, settings: Settings) -> None:
         ranked = client_with_reranker(client, settings.reranker)
         before, after = ranked.compare(query, k=k, filters=filters)
         if after:
-            before_after(client, thumbs, before, after, k, after.timings)
+            before_after(thumbs, before, after, k, after.timings)
+            details_if_asked(client, thumbs)
             return
         results, title = after, ""
     else:
@@ -220,7 +222,8 @@ def show_results(client: SearchClient, store: str, settings: Settings) -> None:
     if not results:
         st.warning("No image matches these filters; widen them in the sidebar.")
         return
-    grid(client, thumbs, results, title, results.timings)
+    grid(thumbs, results, title, results.timings)
+    details_if_asked(client, thumbs)
 
 
 def results_area(store: str, settings: Settings) -> None:

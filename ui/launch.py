@@ -84,6 +84,10 @@ def streamlit_command(host: str, port: int) -> list[str]:
         "--client.showErrorDetails", "none",  # the app shows its own one-line errors
         "--client.toolbarMode", "minimal",
         "--server.enableXsrfProtection", "true",
+        # Streamlit runs a full gc.collect() after every script run, holding the GIL
+        # while it walks every object torch and open_clip created: 150-300 ms before the
+        # last of an answer reaches the browser. Python's own collector still runs.
+        "--runner.postScriptGC", "false",
         *hosts,
     ]
 

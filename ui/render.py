@@ -1,7 +1,9 @@
-"""Drawing results: before/after grids with aligned rows, a grid for image searches, result
-cards with "more like this" and "details" under each, and the details dialog.
+"""Drawing results: before/after grids with aligned rows, a grid for image searches, "more
+like this" and "details" under each result, and the details dialog.
 
-Every image shown is a thumbnail made from a path in a stored point's payload.
+Every image shown is a thumbnail made from a path in a stored point's payload. The cards
+of an answer are drawn by one element (``ui/results_grid``), so a new answer is one
+message to the browser, not one per image, caption and button.
 """
 
 from __future__ import annotations
@@ -16,6 +18,12 @@ import streamlit as st
 from twinrank.search import SearchClient
 from twinrank.search.hits import Hit
 from twinrank.ui.lookup import source_payload
+from twinrank.ui.results_grid import (
+    GridColumn,
+    make_card,
+    results_grid,
+    take_details_request,
+)
 from twinrank.ui.thumbs import PREVIEW_SIZE, ThumbnailCache
 from twinrank.ui.views import (
     caption,
@@ -28,14 +36,6 @@ from twinrank.ui.views import (
 
 PER_ROW = 4  # thumbnails a row in each of the before/after columns
 GRID_COLUMNS = 8  # thumbnails a row when one list fills the page
-SIMILAR_KEY = "similar_to"
-MODE_KEY = "mode"
-
-
-def ask_similar(point_id: str) -> None:
-    """Button callback: show images like ``point_id`` (an id from our own results)."""
-    st.session_state[SIMILAR_KEY] = point_id
-    st.session_state[MODE_KEY] = "similar"
 
 
 def load_thumbs(thumbs: ThumbnailCache, hits: Sequence[Hit]) -> tuple[dict[str, Path | None],
@@ -46,30 +46,11 @@ def load_thumbs(thumbs: ThumbnailCache, hits: Sequence[Hit]) -> tuple[dict[str, 
     return paths, (time.perf_counter() - started) * 1000.0
 
 
-def result_card(
-    client: SearchClient,
-    thumbs: ThumbnailCache,
-    hit: Hit,
-    text: str,
-    key: str,
-    thumb: Path | None,
-) -> None:
-    """One result: thumbnail, its caption (rank, score, movement, file name) and two small
-    actions under it, "Similar" (more like this) and "Details"."""
-    with st.container(key=f"card-{key}", gap="small"):
-        if thumb is not None:
-            st.image(str(thumb), caption=markdown_safe(text), width="stretch")
-        else:
-            st.warning(f"{markdown_safe(text)}: the file is missing or unreadable (moved since "
-                       f"ingest?).")
-        with st.container(horizontal=True, gap="small"):
-            st.button("Similar", key=f"similar-{key}", on_click=ask_similar,
-                      args=(hit.id,), type="tertiary",
-                      help="More like this: search the collection with this image.")
-            if st.button("Details", key=f"details-{key}", type="tertiary",
-                         help="The full image and its facts."):
-                show_details(client, thumbs, hit.id)
-
+def details_if_asked(client: SearchClient, thumbs: ThumbnailCache) -> None:
+    """Open the details dialog when a card's "Details" was clicked since the last run."""
+    point_id = take_details_request()
+    if point_id is not None:
+        show_details(client, thumbs, point_id)
 
 def source_card(thumbs: ThumbnailCache, point_id: str, payload: dict[str, Any],
                 name: str) -> None:
@@ -96,40 +77,38 @@ def show_details(client: SearchClient, thumbs: ThumbnailCache, point_id: str) ->
 
 
 def before_after(
-    client: SearchClient, thumbs: ThumbnailCache, before: Sequence[Hit], after: Sequence[Hit],
-    k: int, timings: dict[str, float],
+    thumbs: ThumbnailCache, before: Sequence[Hit], after: Sequence[Hit], k: int,
+    timings: dict[str, float],
 ) -> None:
     """The centrepiece: bi-encoder order on the left, reranked order on the right, each a
     grid of ``PER_ROW`` thumbnails a row, rows aligned so the same ranks sit side by side."""
-    paths, thumbs_ms = load_thumbs(thumbs, [*before, *after])
+    started = time.perf_counter()
+    paths, _ = load_thumbs(thumbs, [*before, *after])
+    columns = [
+        GridColumn(title, stage, [
+            make_card(hit, f"{stage}-{rank}", caption(hit, stage, k), paths[hit.id], k,
+                      reranked=stage == "after")
+            for rank, hit in enumerate(hits, start=1)])
+        for title, stage, hits in (("Before: bi-encoder", "before", before),
+                                   ("After: reranked", "after", after))]
+    thumbs_ms = (time.perf_counter() - started) * 1000.0
     st.caption(f"{timing_line(timings)} · thumbnails {thumbs_ms:.1f} ms · "
                f"{moved_summary(list(after), k)}")
-    left, right = st.columns(2, gap="large")
-    left.subheader("Before: bi-encoder")
-    right.subheader("After: reranked")
-    for start in range(0, max(len(before), len(after)), PER_ROW):
-        halves = st.columns(2, gap="large")
-        for half, hits, stage in ((halves[0], before, "before"), (halves[1], after, "after")):
-            cells = half.columns(PER_ROW, gap="small")
-            for offset, hit in enumerate(hits[start:start + PER_ROW]):
-                rank = start + offset + 1
-                with cells[offset]:
-                    result_card(client, thumbs, hit, caption(hit, stage, k), f"{stage}-{rank}",
-                                paths[hit.id])
+    results_grid(columns, PER_ROW)
 
 
 def grid(
-    client: SearchClient, thumbs: ThumbnailCache, hits: Sequence[Hit], title: str,
-    timings: dict[str, float], label: Callable[[Hit], str] | None = None,
+    thumbs: ThumbnailCache, hits: Sequence[Hit], title: str, timings: dict[str, float],
+    label: Callable[[Hit], str] | None = None,
 ) -> None:
     """A single ranked list (rerank off, or a search by image) as a grid of cards."""
-    paths, thumbs_ms = load_thumbs(thumbs, hits)
+    started = time.perf_counter()
+    paths, _ = load_thumbs(thumbs, hits)
+    cards = [make_card(hit, f"grid-{rank}",
+                       label(hit) if label else
+                       f"#{hit.bi_rank} · cos {hit.bi_score:.3f} · {file_name(hit)}",
+                       paths[hit.id], len(hits))
+             for rank, hit in enumerate(hits, start=1)]
+    thumbs_ms = (time.perf_counter() - started) * 1000.0
     st.caption(f"{timing_line(timings)} · thumbnails {thumbs_ms:.1f} ms")
-    st.subheader(markdown_safe(title))
-    for start in range(0, len(hits), GRID_COLUMNS):
-        columns = st.columns(GRID_COLUMNS, gap="small")
-        for column, hit in zip(columns, hits[start:start + GRID_COLUMNS], strict=False):
-            with column:
-                text = label(hit) if label else f"#{hit.bi_rank} · cos {hit.bi_score:.3f} · " \
-                                                f"{file_name(hit)}"
-                result_card(client, thumbs, hit, text, f"grid-{hit.bi_rank}", paths[hit.id])
+    results_grid([GridColumn(title, "grid", cards)], GRID_COLUMNS)
