@@ -22,6 +22,11 @@ BENCHMARKS: dict[str, str] = {
     "scenes_errors": "a model's top-1 mistakes on scenes, by kind: binding or perception",
     "ui_page": "thumbnail cache vs originals, facets at 100k (issue 6)",
     "demo_text_vectors": "text/image vectors from the demo model for store_bench (issue 8)",
+    "ann_bench": "text queries at 100k-1M: two stages over centred vs exact vs HNSW (issue 20)",
+    "blip_bench": "BLIP presets: ingest speed, rerank from cached tokens vs images, bytes/image",
+    "preset_speed": "image-tower speed of each preset's architecture on this CPU",
+    "ray_ingest_bench": "ingest on Ray vs the in-process ingest of the same photos",
+    "ui_latency": "the app in headless Chromium: Enter to results, 1 and 5 sessions (issue 21)",
 }
 
 

@@ -97,3 +97,13 @@ def test_bench_lists_benchmarks_and_refuses_unknown_names():
         assert name in result.output
     result = runner.invoke(app, ["bench", "no_such_bench"])
     assert result.exit_code == 1 and "Unknown benchmark" in result.output
+
+
+def test_every_runnable_bench_module_is_listed():
+    """`twinrank bench NAME` runs only what the registry lists: a new bench/ script with a
+    main must be added there, or users cannot find it."""
+    from bench import BENCHMARKS, ROOT
+
+    runnable = {path.stem for path in (ROOT / "bench").glob("*.py")
+                if 'if __name__ == "__main__"' in path.read_text(encoding="utf-8")}
+    assert runnable == set(BENCHMARKS)
