@@ -70,7 +70,9 @@ def test_python_snippets_parse_and_links_resolve():
             assert (ROOT / target).exists(), f"README links to missing {target}"
 
 
-@pytest.mark.parametrize("path", [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))],
+@pytest.mark.parametrize("path", [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+                                  *sorted((ROOT / "bench" / "results").glob("*.json")),
+                                  *sorted((ROOT / "models" / "demo").glob("*.json"))],
                          ids=lambda p: p.name)
 def test_no_machine_paths(path):
     hits = MACHINE_PATH.findall(path.read_text())
