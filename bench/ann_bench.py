@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 
 from bench import ann_corpus as corpus
+from bench import cpu_name
+from twinrank.models.gap import GENERIC_CAPTIONS
 from twinrank.store.edge import META_FILE, SHARD_DIR, EdgeStore, _edge_config, edge_filter
 from twinrank.store.filters import SearchFilter
 from twinrank.store.schema import (
@@ -64,6 +66,9 @@ class BenchConfig:
     candidates: tuple[int, ...] = (100, 200, 400, 800)
     efs: tuple[int, ...] = (128, 512)
     seed: int = 0
+    geometry: str = "calibrated"  # bench.ann_corpus.GEOMETRIES
+    hnsw_m: int | None = None  # the centred graph's m and ef_construct (None: the product's)
+    ef_construct: int | None = None
     ceiling_only: bool = False  # no index: how many candidates the size needs (numpy)
     indexes_after_build: bool = False  # payload indexes after the HNSW build: no payload
     # subgraphs (ingest creates them before; Qdrant then adds links per indexed value)
@@ -73,20 +78,31 @@ class BenchConfig:
     out: Path = Path("bench/results/ann_bench.json")
 
 
-def shard_config(info: CollectionInfo, quantization: str) -> Any:
-    """The product's Edge config, with quantization added to the indexed vectors."""
+def shard_config(info: CollectionInfo, quantization: str, hnsw_m: int | None = None,
+                 ef_construct: int | None = None) -> Any:
+    """The product's Edge config, with quantization added to the indexed vectors (and the
+    centred graph's ``m`` and ``ef_construct`` changed, when given)."""
     from qdrant_edge import (
         BinaryQuantizationConfig,
         EdgeConfig,
         EdgeVectorParams,
+        HnswIndexConfig,
         ScalarQuantizationConfig,
         ScalarType,
     )
 
     config = _edge_config(info)
+    vectors = dict(config.vectors)
+    if (hnsw_m or ef_construct) and CENTRED_VECTOR in vectors:
+        old = vectors[CENTRED_VECTOR]
+        vectors[CENTRED_VECTOR] = EdgeVectorParams(
+            size=old.size, distance=old.distance, datatype=old.datatype,
+            quantization_config=old.quantization_config,
+            hnsw_config=HnswIndexConfig(m=hnsw_m or 16, ef_construct=ef_construct or 100,
+                                        full_scan_threshold=10_000))
+        config = EdgeConfig(vectors=vectors)
     if quantization == "none":
         return config
-    vectors = dict(config.vectors)
     int8 = ScalarQuantizationConfig(ScalarType.Int8, quantile=0.99)
     for name in (IMAGE_VECTOR, CENTRED_VECTOR):
         if name not in vectors:
@@ -95,7 +111,8 @@ def shard_config(info: CollectionInfo, quantization: str) -> Any:
             BinaryQuantizationConfig())
         old = vectors[name]
         vectors[name] = EdgeVectorParams(size=old.size, distance=old.distance,
-                                         datatype=old.datatype, quantization_config=chosen)
+                                         datatype=old.datatype, quantization_config=chosen,
+                                         hnsw_config=old.hnsw_config)
     return EdgeConfig(vectors=vectors)
 
 
@@ -107,16 +124,18 @@ class Source:
     chunks: Any  # () -> iterator of (start, (chunk, D) float32 image vectors)
     queries: dict[str, np.ndarray]  # "text" / "image" -> (Q, D)
     text_mean: np.ndarray  # the model's mean text vector
+    generic: np.ndarray  # the model's vectors of generic captions: what ingest measures with
     truth: Any  # (queries, mask or None) -> (Q, K) indices of the exact top-k
 
 
 def synthetic_source(config: BenchConfig) -> Source:
-    geo = corpus.geometry(config.points, config.dim, config.seed)
+    geo = corpus.geometry(config.points, config.dim, config.seed, config.geometry)
+    generic = corpus.generic_captions(geo)
     return Source(
         config.points, lambda: corpus.image_chunks(geo, config.points, config.seed),
         {"text": corpus.text_queries(geo, config.queries, config.seed),
          "image": corpus.image_queries(geo, config.queries, config.seed)},
-        corpus.generic_captions(geo).mean(0),
+        generic.mean(0), generic[:len(GENERIC_CAPTIONS)],
         lambda q, mask: corpus.exact_top_k(geo, config.points, config.seed, q, K, mask)[0])
 
 
@@ -133,9 +152,10 @@ def real_source(config: BenchConfig) -> Source:
             scores[:, ~mask] = -np.inf
         return np.argsort(-scores, axis=1)[:, :K]
 
-    return Source(len(images), lambda: iter([(0, images)]),
-                  {"text": corpus.unit(data["texts"]), "image": held_out},
-                  np.asarray(data["text_mean"], dtype=np.float32), truth)
+    texts = corpus.unit(data["texts"])  # no generic captions recorded: measure with queries
+    return Source(len(images), lambda: iter([(0, images)]), {"text": texts, "image": held_out},
+                  np.asarray(data["text_mean"], dtype=np.float32),
+                  texts[-len(GENERIC_CAPTIONS):], truth)
 
 
 def build(config: BenchConfig, folder: Path, info: CollectionInfo,
@@ -144,7 +164,8 @@ def build(config: BenchConfig, folder: Path, info: CollectionInfo,
     from qdrant_edge import EdgeShard
 
     folder.mkdir(parents=True, exist_ok=True)
-    EdgeShard.create(str(folder / SHARD_DIR), shard_config(info, config.quantization)).close()
+    EdgeShard.create(str(folder / SHARD_DIR), shard_config(
+        info, config.quantization, config.hnsw_m, config.ef_construct)).close()
     (folder / META_FILE).write_text(json.dumps(asdict(info)))
     store = EdgeStore.open(folder)
     if not config.indexes_after_build:
@@ -251,7 +272,7 @@ def query_all(config: BenchConfig, store: EdgeStore, sets: dict[str, np.ndarray]
                 "policy": run(lambda i, qs=qs, f=flt, m=modality: store.search(
                     qs[i], K, f, modality=m)),
             }
-            plan = search_plan(n, K, modality, crosses_gap(store.info))
+            plan = search_plan(n, K, modality, crosses_gap(store.info), store.info)
             rows["policy"]["plan"] = asdict(plan)
             if quantized:  # the store's request as it runs on a collection without int8
                 rows["policy_full_precision"] = run(
@@ -361,13 +382,15 @@ def main(config: BenchConfig) -> dict[str, Any]:
     work = Path(config.workdir or tempfile.mkdtemp(prefix="ann_bench-"))
     real = config.real_vectors is not None
     source = real_source(config) if real else synthetic_source(config)
-    folder = work / (f"real-{source.points}" if real else f"synthetic-{source.points}")
+    graph = f"-m{config.hnsw_m}" if config.hnsw_m else ""
+    graph += f"-efc{config.ef_construct}" if config.ef_construct else ""
+    folder = work / (f"real-{source.points}{graph}" if real else
+                     f"{config.geometry}-{source.points}{graph}")
     report: dict[str, Any] = {
         "command": "python -m bench.ann_bench " + " ".join(sys.argv[1:]),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-        "machine": f"{os.cpu_count()} CPUs shared with other engineers' tests and training "
-                   f"(load average at start {os.getloadavg()[0]:.1f}): compare with the exact "
-                   f"scan of the same run",
+        "machine": f"{cpu_name()}, {os.cpu_count()} CPUs (load average at start "
+                   f"{os.getloadavg()[0]:.1f}): compare with the exact scan of the same run",
     }
     if config.ceiling_only:
         started = time.perf_counter()
@@ -403,6 +426,12 @@ def main(config: BenchConfig) -> dict[str, Any]:
             np.asarray(store.info.text_mean) @ np.asarray(store.info.image_mean)), 3),
         "text_queries_cross_the_gap": crosses_gap(store.info),
     }
+    started = time.perf_counter()
+    measured = store.calibrate_text_search(source.generic)  # as ingest does
+    if measured is not None:
+        report["text_calibration"] = {**asdict(measured), "summary": measured.summary(),
+                                      "seconds": round(time.perf_counter() - started, 1)}
+        print(measured.summary(), flush=True)
     report["results"] = query_all(config, store, source.queries, truth,
                                   quantized=config.quantization != "none")
     store.close()
@@ -417,6 +446,11 @@ def parse(argv: list[str] | None = None) -> BenchConfig:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=BenchConfig.points)
     parser.add_argument("--dim", type=int, default=BenchConfig.dim)
+    parser.add_argument("--geometry", choices=sorted(corpus.GEOMETRIES),
+                        default=BenchConfig.geometry)
+    parser.add_argument("--hnsw-m", type=int, default=None,
+                        help="m of the centred vector's graph (default: the product's)")
+    parser.add_argument("--ef-construct", type=int, default=None)
     parser.add_argument("--queries", type=int, default=BenchConfig.queries)
     parser.add_argument("--exact-queries", type=int, default=BenchConfig.exact_queries)
     parser.add_argument("--quantization", choices=["int8", "binary", "none"],
@@ -442,8 +476,8 @@ def parse(argv: list[str] | None = None) -> BenchConfig:
                        candidates=tuple(args.candidates), efs=tuple(args.efs),
                        workdir=args.workdir, keep=args.keep, real_vectors=args.real_vectors,
                        indexes_after_build=args.indexes_after_build,
-                       ceiling_only=args.ceiling_only,
-                       out=args.out)
+                       ceiling_only=args.ceiling_only, geometry=args.geometry,
+                       hnsw_m=args.hnsw_m, ef_construct=args.ef_construct, out=args.out)
 
 
 if __name__ == "__main__":

@@ -146,7 +146,28 @@ def run_ingest(
         bar.close()
         store.flush()
         report.seconds = time.perf_counter() - started
+    if not callable(embedder):  # a model was loaded: text search may need measuring again
+        measure_text_search(embedder.model, store, report)
+        report.seconds = time.perf_counter() - started
     return report
+
+
+def measure_text_search(model: object, store: VectorStore, report: IngestReport) -> None:
+    """Choose, by measurement, how text queries search a collection that crosses the
+    modality gap (``store.calibrate_text_search``): at 20k images, then each time it has
+    doubled. Searches the model's encodings of generic captions; a note says what won."""
+    from twinrank.store import calibration_due
+
+    calibrate = getattr(store, "calibrate_text_search", None)
+    if calibrate is None or not calibration_due(store.info, store.count()):
+        return
+    from twinrank.models.gap import caption_vectors
+
+    began = time.perf_counter()
+    measured = calibrate(caption_vectors(model))
+    report.add_time("text search measured", time.perf_counter() - began)
+    if measured is not None:
+        report.notes.append(measured.summary())
 
 
 def _loader(

@@ -53,17 +53,29 @@ def mean_text_vector(model: Any, captions: Sequence[str] = GENERIC_CAPTIONS,
     ``model`` is any twinrank model (``tokenize`` + ``encode_text``); it is run in
     inference mode on whatever device it lives on.
     """
+    vectors = caption_vectors(model, captions, batch_size)
+    return vectors.astype(np.float64).mean(axis=0).astype(np.float32)
+
+
+def caption_vectors(model: Any, captions: Sequence[str] = GENERIC_CAPTIONS,
+                    batch_size: int = 32) -> np.ndarray:
+    """``model``'s unit text vectors for ``captions``: (N, D) float32. Ingest searches the
+    collection with them to measure which plan text queries should take
+    (``store.calibrate_text_search``).
+
+    Example:
+        >>> caption_vectors(model, ["a red circle", "a blue square"]).shape
+        (2, 64)
+    """
     import torch
 
     if not captions:
-        raise ValueError("mean_text_vector needs at least one caption")
-    total: np.ndarray | None = None
+        raise ValueError("caption_vectors needs at least one caption")
+    parts = []
     with torch.inference_mode():
         for start in range(0, len(captions), batch_size):
             batch = list(captions[start:start + batch_size])
             vectors = model.encode_text(model.tokenize(batch)).text_vector  # (B, D)
             vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
-            part = vectors.sum(dim=0).cpu().numpy().astype(np.float64)
-            total = part if total is None else total + part
-    assert total is not None
-    return (total / len(captions)).astype(np.float32)
+            parts.append(vectors.cpu().numpy())
+    return np.concatenate(parts).astype(np.float32)

@@ -192,15 +192,17 @@ class EdgeStore(StoreBase):
                         params=SearchParams(  # int8 scores pick; `image` rescores exactly
                             exact=chosen.exact, hnsw_ef=chosen.hnsw_ef,
                             quantization=QuantizationSearchParams(rescore=False)))]
-                request = QueryRequest(
+                request = QueryRequest(  # candidates are rescored on the original vectors
                     limit=limit, query=query, filter=condition, with_payload=True,
                     prefetches=prefetches,
-                    params=SearchParams(exact=chosen.exact, hnsw_ef=chosen.hnsw_ef))
+                    params=SearchParams(exact=chosen.exact, hnsw_ef=chosen.hnsw_ef,
+                                        quantization=QuantizationSearchParams(ignore=True)
+                                        if chosen.candidates else None))
                 return [StoredHit(str(p.id), float(p.score), dict(p.payload or {}))
                         for p in shard.query(request)]
 
             return planned_search(run, self._points(shard), limit, plan, modality,
-                                  modality == "text" and crosses_gap(info))
+                                  modality == "text" and crosses_gap(info), info)
 
     def _named_vectors(self, ids: Sequence[str], name: str) -> dict[str, np.ndarray]:
         with self._lease.hold() as shard:

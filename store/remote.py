@@ -196,6 +196,10 @@ class RemoteStore(StoreBase):
                 prefetch = models.Prefetch(query=centred.tolist(), using=CENTRED_VECTOR,
                                            limit=chosen.candidates, filter=condition,
                                            params=first)
+                if not self._local:  # candidates are rescored on the original vectors
+                    params = models.SearchParams(
+                        exact=chosen.exact, hnsw_ef=chosen.hnsw_ef,
+                        quantization=models.QuantizationSearchParams(ignore=True))
             response = self._call(lambda: self._client.query_points(
                 self.collection, query=vector.tolist(), using=IMAGE_VECTOR, limit=limit,
                 prefetch=prefetch, query_filter=condition, search_params=params,
@@ -204,7 +208,7 @@ class RemoteStore(StoreBase):
                     for p in response.points]
 
         return planned_search(run, self._cached_count(), limit, plan, modality,
-                              modality == "text" and crosses_gap(info))
+                              modality == "text" and crosses_gap(info), info)
 
     def _named_vectors(self, ids: Sequence[str], name: str) -> dict[str, np.ndarray]:
         records = self._call(lambda: self._client.retrieve(

@@ -10,6 +10,7 @@ schema and answer the same queries with the same points.
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields, replace
@@ -48,6 +49,17 @@ HNSW_EF_PER_RESULT = 8  # ...and at least this many candidates per requested res
 # the old ef-1024 fallback above it.
 TWO_STAGE_CANDIDATES_MIN = 1600
 TWO_STAGE_PER_RESULT = 80
+# Which plan a gap-crossing text query gets is measured on each collection
+# (``StoreBase.calibrate_text_search``, run by ingest): the model's encodings of generic
+# captions are searched exactly and in two stages at growing candidate counts; the first
+# count whose recall@CALIBRATION_K against the exact answer reaches TEXT_RECALL_TARGET is
+# kept if its median time beats the exact scan's, else the exact scan is. The measurement
+# stands until the collection has grown RECALIBRATE_GROWTH times past the size it was
+# taken at; before the first one (and after that), the size rule above applies.
+TEXT_RECALL_TARGET = 0.99
+CALIBRATION_K = 20
+CALIBRATION_CANDIDATES = (100, 200, 400, 800, 1600, 3200)
+RECALIBRATE_GROWTH = 2
 # Collections made before ``centred`` existed keep the old fallback for far queries.
 FAR_QUERY_COSINE = 0.5  # best hit below this: the query is out of distribution
 EXACT_RETRY_BELOW = 1_000_000  # points; a far query is re-run exactly below this size
@@ -102,6 +114,11 @@ class CollectionInfo:
     text_mean: tuple[float, ...] | None = None
     image_mean: tuple[float, ...] | None = None
     image_mean_points: int = 0
+    # The measured plan for gap-crossing text queries (``calibrate_text_search``): None
+    # until measured; 0 for the exact scan, else the two stages' candidate count at
+    # CALIBRATION_K results; the collection's size then.
+    text_candidates: int | None = None
+    text_plan_points: int = 0
 
     def __post_init__(self) -> None:
         for name in ("text_mean", "image_mean"):  # JSON gives lists; keep it hashable
@@ -242,6 +259,54 @@ class StoreBase:
         self._save_info(replace(info, image_mean_points=points))
         return moved
 
+    def search(self, vector: np.ndarray, limit: int, search_filter: SearchFilter | None = None,
+               plan: SearchPlan | None = None, modality: str = "image") -> list[StoredHit]:
+        raise NotImplementedError
+
+    def calibrate_text_search(self, queries: np.ndarray) -> TextCalibration | None:
+        """Measure which plan text queries should take on this collection, and keep it.
+
+        ``queries`` are text vectors of the collection's model (ingest passes its
+        encodings of ``models.gap.GENERIC_CAPTIONS``). Each is searched exactly, then in
+        two stages at each of ``CALIBRATION_CANDIDATES`` until recall@CALIBRATION_K
+        against the exact answers reaches ``TEXT_RECALL_TARGET``; that count is kept if
+        its median time beats the exact scan's, else the exact scan is. None (nothing
+        measured) below ``EXACT_SEARCH_BELOW`` points or when texts do not cross a gap.
+
+        Example:
+            >>> print(store.calibrate_text_search(np.stack([query_vector])))  # 6 images
+            None
+        """
+        points = self.count()
+        if points < EXACT_SEARCH_BELOW or not crosses_gap(self.info) or not len(queries):
+            return None
+        queries = unit_rows(np.asarray(queries, dtype=np.float32))
+
+        def timed(plan: SearchPlan) -> tuple[list[set[str]], float]:
+            self.search(queries[0], CALIBRATION_K, plan=plan, modality="text")  # warm-up
+            found, times = [], []
+            for query in queries:
+                started = time.perf_counter()
+                hits = self.search(query, CALIBRATION_K, plan=plan, modality="text")
+                times.append((time.perf_counter() - started) * 1000)
+                found.append({hit.id for hit in hits})
+            return found, float(np.median(times))
+
+        truth, exact_ms = timed(SearchPlan(exact=True, hnsw_ef=None))
+        tried: dict[int, tuple[float, float]] = {}
+        chosen = 0
+        for candidates in CALIBRATION_CANDIDATES:
+            found, two_stage_ms = timed(SearchPlan(exact=False, hnsw_ef=candidates,
+                                                   candidates=candidates))
+            recall = float(np.mean([len(f & t) / max(len(t), 1)
+                                    for f, t in zip(found, truth, strict=True)]))
+            tried[candidates] = (round(recall, 4), round(two_stage_ms, 3))
+            if recall >= TEXT_RECALL_TARGET:
+                chosen = candidates if two_stage_ms < exact_ms else 0
+                break
+        self._save_info(replace(self.info, text_candidates=chosen, text_plan_points=points))
+        return TextCalibration(points, len(queries), chosen, round(exact_ms, 3), tried)
+
     def __enter__(self) -> Self:
         return self
 
@@ -263,26 +328,80 @@ class SearchPlan:
     candidates: int = 0
 
 
+@dataclass(frozen=True)
+class TextCalibration:
+    """What ``calibrate_text_search`` measured: the plan it chose (``candidates``, 0 for
+    the exact scan), the exact scan's median ms, and (recall, median ms) per candidate
+    count tried."""
+
+    points: int
+    queries: int
+    candidates: int
+    exact_ms: float
+    tried: dict[int, tuple[float, float]]
+
+    def summary(self) -> str:
+        """One line for a user, e.g. for ingest's report."""
+        if self.candidates:
+            recall, ms = self.tried[self.candidates]
+            plan = (f"two stages with {self.candidates} candidates (recall@{CALIBRATION_K} "
+                    f"{recall:.3f}, {ms:.1f} ms against {self.exact_ms:.1f} ms exact)")
+        elif self.tried and max(r for r, _ in self.tried.values()) >= TEXT_RECALL_TARGET:
+            plan = f"the exact scan ({self.exact_ms:.1f} ms; two stages were no faster)"
+        else:
+            best = max((r for r, _ in self.tried.values()), default=0.0)
+            plan = (f"the exact scan ({self.exact_ms:.1f} ms; two stages reached recall "
+                    f"{best:.3f} < {TEXT_RECALL_TARGET})")
+        return f"text search over {self.points:,} images, measured with {self.queries} " \
+               f"captions: {plan}"
+
+
 def search_plan(points: int, limit: int, modality: str = "image",
-                across_gap: bool = False) -> SearchPlan:
+                across_gap: bool = False, measured: CollectionInfo | None = None) -> SearchPlan:
     """The shared policy: exact below ``EXACT_SEARCH_BELOW`` points; a text query that
-    crosses the modality gap (``crosses_gap``) exactly below ``EXACT_RETRY_BELOW`` and in
-    two stages above it; anything else HNSW.
+    crosses the modality gap (``crosses_gap``) as the collection's measurement chose
+    (``measured``: its ``text_candidates``, scaled to ``limit``), or, unmeasured, exactly
+    below ``EXACT_RETRY_BELOW`` and in two stages above it; anything else HNSW.
 
     Example:
         >>> search_plan(5_000, 20)
         SearchPlan(exact=True, hnsw_ef=None, candidates=0)
         >>> search_plan(1_000_000, 20, modality="text", across_gap=True)
         SearchPlan(exact=False, hnsw_ef=1600, candidates=1600)
+        >>> info = CollectionInfo("m", 2, 1, 1, text_candidates=200, text_plan_points=90_000)
+        >>> search_plan(100_000, 40, modality="text", across_gap=True, measured=info)
+        SearchPlan(exact=False, hnsw_ef=400, candidates=400)
     """
     if points < EXACT_SEARCH_BELOW:
         return SearchPlan(exact=True, hnsw_ef=None)
-    if modality == "text" and across_gap and points < EXACT_RETRY_BELOW:
-        return SearchPlan(exact=True, hnsw_ef=None)  # no HNSW attempt that would be retried
     if modality == "text" and across_gap:
+        chosen = measured_text_candidates(measured, points)
+        if chosen == 0:
+            return SearchPlan(exact=True, hnsw_ef=None)
+        if chosen is not None:
+            candidates = max(chosen, -(-chosen * limit // CALIBRATION_K))
+            return SearchPlan(exact=False, hnsw_ef=candidates, candidates=candidates)
+        if points < EXACT_RETRY_BELOW:
+            return SearchPlan(exact=True, hnsw_ef=None)  # no HNSW attempt to be retried
         candidates = max(TWO_STAGE_CANDIDATES_MIN, TWO_STAGE_PER_RESULT * limit)
         return SearchPlan(exact=False, hnsw_ef=candidates, candidates=candidates)
     return SearchPlan(exact=False, hnsw_ef=max(HNSW_EF_MIN, HNSW_EF_PER_RESULT * limit))
+
+
+def measured_text_candidates(info: CollectionInfo | None, points: int) -> int | None:
+    """The measured choice for text queries (0: exact) while it still describes a
+    collection of ``points``; None when there is none or it is out of date."""
+    if info is None or info.text_candidates is None:
+        return None
+    if points > RECALIBRATE_GROWTH * max(info.text_plan_points, 1):
+        return None
+    return info.text_candidates
+
+
+def calibration_due(info: CollectionInfo, points: int) -> bool:
+    """Whether text search on a collection of ``points`` should be measured (again)."""
+    return (points >= EXACT_SEARCH_BELOW and crosses_gap(info)
+            and measured_text_candidates(info, points) is None)
 
 
 def far_query_plan(points: int) -> SearchPlan:
@@ -297,6 +416,7 @@ def planned_search(
     plan: SearchPlan | None = None,
     modality: str = "image",
     across_gap: bool = False,
+    measured: CollectionInfo | None = None,
 ) -> list[StoredHit]:
     """Run a kNN query under the shared policy; an explicit ``plan`` is run as given.
 
@@ -307,7 +427,7 @@ def planned_search(
         raise ValueError(f"modality is 'image' or 'text', not {modality!r}")
     if plan is not None:
         return run(plan)
-    first = search_plan(points, limit, modality, across_gap)
+    first = search_plan(points, limit, modality, across_gap, measured)
     hits = run(first)
     if not first.exact and not first.candidates and (not hits or hits[0].score
                                                      < FAR_QUERY_COSINE):
