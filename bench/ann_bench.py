@@ -93,12 +93,13 @@ def shard_config(info: CollectionInfo, quantization: str, hnsw_m: int | None = N
 
     config = _edge_config(info)
     vectors = dict(config.vectors)
-    if (hnsw_m or ef_construct) and CENTRED_VECTOR in vectors:
+    if (hnsw_m is not None or ef_construct) and CENTRED_VECTOR in vectors:
         old = vectors[CENTRED_VECTOR]
         vectors[CENTRED_VECTOR] = EdgeVectorParams(
             size=old.size, distance=old.distance, datatype=old.datatype,
             quantization_config=old.quantization_config,
-            hnsw_config=HnswIndexConfig(m=hnsw_m or 16, ef_construct=ef_construct or 100,
+            hnsw_config=HnswIndexConfig(m=16 if hnsw_m is None else hnsw_m,
+                                        ef_construct=ef_construct or 100,
                                         full_scan_threshold=10_000))
         config = EdgeConfig(vectors=vectors)
     if quantization == "none":
@@ -382,7 +383,7 @@ def main(config: BenchConfig) -> dict[str, Any]:
     work = Path(config.workdir or tempfile.mkdtemp(prefix="ann_bench-"))
     real = config.real_vectors is not None
     source = real_source(config) if real else synthetic_source(config)
-    graph = f"-m{config.hnsw_m}" if config.hnsw_m else ""
+    graph = f"-m{config.hnsw_m}" if config.hnsw_m is not None else ""
     graph += f"-efc{config.ef_construct}" if config.ef_construct else ""
     folder = work / (f"real-{source.points}{graph}" if real else
                      f"{config.geometry}-{source.points}{graph}")
@@ -449,7 +450,8 @@ def parse(argv: list[str] | None = None) -> BenchConfig:
     parser.add_argument("--geometry", choices=sorted(corpus.GEOMETRIES),
                         default=BenchConfig.geometry)
     parser.add_argument("--hnsw-m", type=int, default=None,
-                        help="m of the centred vector's graph (default: the product's)")
+                        help="m of the centred vector's graph (default: the product's; 0: "
+                             "no graph, a scan of its int8 copy)")
     parser.add_argument("--ef-construct", type=int, default=None)
     parser.add_argument("--queries", type=int, default=BenchConfig.queries)
     parser.add_argument("--exact-queries", type=int, default=BenchConfig.exact_queries)

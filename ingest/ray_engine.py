@@ -53,7 +53,7 @@ from twinrank.ingest.ray_stages import (
     read_batch,
 )
 from twinrank.ingest.report import IngestReport
-from twinrank.ingest.runner import IngestConfig, Loaded, _loader, _Writer
+from twinrank.ingest.runner import IngestConfig, Loaded, _loader, _Writer, measure_text_search
 from twinrank.ingest.sources import is_source_list, plan_list, read_source_list
 from twinrank.ingest.write import FileFacts, ImageFacts
 from twinrank.models.encode import ImageEmbedder
@@ -148,6 +148,8 @@ def run_ray_ingest(
     finally:
         store.flush()
         report.seconds = time.perf_counter() - started
+    measure_text_search(embedder.model, store, report)
+    report.seconds = time.perf_counter() - started
     return report
 
 

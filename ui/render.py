@@ -52,6 +52,7 @@ def details_if_asked(client: SearchClient, thumbs: ThumbnailCache) -> None:
     if point_id is not None:
         show_details(client, thumbs, point_id)
 
+
 def source_card(thumbs: ThumbnailCache, point_id: str, payload: dict[str, Any],
                 name: str) -> None:
     """The image a "more like this" search started from."""
