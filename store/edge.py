@@ -20,6 +20,8 @@ import numpy as np
 from twinrank.store.filters import INDEXED_FIELDS, SearchFilter
 from twinrank.store.lease import ShardLease, is_writable, readable_copy
 from twinrank.store.schema import (
+    CENTRED_EF_CONSTRUCT,
+    CENTRED_HNSW_M,
     CENTRED_VECTOR,
     IMAGE_VECTOR,
     CollectionInfo,
@@ -355,6 +357,8 @@ def _edge_config(info: CollectionInfo) -> Any:
         vectors[CENTRED_VECTOR] = EdgeVectorParams(
             size=info.vector_size, distance=Distance.Cosine,
             datatype=VectorStorageDatatype.Float16,
+            hnsw_config=HnswIndexConfig(m=CENTRED_HNSW_M, ef_construct=CENTRED_EF_CONSTRUCT,
+                                        full_scan_threshold=10_000),
             quantization_config=ScalarQuantizationConfig(ScalarType.Int8, quantile=0.99))
     return EdgeConfig(vectors=vectors)
 

@@ -27,6 +27,8 @@ import numpy as np
 
 from twinrank.store.filters import INDEXED_FIELDS, SearchFilter
 from twinrank.store.schema import (
+    CENTRED_EF_CONSTRUCT,
+    CENTRED_HNSW_M,
     CENTRED_VECTOR,
     IMAGE_VECTOR,
     CollectionInfo,
@@ -328,6 +330,8 @@ def _create_collection(
         vectors[CENTRED_VECTOR] = models.VectorParams(
             size=info.vector_size, distance=models.Distance.COSINE,
             datatype=models.Datatype.FLOAT16,
+            hnsw_config=models.HnswConfigDiff(m=CENTRED_HNSW_M,
+                                              ef_construct=CENTRED_EF_CONSTRUCT),
             quantization_config=models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
                 type=models.ScalarType.INT8, quantile=0.99, always_ram=True)))
     client.create_collection(collection, vectors_config=vectors,

@@ -48,6 +48,12 @@ HNSW_EF_PER_RESULT = 8  # ...and at least this many candidates per requested res
 # EXACT_RETRY_BELOW such queries are still searched exactly, and the two stages replace
 # the old ef-1024 fallback above it.
 TWO_STAGE_CANDIDATES_MIN = 1600
+# The ``centred`` graph is built denser than Qdrant's default (m 16, ef_construct 100): a
+# text query's walk through it starts far from its neighbours. At 1M synthetic CLIP-like
+# points (bench/ann_probe.py) recall@20 0.99 took ~2,000 candidates (~16 ms) on the
+# default graph and 800 (10.9 ms) on this one, which took 5x longer to build (22 min).
+CENTRED_HNSW_M = 32
+CENTRED_EF_CONSTRUCT = 256
 TWO_STAGE_PER_RESULT = 80
 # Which plan a gap-crossing text query gets is measured on each collection
 # (``StoreBase.calibrate_text_search``, run by ingest): the model's encodings of generic
@@ -58,7 +64,7 @@ TWO_STAGE_PER_RESULT = 80
 # taken at; before the first one (and after that), the size rule above applies.
 TEXT_RECALL_TARGET = 0.99
 CALIBRATION_K = 20
-CALIBRATION_CANDIDATES = (100, 200, 400, 800, 1600, 3200)
+CALIBRATION_CANDIDATES = (100, 150, 200, 300, 400, 600, 800, 1200, 1600, 2400, 3200)
 RECALIBRATE_GROWTH = 2
 # Collections made before ``centred`` existed keep the old fallback for far queries.
 FAR_QUERY_COSINE = 0.5  # best hit below this: the query is out of distribution
