@@ -39,22 +39,18 @@ SCHEMA_VERSION = 1
 EXACT_SEARCH_BELOW = 20_000  # points; exact search here costs ~1-2 ms and recall is 1.0
 HNSW_EF_MIN = 128  # beam width for the HNSW search above that size...
 HNSW_EF_PER_RESULT = 8  # ...and at least this many candidates per requested result
-# Text queries across the gap: prefetch at least this many from ``centred`` (through its
-# int8 copy) and this many per requested result; all are rescored exactly on ``image``.
-# Recall@20 on synthetic CLIP-like vectors (bench/results/ann_bench_*.json): at 20k
-# 0.91/0.977/0.995 at 100/400/800 candidates; at 100k 0.72/0.88/0.94/0.972 at
-# 100/400/800/1600 (plain HNSW on ``image``: 0.71 at ef 128, 0.89 at ef 512; int8 prefetch
-# within 0.003 of full precision). That is short of the exact scan's 1.0, so below
-# EXACT_RETRY_BELOW such queries are still searched exactly, and the two stages replace
-# the old ef-1024 fallback above it.
+# Text queries across the gap on a collection whose text search was not measured yet
+# (below): exact under EXACT_RETRY_BELOW points, else two stages with at least this many
+# candidates from ``centred`` (through its int8 copy), and this many per requested result.
 TWO_STAGE_CANDIDATES_MIN = 1600
+TWO_STAGE_PER_RESULT = 80
 # The ``centred`` graph is built denser than Qdrant's default (m 16, ef_construct 100): a
 # text query's walk through it starts far from its neighbours. At 1M synthetic CLIP-like
-# points (bench/ann_probe.py) recall@20 0.99 took ~2,000 candidates (~16 ms) on the
-# default graph and 800 (10.9 ms) on this one, which took 5x longer to build (22 min).
+# points (bench/ann_probe.py) recall@20 was 0.989 with 1,600 candidates (13.7 ms) and
+# 0.993 with 3,200 (21 ms) on the default graph, 0.991 with 800 (10.9 ms) on this one,
+# whose build took 5x longer (22 min against 4.5 on 2 cores).
 CENTRED_HNSW_M = 32
 CENTRED_EF_CONSTRUCT = 256
-TWO_STAGE_PER_RESULT = 80
 # Which plan a gap-crossing text query gets is measured on each collection
 # (``StoreBase.calibrate_text_search``, run by ingest): the model's encodings of generic
 # captions are searched exactly and in two stages at growing candidate counts; the first
