@@ -204,7 +204,8 @@ class EdgeStore(StoreBase):
                         for p in shard.query(request)]
 
             return planned_search(run, self._points(shard), limit, plan, modality,
-                                  modality == "text" and crosses_gap(info), info)
+                                  modality == "text" and crosses_gap(info), info,
+                                  filtered=condition is not None)
 
     def _named_vectors(self, ids: Sequence[str], name: str) -> dict[str, np.ndarray]:
         with self._lease.hold() as shard:

@@ -245,12 +245,12 @@ def test_text_search_is_measured_kept_and_reloaded(backend, tmp_path, data, monk
         measured = store.calibrate_text_search(data["generic"][:40])
         assert measured is not None
         assert (measured.points, measured.queries) == (len(data["images"]), 40)
-        assert (store.info.text_candidates, store.info.text_plan_points) == (
+        assert (store.info.text_ef, store.info.text_plan_points) == (
             measured.candidates, len(data["images"]))
         assert not schema_module.calibration_due(store.info, store.count())
         # counts were tried in order until one reached the target (or none did)
         tried = list(measured.tried)
-        assert tried == list(schema_module.CALIBRATION_CANDIDATES[:len(tried)])
+        assert tried == list(schema_module.CALIBRATION_EFS[:len(tried)])
         reached = [c for c, (recall, _) in measured.tried.items()
                    if recall >= schema_module.TEXT_RECALL_TARGET]
         assert reached in ([], [tried[-1]])
@@ -258,7 +258,10 @@ def test_text_search_is_measured_kept_and_reloaded(backend, tmp_path, data, monk
             assert reached == [measured.candidates]
         # the policy now follows the measurement, and its answers are that plan's
         plan = search_plan(store.count(), K, "text", True, store.info)
-        assert plan.candidates == measured.candidates and plan.exact == (not measured.candidates)
+        assert plan.exact == (not measured.candidates)
+        if measured.candidates:  # the beam measured; its best 10 per result rescored
+            assert (plan.hnsw_ef, plan.candidates) == (
+                measured.candidates, min(measured.candidates, 10 * K))
         for query in data["queries"]:
             assert ids_of(store.search(query, K, modality="text")) == ids_of(
                 store.search(query, K, modality="text", plan=plan))
@@ -270,14 +273,14 @@ def test_text_search_is_measured_kept_and_reloaded(backend, tmp_path, data, monk
 def test_the_exact_scan_is_kept_when_two_stages_miss_the_recall_target(tmp_path, data,
                                                                         monkeypatch):
     monkeypatch.setattr(schema_module, "EXACT_SEARCH_BELOW", 100)
-    monkeypatch.setattr(schema_module, "CALIBRATION_CANDIDATES", (K, 2 * K))
+    monkeypatch.setattr(schema_module, "CALIBRATION_EFS", (K, 2 * K))
     monkeypatch.setattr(schema_module, "TEXT_RECALL_TARGET", 1.01)  # out of reach
     with open_store(tmp_path / "edge", info_for(data)) as store:
         fill(store, data["images"])
         measured = store.calibrate_text_search(data["generic"][:20])
         assert measured is not None and measured.candidates == 0
         assert list(measured.tried) == [K, 2 * K]  # both tried, neither enough
-        assert store.info.text_candidates == 0
+        assert store.info.text_ef == 0
         assert search_plan(store.count(), K, "text", True, store.info).exact
         assert "the exact scan" in measured.summary() and "reached recall" in measured.summary()
         query = data["queries"][0]
@@ -289,19 +292,25 @@ def test_nothing_is_measured_where_exact_search_is_the_rule(tmp_path, data):
     with open_store(tmp_path / "edge", info_for(data)) as store:
         fill(store, data["images"][:300])  # under EXACT_SEARCH_BELOW
         assert store.calibrate_text_search(data["generic"]) is None
-        assert store.info.text_candidates is None
+        assert store.info.text_ef is None
 
 
 def test_a_measurement_is_scaled_to_k_and_lapses_when_the_collection_doubles():
     from dataclasses import replace
 
-    info = CollectionInfo("m", 2, 1, 1, text_candidates=200, text_plan_points=50_000)
-    assert search_plan(100_000, 20, "text", True, info).candidates == 200
-    assert search_plan(100_000, 50, "text", True, info).candidates == 500  # per result
-    assert search_plan(100_000, 5, "text", True, info).candidates == 200
+    info = CollectionInfo("m", 2, 1, 1, text_ef=300, text_plan_points=50_000)
+
+    def beam(limit: int, **kwargs) -> tuple[int | None, int]:
+        plan = search_plan(100_000, limit, "text", True, info, **kwargs)
+        return plan.hnsw_ef, plan.candidates
+
+    assert beam(20) == (300, 200)  # the measured beam; its best 10 per result rescored
+    assert beam(50) == (750, 500)  # the beam grows with k
+    assert beam(5) == (300, 50)
+    assert search_plan(100_000, 20, "text", True, info, filtered=True).exact  # size rule
     assert search_plan(100_001, 20, "text", True, info).exact  # lapsed: the size rule
     assert search_plan(100_000, 20, "image", True, info).candidates == 0  # images: HNSW
-    assert search_plan(100_000, 20, "text", True, replace(info, text_candidates=0)).exact
+    assert search_plan(100_000, 20, "text", True, replace(info, text_ef=0)).exact
     assert schema_module.calibration_due(
         replace(info, text_mean=(0.0, 0.9), image_mean=(0.6, 0.0)), 100_001)
 
@@ -319,10 +328,10 @@ def test_ingest_measures_text_search_once_the_collection_is_large(tmp_path, data
     with open_store(tmp_path / "edge", info_for(data)) as store:
         fill(store, data["images"][:80])
         measure_text_search(object(), store, report)  # 80 points: too few, nothing to do
-        assert store.info.text_candidates is None and not report.notes
+        assert store.info.text_ef is None and not report.notes
         fill(store, data["images"][80:], start=80)
         measure_text_search(object(), store, report)
-        assert store.info.text_candidates is not None
+        assert store.info.text_ef is not None
         assert report.notes and report.notes[0].startswith(
             f"text search over {len(data['images']):,} images, measured with 30 captions")
         measure_text_search(object(), store, report)  # measured already: not again
