@@ -307,7 +307,8 @@ def test_a_measurement_is_scaled_to_k_and_lapses_when_the_collection_doubles():
     assert beam(20) == (300, 200)  # the measured beam; its best 10 per result rescored
     assert beam(50) == (750, 500)  # the beam grows with k
     assert beam(5) == (300, 50)
-    assert search_plan(100_000, 20, "text", True, info, filtered=True).exact  # size rule
+    assert search_plan(100_000, 20, "text", True, info, filtered=True).exact
+    assert search_plan(5_000_000, 20, "text", True, None, filtered=True).exact
     assert search_plan(100_001, 20, "text", True, info).exact  # lapsed: the size rule
     assert search_plan(100_000, 20, "image", True, info).candidates == 0  # images: HNSW
     assert search_plan(100_000, 20, "text", True, replace(info, text_ef=0)).exact
