@@ -50,6 +50,7 @@ from twinrank.store.schema import (
     crosses_gap,
     query_for_centred,
     search_plan,
+    two_stage_plan,
 )
 
 K = 20
@@ -289,6 +290,14 @@ def query_all(config: BenchConfig, store: EdgeStore, sets: dict[str, np.ndarray]
                         lambda i, qs=qs, f=flt, e=ef: direct(
                             store, qs[i], IMAGE_VECTOR, K, e, f, int8_rescore))
             for c in config.candidates:
+                # the product's request: a beam of c on centred's int8 copy, its best
+                # 10 per result rescored exactly; and the same beam with all c rescored
+                rows[f"beam_{c}"] = run(lambda i, qs=qs, f=flt, m=modality, c=c: store.search(
+                    qs[i], K, f, plan=two_stage_plan(c, K), modality=m))
+                rows[f"beam_{c}_all_rescored"] = run(
+                    lambda i, qs=qs, f=flt, m=modality, c=c: store.search(
+                        qs[i], K, f, plan=SearchPlan(exact=False, hnsw_ef=c, candidates=c),
+                        modality=m))
                 rows[f"two_stage_{c}"] = run(lambda i, qs=qs, cq=cq, f=flt, c=c: (
                     two_stage_direct(store, qs[i], cq[i], c, f, ignore)))
                 if modality == "text":
