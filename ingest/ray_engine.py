@@ -53,7 +53,7 @@ from twinrank.ingest.ray_stages import (
     read_batch,
 )
 from twinrank.ingest.report import IngestReport
-from twinrank.ingest.runner import IngestConfig, Loaded, _loader, _Writer, measure_text_search
+from twinrank.ingest.runner import IngestConfig, Loaded, _loader, _Writer, finish_collection
 from twinrank.ingest.sources import is_source_list, plan_list, read_source_list
 from twinrank.ingest.write import FileFacts, ImageFacts
 from twinrank.models.encode import ImageEmbedder
@@ -148,7 +148,7 @@ def run_ray_ingest(
     finally:
         store.flush()
         report.seconds = time.perf_counter() - started
-    measure_text_search(embedder.model, store, report)
+    finish_collection(embedder.model, store, report)
     report.seconds = time.perf_counter() - started
     return report
 

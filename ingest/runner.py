@@ -146,10 +146,31 @@ def run_ingest(
         bar.close()
         store.flush()
         report.seconds = time.perf_counter() - started
-    if not callable(embedder):  # a model was loaded: text search may need measuring again
-        measure_text_search(embedder.model, store, report)
+    if not callable(embedder):  # images were embedded: index them, measure text search
+        finish_collection(embedder.model, store, report)
         report.seconds = time.perf_counter() - started
     return report
+
+
+def finish_collection(model: object, store: VectorStore, report: IngestReport) -> None:
+    """After new images are written: build the search index where exact search no longer
+    applies (``build_index``), then measure text search if it is due."""
+    build_index(store, report)
+    measure_text_search(model, store, report)
+
+
+def build_index(store: VectorStore, report: IngestReport) -> None:
+    """Have an embedded store build its HNSW graphs (and merge segments) once it holds
+    ``EXACT_SEARCH_BELOW`` images or more: Qdrant Edge builds them only when asked, and
+    without them every search is a scan. A server builds its own in the background."""
+    from twinrank.store import schema
+
+    optimize = getattr(store, "optimize", None)
+    if optimize is None or store.count() < schema.EXACT_SEARCH_BELOW:
+        return
+    began = time.perf_counter()
+    optimize()
+    report.add_time("index", time.perf_counter() - began)
 
 
 def measure_text_search(model: object, store: VectorStore, report: IngestReport) -> None:

@@ -337,3 +337,29 @@ def test_ingest_measures_text_search_once_the_collection_is_large(tmp_path, data
             f"text search over {len(data['images']):,} images, measured with 30 captions")
         measure_text_search(object(), store, report)  # measured already: not again
         assert len(report.notes) == 1
+
+
+def test_ingest_has_an_embedded_store_build_its_graphs_past_exact_search(tmp_path, monkeypatch):
+    """Qdrant Edge builds HNSW graphs only when asked: without ``build_index`` a store of
+    any size answered every query by a scan (indexed vectors: 0)."""
+    from bench import ann_corpus as corpus
+    from twinrank.ingest.report import IngestReport
+    from twinrank.ingest.runner import build_index
+
+    geo = corpus.geometry(12_000, 512, 0)  # 24 MB of vectors: past Qdrant's indexing threshold
+    info = CollectionInfo("gap-model", 512, 2, 4,
+                          text_mean=tuple(corpus.generic_captions(geo).mean(0).tolist()))
+
+    def indexed(store: object) -> int:
+        with store._lease.hold() as shard:  # type: ignore[attr-defined]
+            return int(shard.info().indexed_vectors_count)
+
+    report = IngestReport()
+    with open_store(tmp_path / "edge", info) as store:
+        for start, vectors in corpus.image_chunks(geo, 12_000, 0):
+            fill(store, vectors, start=start, batch=1000)
+        build_index(store, report)  # 12k < EXACT_SEARCH_BELOW: exact search, no graph
+        assert indexed(store) == 0 and "index" not in report.stage_seconds
+        monkeypatch.setattr(schema_module, "EXACT_SEARCH_BELOW", 10_000)
+        build_index(store, report)
+        assert indexed(store) >= 12_000 and report.stage_seconds["index"] > 0
