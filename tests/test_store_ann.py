@@ -339,7 +339,8 @@ def test_ingest_measures_text_search_once_the_collection_is_large(tmp_path, data
         assert len(report.notes) == 1
 
 
-def test_ingest_has_an_embedded_store_build_its_graphs_past_exact_search(tmp_path, monkeypatch):
+def test_ingest_has_an_embedded_store_build_its_graphs_past_exact_search(tmp_path, monkeypatch,
+                                                                        capsys):
     """Qdrant Edge builds HNSW graphs only when asked: without ``build_index`` a store of
     any size answered every query by a scan (indexed vectors: 0)."""
     from bench import ann_corpus as corpus
@@ -361,5 +362,6 @@ def test_ingest_has_an_embedded_store_build_its_graphs_past_exact_search(tmp_pat
         build_index(store, report)  # 12k < EXACT_SEARCH_BELOW: exact search, no graph
         assert indexed(store) == 0 and "index" not in report.stage_seconds
         monkeypatch.setattr(schema_module, "EXACT_SEARCH_BELOW", 10_000)
-        build_index(store, report)
+        build_index(store, report, progress=True)
         assert indexed(store) >= 12_000 and report.stage_seconds["index"] > 0
+        assert "Building the search index for 12,000 images" in capsys.readouterr().out
