@@ -274,7 +274,8 @@ def query_all(config: BenchConfig, store: EdgeStore, sets: dict[str, np.ndarray]
                 "policy": run(lambda i, qs=qs, f=flt, m=modality: store.search(
                     qs[i], K, f, modality=m)),
             }
-            plan = search_plan(n, K, modality, crosses_gap(store.info), store.info)
+            plan = search_plan(n, K, modality, crosses_gap(store.info), store.info,
+                               filtered=flt is not None)
             rows["policy"]["plan"] = asdict(plan)
             if quantized:  # the store's request as it runs on a collection without int8
                 rows["policy_full_precision"] = run(
