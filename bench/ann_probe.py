@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from bench import ann_bench, cpu_name
 from bench import ann_corpus as corpus
-from bench import cpu_name
 
 K = 20
 RESULTS = Path(__file__).with_name("results")
@@ -92,31 +92,29 @@ def build(folder: Path, geo: corpus.Geometry, points: int, m: int, ef_construct:
     return {"upsert_s": round(upsert_s, 1), "graph_build_s": round(optimize_s, 1)}
 
 
-def measure(shard: Any, texts: np.ndarray, truth: np.ndarray, candidates: int | None,
-            graph: bool) -> dict[str, float]:
-    """Recall@20 and p50 ms of the exact scan (``candidates`` None) or the two stages."""
+def request(query: np.ndarray, candidates: int | None, graph: bool) -> Any:
+    """The exact scan on ``image`` (``candidates`` None), or the two stages: ``candidates``
+    from ``centred``'s codes (through its graph, when it has one), rescored on ``image``."""
     from qdrant_edge import Prefetch, QuantizationSearchParams, Query, QueryRequest, SearchParams
 
-    times, recalls = [], []
-    for i, query in enumerate(texts):
-        if candidates is None:
-            request = QueryRequest(limit=K, query=Query.Nearest(query.tolist(), using="image"),
-                                   with_payload=False, params=SearchParams(exact=True))
-        else:
-            first = SearchParams(hnsw_ef=candidates if graph else None,
-                                 quantization=QuantizationSearchParams(rescore=False))
-            request = QueryRequest(
-                limit=K, query=Query.Nearest(query.tolist(), using="image"), with_payload=False,
-                prefetches=[Prefetch(limit=candidates, params=first,
-                                     query=Query.Nearest(query.tolist(), using="centred"))],
-                params=SearchParams(quantization=QuantizationSearchParams(ignore=True)))
-        started = time.perf_counter()
-        hits = shard.query(request)
-        times.append((time.perf_counter() - started) * 1000)
-        found = {uuid.UUID(str(h.id)).int - 1 for h in hits}
-        recalls.append(len(found & set(truth[i].tolist())) / K)
-    return {"recall@20": round(float(np.mean(recalls)), 4),
-            "p50_ms": round(float(np.median(times)), 2)}
+    nearest = Query.Nearest(query.tolist(), using="image")
+    if candidates is None:
+        return QueryRequest(limit=K, query=nearest, with_payload=False,
+                            params=SearchParams(exact=True))
+    first = SearchParams(hnsw_ef=candidates if graph else None,
+                         quantization=QuantizationSearchParams(rescore=False))
+    return QueryRequest(
+        limit=K, query=nearest, with_payload=False,
+        prefetches=[Prefetch(limit=candidates, params=first,
+                             query=Query.Nearest(query.tolist(), using="centred"))],
+        params=SearchParams(quantization=QuantizationSearchParams(ignore=True)))
+
+
+def measure(shard: Any, texts: np.ndarray, truth: np.ndarray, candidates: int | None,
+            graph: bool) -> dict[str, float]:
+    """Recall@20 and latency (``ann_bench.measure``) of one request kind over ``texts``."""
+    requests = [request(query, candidates, graph) for query in texts]
+    return ann_bench.measure(len(requests), truth, lambda i: shard.query(requests[i]))
 
 
 def main() -> None:

@@ -187,8 +187,10 @@ class RemoteStore(StoreBase):
         info = self.info
 
         def run(chosen: SearchPlan) -> list[StoredHit]:
-            params = None if self._local else models.SearchParams(exact=chosen.exact,
-                                                                  hnsw_ef=chosen.hnsw_ef)
+            params = None if self._local else models.SearchParams(
+                exact=chosen.exact, hnsw_ef=chosen.hnsw_ef,  # candidates are rescored on
+                quantization=models.QuantizationSearchParams(ignore=True)  # the originals
+                if chosen.candidates else None)
             prefetch = None
             if chosen.candidates:
                 centred = query_for_centred(vector, info, modality)
@@ -198,10 +200,6 @@ class RemoteStore(StoreBase):
                 prefetch = models.Prefetch(query=centred.tolist(), using=CENTRED_VECTOR,
                                            limit=chosen.candidates, filter=condition,
                                            params=first)
-                if not self._local:  # candidates are rescored on the original vectors
-                    params = models.SearchParams(
-                        exact=chosen.exact, hnsw_ef=chosen.hnsw_ef,
-                        quantization=models.QuantizationSearchParams(ignore=True))
             response = self._call(lambda: self._client.query_points(
                 self.collection, query=vector.tolist(), using=IMAGE_VECTOR, limit=limit,
                 prefetch=prefetch, query_filter=condition, search_params=params,
@@ -211,7 +209,7 @@ class RemoteStore(StoreBase):
 
         return planned_search(run, self._cached_count(), limit, plan, modality,
                               modality == "text" and crosses_gap(info), info,
-                                  filtered=condition is not None)
+                              filtered=condition is not None)
 
     def _named_vectors(self, ids: Sequence[str], name: str) -> dict[str, np.ndarray]:
         records = self._call(lambda: self._client.retrieve(

@@ -38,12 +38,9 @@ PER_ROW = 4  # thumbnails a row in each of the before/after columns
 GRID_COLUMNS = 8  # thumbnails a row when one list fills the page
 
 
-def load_thumbs(thumbs: ThumbnailCache, hits: Sequence[Hit]) -> tuple[dict[str, Path | None],
-                                                                         float]:
-    """Thumbnails for ``hits`` (made on first use, then read from disk) and the ms it took."""
-    started = time.perf_counter()
-    paths = {hit.id: thumbs.get(hit.id, hit.payload) for hit in hits}
-    return paths, (time.perf_counter() - started) * 1000.0
+def load_thumbs(thumbs: ThumbnailCache, hits: Sequence[Hit]) -> dict[str, Path | None]:
+    """Thumbnails for ``hits``: made on first use, then read from disk."""
+    return {hit.id: thumbs.get(hit.id, hit.payload) for hit in hits}
 
 
 def details_if_asked(client: SearchClient, thumbs: ThumbnailCache) -> None:
@@ -84,7 +81,7 @@ def before_after(
     """The centrepiece: bi-encoder order on the left, reranked order on the right, each a
     grid of ``PER_ROW`` thumbnails a row, rows aligned so the same ranks sit side by side."""
     started = time.perf_counter()
-    paths, _ = load_thumbs(thumbs, [*before, *after])
+    paths = load_thumbs(thumbs, [*before, *after])
     columns = [
         GridColumn(title, stage, [
             make_card(hit, f"{stage}-{rank}", caption(hit, stage, k), paths[hit.id], k,
@@ -104,7 +101,7 @@ def grid(
 ) -> None:
     """A single ranked list (rerank off, or a search by image) as a grid of cards."""
     started = time.perf_counter()
-    paths, _ = load_thumbs(thumbs, hits)
+    paths = load_thumbs(thumbs, hits)
     cards = [make_card(hit, f"grid-{rank}",
                        label(hit) if label else
                        f"#{hit.bi_rank} · cos {hit.bi_score:.3f} · {file_name(hit)}",
