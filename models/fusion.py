@@ -14,6 +14,12 @@ from torch import nn
 from twinrank.models.config import FusionConfig
 
 
+def image_projection(vision_width: int, width: int) -> nn.Sequential:
+    """Patch tokens (B, T, vision_width) -> the cached image tokens (B, T, width): the one
+    part of the head that ingest runs (``FusionHead.project_image``)."""
+    return nn.Sequential(nn.LayerNorm(vision_width), nn.Linear(vision_width, width))
+
+
 class FusionHead(nn.Module):
     """Scores (text, image) pairs from token features.
 
@@ -28,7 +34,7 @@ class FusionHead(nn.Module):
         super().__init__()
         self.config = config
         width = config.width
-        self.image_in = nn.Sequential(nn.LayerNorm(vision_width), nn.Linear(vision_width, width))
+        self.image_in = image_projection(vision_width, width)
         self.text_in = nn.Sequential(nn.LayerNorm(text_width), nn.Linear(text_width, width))
         self.cls = nn.Parameter(torch.zeros(1, 1, width))
         self.layers = nn.ModuleList(

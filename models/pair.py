@@ -16,7 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from twinrank.models.config import TwinConfig
-from twinrank.models.twin import ImageEncoding, TextEncoding, TwinModel, build_clip, text_forward
+from twinrank.models.twin import (
+    ImageEncoding,
+    TextEncoding,
+    TwinModel,
+    build_clip,
+    pool_patch_tokens,
+    text_forward,
+)
 
 SEP_LAYOUT = "sep"
 
@@ -61,7 +68,8 @@ class SepTwinModel(TwinModel):
         _, patch_tokens = self.cross_clip.visual(pixels)  # (B, N, vision_width)
         return ImageEncoding(
             image_vector=F.normalize(pooled, dim=-1),
-            image_tokens=self.head.project_image(self._pool_tokens(patch_tokens)),
+            image_tokens=self.head.project_image(
+                pool_patch_tokens(patch_tokens, self.config.token_grid)),
         )
 
     def encode_text(self, ids: torch.Tensor) -> TextEncoding:

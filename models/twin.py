@@ -205,7 +205,7 @@ class TwinModel(nn.Module):
     def encode_image(self, pixels: torch.Tensor) -> ImageEncoding:
         """Image vectors and cacheable image tokens for a batch of pixels (B, 3, H, W)."""
         pooled, patch_tokens = self.clip.visual(pixels)  # (B, D), (B, N, vision_width)
-        patch_tokens = self._pool_tokens(patch_tokens)
+        patch_tokens = pool_patch_tokens(patch_tokens, self.config.token_grid)
         return ImageEncoding(
             image_vector=F.normalize(pooled, dim=-1),
             image_tokens=self.head.project_image(patch_tokens),
@@ -228,18 +228,20 @@ class TwinModel(nn.Module):
         logits: torch.Tensor = self.head(text_tokens, text_mask, image_tokens)
         return logits
 
-    def _pool_tokens(self, patch_tokens: torch.Tensor) -> torch.Tensor:
-        grid = self.config.token_grid
-        batch, count, width = patch_tokens.shape
-        side = int(round(count**0.5))
-        if not grid or grid >= side or side * side != count:
-            return patch_tokens
-        square = patch_tokens.transpose(1, 2).reshape(batch, width, side, side)
-        pooled = F.adaptive_avg_pool2d(square, grid)  # (B, width, grid, grid)
-        return pooled.flatten(2).transpose(1, 2)
-
     def _text_forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return text_forward(self.clip.text, ids)
+
+
+def pool_patch_tokens(patch_tokens: torch.Tensor, grid: int) -> torch.Tensor:
+    """Patch tokens (B, N, W) average-pooled to grid x grid (B, grid * grid, W) before they
+    are cached (``TwinConfig.token_grid``); unchanged when grid is 0 or not smaller."""
+    batch, count, width = patch_tokens.shape
+    side = int(round(count**0.5))
+    if not grid or grid >= side or side * side != count:
+        return patch_tokens
+    square = patch_tokens.transpose(1, 2).reshape(batch, width, side, side)
+    pooled = F.adaptive_avg_pool2d(square, grid)  # (B, width, grid, grid)
+    return pooled.flatten(2).transpose(1, 2)
 
 
 def text_forward(text: Any, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
