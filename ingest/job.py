@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,11 +22,13 @@ from twinrank.ingest.walk import FORMATS, has_images
 from twinrank.models.presets import DEFAULT_PRESET, is_preset, missing_weights
 from twinrank.models.presets import resolve as resolve_preset
 from twinrank.store import CollectionInfo, VectorStore, check_info, open_store, read_info
+from twinrank.store.schema import SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from twinrank.models.encode import ImageEmbedder
 
 FAST_EXPORT_ENV = "TWINRANK_FAST_EXPORT"  # "0": don't write the fast query path (tests)
+LIGHT_INGEST_ENV = "TWINRANK_LIGHT_INGEST"  # "0": always the full model (benches' baseline)
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +113,8 @@ def ingest_folder(job: IngestJob) -> IngestReport:
         store = open_store(job.store, collection_info(load_model(), source, pretrained,
                                                       job.config.cache_tokens))
     with recorded_run(store, job.report_path) as report:
-        run_ingest(job.config, _embedder_factory(job, store, load_model, source, pretrained),
+        run_ingest(job.config,
+                   _embedder_factory(job, store, load_model, source, pretrained, loaded),
                    store, report)
     if _export_wanted(job.store, store.info.model_id):
         _export_query_side(load_model, job.store, report)
@@ -137,19 +140,46 @@ def _load_model(job: IngestJob, source: str, pretrained: str | None) -> Any:
 
 def _embedder_factory(
     job: IngestJob, store: VectorStore, load_model: Callable[[], Any], source: str,
-    pretrained: str | None,
+    pretrained: str | None, loaded: list[Any],
 ) -> Callable[[], ImageEmbedder]:
-    """What ``run_ingest`` calls once it knows something must be embedded."""
+    """What ``run_ingest`` calls once it knows something must be embedded.
+
+    Adding images to an existing collection of a model folder runs its image side alone
+    (``models.image_side``: no open_clip, torchvision or transformers to import, no text
+    tower to read); the full model loads when it is already needed (a new collection,
+    the fast search path's export) or the image side does not cover the architecture.
+    """
 
     def make() -> ImageEmbedder:
-        from twinrank.ingest.collection import collection_info
         from twinrank.models.encode import ImageEmbedder
+
+        side = None if loaded or pretrained else _image_side(job, source)
+        if side is not None:
+            wanted = replace(store.info, model_id=side.model_id, schema_version=SCHEMA_VERSION)
+            check_info(store.info, wanted, str(job.store))
+            return ImageEmbedder(side, job.config.precision, text_model=load_model,
+                                 in_place=True)
+        from twinrank.ingest.collection import collection_info
 
         model = load_model()
         check_info(store.info, collection_info(model, source, pretrained), str(job.store))
         return ImageEmbedder(model, job.config.precision)
 
     return make
+
+
+def _image_side(job: IngestJob, source: str) -> Any:
+    """The image side of the model folder ``source``, or None (see ``make`` above)."""
+    if os.environ.get(LIGHT_INGEST_ENV, "1") == "0":
+        return None
+    from twinrank.models.device import pick_device
+    from twinrank.models.image_side import load_image_side
+
+    if job.torch_threads:
+        import torch
+
+        torch.set_num_threads(job.torch_threads)
+    return load_image_side(source, pick_device(job.device))
 
 
 def _export_wanted(store: Path, model_id: str) -> bool:

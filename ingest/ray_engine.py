@@ -148,7 +148,7 @@ def run_ray_ingest(
     finally:
         store.flush()
         report.seconds = time.perf_counter() - started
-    finish_collection(embedder.model, store, report, config.progress)
+    finish_collection(embedder.text_model, store, report, config.progress)
     report.seconds = time.perf_counter() - started
     return report
 

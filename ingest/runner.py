@@ -147,17 +147,18 @@ def run_ingest(
         store.flush()
         report.seconds = time.perf_counter() - started
     if not callable(embedder):  # images were embedded: index them, measure text search
-        finish_collection(embedder.model, store, report, config.progress)
+        finish_collection(embedder.text_model, store, report, config.progress)
         report.seconds = time.perf_counter() - started
     return report
 
 
-def finish_collection(model: object, store: VectorStore, report: IngestReport,
-                      progress: bool = False) -> None:
+def finish_collection(text_model: Callable[[], object], store: VectorStore,
+                      report: IngestReport, progress: bool = False) -> None:
     """After new images are written: build the search index where exact search no longer
-    applies (``build_index``), then measure text search if it is due."""
+    applies (``build_index``), then measure text search if it is due (``text_model``
+    gives the model whose text side encodes the captions; it is called only then)."""
     build_index(store, report, progress)
-    measure_text_search(model, store, report)
+    measure_text_search(text_model, store, report)
 
 
 def build_index(store: VectorStore, report: IngestReport, progress: bool = False) -> None:
@@ -177,7 +178,8 @@ def build_index(store: VectorStore, report: IngestReport, progress: bool = False
     report.add_time("index", time.perf_counter() - began)
 
 
-def measure_text_search(model: object, store: VectorStore, report: IngestReport) -> None:
+def measure_text_search(text_model: Callable[[], object], store: VectorStore,
+                        report: IngestReport) -> None:
     """Choose, by measurement, how text queries search a collection that crosses the
     modality gap (``store.calibrate_text_search``): at 20k images, then each time it has
     doubled. Searches the model's encodings of generic captions; a note says what won."""
@@ -189,7 +191,7 @@ def measure_text_search(model: object, store: VectorStore, report: IngestReport)
     from twinrank.models.gap import caption_vectors
 
     began = time.perf_counter()
-    measured = calibrate(caption_vectors(model))
+    measured = calibrate(caption_vectors(text_model()))
     report.add_time("text search measured", time.perf_counter() - began)
     if measured is not None:
         report.notes.append(measured.summary())

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from twinrank.models import TwinModel
 from twinrank.models.device import autocast, inference_dtype
+from twinrank.models.encoder import ImageEncoder
 
 BF16_MIN_PARAMS = 10_000_000  # image towers below this are overhead-bound: bf16 gains nothing
 
@@ -38,7 +38,7 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def choose_dtype(model: TwinModel, precision: str = "auto") -> torch.dtype:
+def choose_dtype(model: ImageEncoder, precision: str = "auto") -> torch.dtype:
     """The dtype the image tower runs in for ``precision`` (auto, fp32, bf16, fp16)."""
     device = model.device
     if precision != "auto" or device.type != "cpu":
@@ -56,10 +56,19 @@ class ImageEmbedder:
         >>> vectors, tokens = ImageEmbedder(model).embed([image])
         >>> vectors.shape, tokens.shape
         ((1, 64), (1, 16, 256))
+
+    ``text_model`` gives the full model when ingest needs its text side (to measure text
+    search, ``ingest.runner.measure_text_search``); by default ``model`` itself. It is a
+    function so that an image-only ``model`` (``models.image_side``) loads the text
+    tower only on the rare run that needs it. ``in_place`` casts ``model``'s own image
+    modules to the chosen dtype instead of a copy (for a model nothing else uses: it
+    saves holding the fp32 weights beside their bf16 copy).
     """
 
-    def __init__(self, model: TwinModel, precision: str = "auto") -> None:
+    def __init__(self, model: ImageEncoder, precision: str = "auto",
+                 text_model: Callable[[], Any] | None = None, in_place: bool = False) -> None:
         self.model = model
+        self.text_model: Callable[[], Any] = text_model or (lambda: model)
         self.device = model.device
         self.dtype = choose_dtype(model, precision)
         self.preparer = ImagePreparer(model.preprocess, int(model.image_size))
@@ -69,7 +78,8 @@ class ImageEmbedder:
         self._tower = model
         self._cast_inputs = False
         if self.device.type == "cpu" and self.dtype != torch.float32:
-            self._tower = _image_tower_copy(model, self.dtype)
+            self._tower = _cast_in_place(model, self.dtype) if in_place else \
+                _image_tower_copy(model, self.dtype)
             self._cast_inputs = True
 
     @property
@@ -144,8 +154,13 @@ def _split_transform(
     """(PIL steps before ToTensor, normalisation mean, std) of a torchvision Compose.
 
     None when the transform is not PIL steps -> ToTensor -> Normalize; the workers then
-    run all of it and hand over finished tensors.
+    run all of it and hand over finished tensors. ``models.image_side``'s transform gives
+    its split itself (without importing torchvision).
     """
+    from twinrank.models.image_side import PilPreprocess
+
+    if isinstance(transform, PilPreprocess):
+        return list(transform.pil_steps), transform.mean, transform.std
     from torchvision import transforms as T
 
     steps = list(getattr(transform, "transforms", [transform]))
@@ -156,7 +171,13 @@ def _split_transform(
     return steps[:cut], tuple(normalize.mean), tuple(normalize.std)
 
 
-def _image_tower_copy(model: TwinModel, dtype: torch.dtype) -> TwinModel:
+def _cast_in_place(model: ImageEncoder, dtype: torch.dtype) -> ImageEncoder:
+    for module in model.image_modules():
+        module.to(dtype)
+    return model
+
+
+def _image_tower_copy(model: ImageEncoder, dtype: torch.dtype) -> ImageEncoder:
     """A copy of ``model`` whose image modules (``model.image_modules()``) run in ``dtype``.
 
     Only the image modules and the modules that hold them are copied: the text towers,
@@ -166,11 +187,13 @@ def _image_tower_copy(model: TwinModel, dtype: torch.dtype) -> TwinModel:
     made ``encode_image`` fail on bf16 input.
     """
     image_modules = model.image_modules()
+    whole = model if isinstance(model, torch.nn.Module) else None
+    assert whole is not None, "an image encoder with image modules is a torch module"
     inside = {id(m) for top in image_modules for m in top.modules()}
-    holders = {id(m) for m in model.modules()
+    holders = {id(m) for m in whole.modules()
                if any(id(sub) in inside for sub in m.modules())}
     shared: dict[int, object] = {
-        id(m): m for m in model.modules() if id(m) not in inside and id(m) not in holders}
+        id(m): m for m in whole.modules() if id(m) not in inside and id(m) not in holders}
     shared.update({id(v): v for name, v in vars(model).items()  # tokenizer, config, ...
                    if not name.startswith("_") and not isinstance(v, torch.nn.Module)})
     twin = copy.deepcopy(model, memo=shared)

@@ -18,13 +18,10 @@ from twinrank.models.twin import ImageEncoding, TextEncoding
 
 
 @runtime_checkable
-class Encoder(Protocol):
-    """A bi-encoder whose image tokens a cross-encoder (``match_logit``) can score.
-
-    >>> from twinrank.models import create_model
-    >>> isinstance(create_model("twinrank-tiny"), Encoder)
-    True
-    """
+class ImageEncoder(Protocol):
+    """The image half of an ``Encoder``: all that ingest's embedder runs. Every ``Encoder``
+    is one; so is ``models.image_side.ImageSide``, a model folder's image tower loaded
+    without open_clip."""
 
     family: str
 
@@ -39,18 +36,30 @@ class Encoder(Protocol):
     @property
     def token_shape(self) -> tuple[int, int]: ...  # cached tokens per image (count, width)
     @property
-    def reranker_trained(self) -> bool: ...  # whether match_logit was trained
-    @property
     def source(self) -> str: ...  # how to load it again
     @property
     def pretrained(self) -> str | None: ...
     @property
     def preprocess(self) -> Any: ...  # PIL image -> (3, H, W) tensor
 
-    def tokenize(self, texts: Sequence[str]) -> torch.Tensor: ...
     def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor: ...
     def encode_image(self, pixels: torch.Tensor) -> ImageEncoding: ...
+    def image_modules(self) -> list[nn.Module]: ...
+
+
+@runtime_checkable
+class Encoder(ImageEncoder, Protocol):
+    """A bi-encoder whose image tokens a cross-encoder (``match_logit``) can score.
+
+    >>> from twinrank.models import create_model
+    >>> isinstance(create_model("twinrank-tiny"), Encoder)
+    True
+    """
+
+    @property
+    def reranker_trained(self) -> bool: ...  # whether match_logit was trained
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor: ...
     def encode_text(self, ids: torch.Tensor) -> TextEncoding: ...
     def match_logit(self, text_tokens: torch.Tensor, text_mask: torch.Tensor,
                     image_tokens: torch.Tensor) -> torch.Tensor: ...
-    def image_modules(self) -> list[nn.Module]: ...

@@ -328,14 +328,14 @@ def test_ingest_measures_text_search_once_the_collection_is_large(tmp_path, data
     report = IngestReport()
     with open_store(tmp_path / "edge", info_for(data)) as store:
         fill(store, data["images"][:80])
-        measure_text_search(object(), store, report)  # 80 points: too few, nothing to do
+        measure_text_search(lambda: object(), store, report)  # 80 points: too few, nothing to do
         assert store.info.text_ef is None and not report.notes
         fill(store, data["images"][80:], start=80)
-        measure_text_search(object(), store, report)
+        measure_text_search(lambda: object(), store, report)
         assert store.info.text_ef is not None
         assert report.notes and report.notes[0].startswith(
             f"text search over {len(data['images']):,} images, measured with 30 captions")
-        measure_text_search(object(), store, report)  # measured already: not again
+        measure_text_search(lambda: object(), store, report)  # measured already: not again
         assert len(report.notes) == 1
 
 
