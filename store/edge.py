@@ -204,7 +204,7 @@ class EdgeStore(StoreBase):
                         for p in shard.query(request)]
 
             return planned_search(run, self._points(shard), limit, plan, modality,
-                                  modality == "text" and crosses_gap(info), info,
+                                  crosses_gap(info), info,
                                   filtered=condition is not None)
 
     def _named_vectors(self, ids: Sequence[str], name: str) -> dict[str, np.ndarray]:

@@ -208,7 +208,7 @@ class RemoteStore(StoreBase):
                     for p in response.points]
 
         return planned_search(run, self._cached_count(), limit, plan, modality,
-                              modality == "text" and crosses_gap(info), info,
+                              crosses_gap(info), info,
                               filtered=condition is not None)
 
     def _named_vectors(self, ids: Sequence[str], name: str) -> dict[str, np.ndarray]:

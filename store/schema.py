@@ -58,12 +58,20 @@ CENTRED_EF_CONSTRUCT = 256
 # TEXT_RECALL_TARGET is kept if its median time beats the exact scan's, else the exact
 # scan is. The measurement stands until the collection has grown RECALIBRATE_GROWTH times
 # past the size it was taken at; before the first one (and after that) the size rule
-# above applies. Filtered text queries are searched exactly: at 1M points under a filter
-# passing 7.5% of them, the two stages found 0.33 of the top 20 (the filter cuts the
-# graph's links) and the exact scan, which reads only the points the payload index
-# selects, all of them in 41-53 ms (bench/ann_bench.py). However wide the beam, only
+# above applies. Filtered queries, text or image, are searched exactly: under a filter
+# passing 7.5% of the points, the two stages found 0.33 of a text query's top 20 at 1M
+# points, HNSW on ``image`` 0.94 of an image query's at 100k (payload indexes made before
+# the graph) and 0.06 at 1M (made after it), since the filter cuts the graphs' links; the
+# exact scan, which reads only the points the payload index selects, found all of them in
+# 4.5 ms at 100k and 41-53 ms at 1M (bench/ann_bench.py). However wide the beam, only
 # RESCORED_PER_RESULT candidates per result go on to exact rescoring: at 1M points, beam
 # 800 with 200 candidates had the recall of beam 800 with 800 (0.9875) in 6.2 ms, not 10.0.
+# Image queries on such a collection take two stages as well, with a fixed beam: on the
+# synthetic clusters at 1M points HNSW on ``image`` (m 16) found 0.906 of the top 20 at
+# ef 160 and 0.933 at ef 512, the denser ``centred`` graph with a beam of 400 all of them
+# in 4.1 ms; at 100k both found all, 2.5 ms against 2.7.
+IMAGE_BEAM_MIN = 400
+IMAGE_BEAM_PER_RESULT = 20
 TEXT_RECALL_TARGET = 0.99
 CALIBRATION_K = 20
 CALIBRATION_EFS = (100, 150, 200, 300, 400, 600, 800, 1200, 1600, 2400, 3200)
@@ -367,11 +375,12 @@ class TextCalibration:
 def search_plan(points: int, limit: int, modality: str = "image",
                 across_gap: bool = False, measured: CollectionInfo | None = None,
                 filtered: bool = False) -> SearchPlan:
-    """The shared policy: exact below ``EXACT_SEARCH_BELOW`` points; a text query that
-    crosses the modality gap (``crosses_gap``) as the collection's measurement chose
-    (``measured``: its ``text_ef``, scaled to ``limit``), or, unmeasured, exactly below
-    ``EXACT_RETRY_BELOW`` and in two stages above it; with a payload filter (``filtered``)
-    exactly; anything else HNSW.
+    """The shared policy: exact below ``EXACT_SEARCH_BELOW`` points or with a payload
+    filter (``filtered``); on a collection whose texts cross a modality gap
+    (``across_gap``, see ``crosses_gap``), a text query as the collection's measurement
+    chose (``measured``: its ``text_ef``, scaled to ``limit``), or, unmeasured, exactly
+    below ``EXACT_RETRY_BELOW`` and in two stages above it, and an image query in two
+    stages with a beam of ``IMAGE_BEAM_MIN`` or more; anything else plain HNSW.
 
     Example:
         >>> search_plan(5_000, 20)
@@ -384,12 +393,14 @@ def search_plan(points: int, limit: int, modality: str = "image",
         >>> search_plan(100_000, 20, modality="text", across_gap=True, measured=info,
         ...             filtered=True)
         SearchPlan(exact=True, hnsw_ef=None, candidates=0)
+        >>> search_plan(1_000_000, 20, modality="image", across_gap=True)
+        SearchPlan(exact=False, hnsw_ef=400, candidates=200)
     """
-    if points < EXACT_SEARCH_BELOW:
+    if points < EXACT_SEARCH_BELOW or filtered:  # a filter cuts the graphs' links
         return SearchPlan(exact=True, hnsw_ef=None)
+    if modality == "image" and across_gap:
+        return two_stage_plan(max(IMAGE_BEAM_MIN, IMAGE_BEAM_PER_RESULT * limit), limit)
     if modality == "text" and across_gap:
-        if filtered:  # a filter cuts the graph's links: two stages lost recall under one
-            return SearchPlan(exact=True, hnsw_ef=None)
         chosen = measured_text_ef(measured, points)
         if chosen == 0:
             return SearchPlan(exact=True, hnsw_ef=None)

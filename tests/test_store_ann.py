@@ -98,21 +98,33 @@ def test_two_stage_returns_the_exact_top_k_when_the_candidates_hold_it(backend, 
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_the_policy_sends_text_queries_two_stage_and_image_queries_the_plain_way(
+def test_the_policy_sends_text_and_image_queries_two_stage_and_filtered_ones_exact(
         backend, tmp_path, data, monkeypatch):
     monkeypatch.setattr(schema_module, "EXACT_SEARCH_BELOW", 100)  # as if it were large
     monkeypatch.setattr(schema_module, "EXACT_RETRY_BELOW", 200)
+    monkeypatch.setattr(schema_module, "IMAGE_BEAM_MIN", 60)  # a beam short of all 400
     images = data["images"]
     plan = search_plan(len(images), K, modality="text", across_gap=True)
     assert plan.candidates >= K and search_plan(len(images), K).candidates == 0
+    image_plan = search_plan(len(images), K, modality="image", across_gap=True)
+    assert 0 < image_plan.candidates < image_plan.hnsw_ef < len(images)
     with open_store(location(backend, tmp_path), info_for(data)) as store:
         fill(store, images)
         assert crosses_gap(store.info)
         for query in data["queries"]:
             two = store.search(query, K, modality="text")
             assert ids_of(two) == ids_of(store.search(query, K, modality="text", plan=plan))
-        near = images[7] + 0.01 * data["queries"][1]  # an image query: plain kNN on `image`
-        assert ids_of(store.search(near, K))[0] == 7
+        png = SearchFilter(formats=("png",))
+        pngs = np.array([i for i in range(len(images)) if i % 3 == 0])
+        for index, query in ((7, data["queries"][1]), (150, data["queries"][4])):
+            near = images[index] + 0.05 * query  # an image query: two stages, then exact
+            near = near / np.linalg.norm(near)
+            got = store.search(near, K)
+            assert ids_of(got) == ids_of(store.search(near, K, plan=image_plan))
+            assert ids_of(got) == list(np.argsort(-(images @ near))[:K])  # held here
+            for modality in ("image", "text"):  # filtered: the exact scan, whatever the beam
+                want = list(pngs[np.argsort(-(images[pngs] @ near))[:K]])
+                assert ids_of(store.search(near, K, png, modality=modality)) == want
 
 
 def test_text_queries_take_the_plain_path_where_images_fill_the_sphere(tmp_path, monkeypatch):
@@ -219,7 +231,7 @@ def test_a_collection_an_ingest_creates_records_the_models_mean_text_vector(tiny
     np.testing.assert_allclose(info.text_mean, mean_text_vector(tiny_model), atol=1e-6)
 
 
-def test_only_text_queries_across_a_gap_from_an_image_cone_go_two_stage():
+def test_only_queries_on_a_collection_whose_texts_cross_a_gap_go_two_stage():
     def info(text_mean: tuple[float, ...] | None, image_mean: tuple[float, ...] | None):
         return CollectionInfo("m", 2, 1, 1, text_mean=text_mean, image_mean=image_mean)
 
@@ -230,7 +242,8 @@ def test_only_text_queries_across_a_gap_from_an_image_cone_go_two_stage():
     assert not crosses_gap(info((0.0, 0.9), None))  # nothing written yet
     two = search_plan(1_000_000, K, modality="text", across_gap=True)
     assert two.candidates >= 20 * K and not two.exact
-    assert search_plan(1_000_000, K, modality="image", across_gap=True).candidates == 0
+    assert search_plan(1_000_000, K, modality="image", across_gap=True).candidates > 0
+    assert search_plan(1_000_000, K, modality="image").candidates == 0  # no gap: plain HNSW
     assert search_plan(1_000, K, modality="text", across_gap=True).exact
     assert search_plan(100_000, K, modality="text", across_gap=True).exact  # recall first
 
@@ -310,7 +323,8 @@ def test_a_measurement_is_scaled_to_k_and_lapses_when_the_collection_doubles():
     assert search_plan(100_000, 20, "text", True, info, filtered=True).exact
     assert search_plan(5_000_000, 20, "text", True, None, filtered=True).exact
     assert search_plan(100_001, 20, "text", True, info).exact  # lapsed: the size rule
-    assert search_plan(100_000, 20, "image", True, info).candidates == 0  # images: HNSW
+    assert search_plan(100_000, 20, "image", True, info, filtered=True).exact
+    assert search_plan(100_000, 20, "image", True, info).hnsw_ef == 400  # not measured
     assert search_plan(100_000, 20, "text", True, replace(info, text_ef=0)).exact
     assert schema_module.calibration_due(
         replace(info, text_mean=(0.0, 0.9), image_mean=(0.6, 0.0)), 100_001)
