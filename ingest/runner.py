@@ -15,6 +15,7 @@ flight, and the next run redoes exactly what is missing, with no duplicate point
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -52,6 +53,9 @@ if TYPE_CHECKING:
     from twinrank.models.encode import ImageEmbedder
 
 __all__ = ["IngestConfig", "IngestReport", "run_ingest"]
+
+
+DECODE_DURING_FORWARD_ENV = "TWINRANK_DECODE_DURING_FORWARD"  # "1": never pause decoders
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,8 @@ def run_ingest(
             writer = _Writer(config, embedder, store, index, report, load)
             with ReadAheadPool(load, config.workers, config.decode_timeout,
                                nice=config.decode_nice) as pool:
+                if _share_cores(embedder, config.workers):
+                    writer.model_running = pool.paused
                 waited = time.perf_counter()
                 for candidate, result in pool.map(plan.candidates, read_ahead):
                     report.add_time("wait", time.perf_counter() - waited)
@@ -231,6 +237,10 @@ class _Writer:
     batch_ids: dict[str, int] = field(default_factory=dict)  # point id -> slot in batch
     also_at: dict[str, list[FileFacts]] = field(default_factory=dict)
     flushed_at: float = field(default_factory=time.monotonic)
+    # entered around each forward: the pool's ``paused`` where decoding and the model
+    # would share too few cores (``_share_cores``), else nothing
+    model_running: Callable[[], contextlib.AbstractContextManager[None]] = \
+        contextlib.nullcontext
 
     @property
     def root(self) -> str:
@@ -278,9 +288,9 @@ class _Writer:
         if not self.batch:
             return
         began = time.perf_counter()
-        vectors, tokens = self.embedder.embed_arrays(
-            [item.pixels for item in self.batch if item.pixels is not None]
-        )
+        with self.model_running():
+            vectors, tokens = self.embedder.embed_arrays(
+                [item.pixels for item in self.batch if item.pixels is not None])
         embedded = time.perf_counter()
         records: list[PointRecord] = []
         for item, vector, token in zip(self.batch, vectors, tokens, strict=True):
@@ -338,6 +348,20 @@ class _Writer:
             self.index.point_ids.discard(point_id)
         else:
             self.store.set_payload(point_id, remaining)
+
+
+def _share_cores(embedder: ImageEmbedder, workers: int) -> bool:
+    """Whether decode threads and the model's CPU threads would share too few cores.
+
+    ``TWINRANK_DECODE_DURING_FORWARD=1`` decodes alongside the forward regardless (the
+    benchmark's baseline)."""
+    if os.environ.get(DECODE_DURING_FORWARD_ENV) == "1":
+        return False
+    if embedder.device.type != "cpu":
+        return False  # the forward runs on the accelerator; the cores are the decoders'
+    import torch
+
+    return torch.get_num_threads() + workers > (os.cpu_count() or 1)
 
 
 def _check_name(path: Path) -> None:

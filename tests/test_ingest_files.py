@@ -210,3 +210,23 @@ def test_pool_workers_are_gone_when_it_closes():
     with ReadAheadPool(lambda item: item, workers=3) as pool:
         assert [r for _, r in pool.map(range(20), read_ahead=5)] == list(range(20))
     assert not any(thread.is_alive() for thread in pool._threads)
+
+
+def test_a_paused_pool_starts_nothing_until_it_resumes():
+    """Ingest pauses decoding while the model runs on a machine with too few cores."""
+    started: list[int] = []
+
+    def work(item: int) -> int:
+        started.append(item)
+        time.sleep(0.05)  # unpaused, two workers would start all 12 within 0.3 s
+        return item
+
+    with ReadAheadPool(work, workers=2) as pool:
+        results = pool.map(range(12), read_ahead=12)
+        assert next(results) == (0, 0)
+        with pool.paused():
+            time.sleep(0.1)  # the items already taken finish
+            before = len(started)
+            time.sleep(0.4)
+            assert len(started) == before < 12  # nothing new began while paused
+        assert [r for _, r in results] == list(range(1, 12))  # and everything after it
