@@ -643,12 +643,16 @@ def main() -> None:
     start-up when it adds one photo. So once a command has finished, the exit handlers
     run (``atexit``: scratch folders, logging, Ray), the output is flushed, and the process
     exits without the teardown. Every store is closed by then; a command that fails with
-    a traceback exits the usual way.
+    a traceback, or leaves a thread that Python's exit would wait for, exits the usual way.
     """
     try:
         app()
     except SystemExit as done:
-        if "torch" not in sys.modules:
+        import threading
+
+        working = [t for t in threading.enumerate()
+                   if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+        if "torch" not in sys.modules or working:  # Python's exit waits for such threads
             raise
         code = done.code
         if isinstance(code, str):  # sys.exit("message"): shown, as Python would
@@ -656,8 +660,9 @@ def main() -> None:
         import atexit
 
         atexit._run_exitfuncs()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # a closed pipe (`| head`)
+                stream.flush()
         os._exit(code if isinstance(code, int) else (0 if code is None else 1))
 
 
