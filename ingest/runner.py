@@ -361,7 +361,9 @@ def _share_cores(embedder: ImageEmbedder, workers: int) -> bool:
         return False  # the forward runs on the accelerator; the cores are the decoders'
     import torch
 
-    return torch.get_num_threads() + workers > (os.cpu_count() or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+    return torch.get_num_threads() + workers > cores
 
 
 def _check_name(path: Path) -> None:
