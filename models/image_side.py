@@ -74,13 +74,17 @@ def load_image_side(source: str | Path, device: str | torch.device = "cpu") -> I
         return None
     with torch.device("meta"):  # shapes only: every tensor comes from the file below
         side = ImageSide(config, model_id, str(folder.resolve()))
-    with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as weights:
-        state = {key: weights.get_tensor(key) for key in weights.keys()  # noqa: SIM118
-                 if key.startswith(PREFIXES)}
-    own = side.state_dict()
-    state = {key: value.to(own[key].dtype) if key in own else value
-             for key, value in state.items()}
-    side.load_state_dict(state, assign=True)  # strict: every tensor of the side is set
+    try:
+        with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as weights:
+            state = {key: weights.get_tensor(key) for key in weights.keys()  # noqa: SIM118
+                     if key.startswith(PREFIXES)}
+        own = side.state_dict()
+        state = {key: value.to(own[key].dtype) if key in own else value
+                 for key, value in state.items()}
+        side.load_state_dict(state, assign=True)  # strict: every tensor of the side is set
+    except Exception as error:  # noqa: BLE001  (a damaged file: the factory says what is wrong)
+        log.debug("full model for ingest: %s", error)
+        return None
     return side.to(device).eval()
 
 

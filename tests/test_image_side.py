@@ -113,6 +113,9 @@ def test_what_it_does_not_cover_goes_to_the_full_model(tmp_path: Path) -> None:
     assert load_image_side(save_model(pair, tmp_path / "sep")) is None
     assert load_image_side("twinrank-tiny") is None  # a name: built with open_clip
     assert load_image_side(tmp_path / "missing") is None
+    damaged = saved(VARIANTS["plain"], tmp_path / "damaged")
+    (damaged / "model.safetensors").write_bytes(b"not a weights file")
+    assert load_image_side(damaged) is None  # the full model's loader reports it
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "config.json").write_text('{"architectures": ["Blip"]}')
     (tmp_path / "odd" / "model.safetensors").write_bytes(b"")
