@@ -196,7 +196,4 @@ def _image_tower_copy(model: ImageEncoder, dtype: torch.dtype) -> ImageEncoder:
         id(m): m for m in whole.modules() if id(m) not in inside and id(m) not in holders}
     shared.update({id(v): v for name, v in vars(model).items()  # tokenizer, config, ...
                    if not name.startswith("_") and not isinstance(v, torch.nn.Module)})
-    twin = copy.deepcopy(model, memo=shared)
-    for module in twin.image_modules():
-        module.to(dtype)
-    return twin
+    return _cast_in_place(copy.deepcopy(model, memo=shared), dtype)
