@@ -42,6 +42,7 @@ from twinrank.store.edge import META_FILE, SHARD_DIR, EdgeStore, _edge_config, e
 from twinrank.store.filters import SearchFilter
 from twinrank.store.schema import (
     CENTRED_VECTOR,
+    FILTER_SCAN_POINTS,
     IMAGE_VECTOR,
     CollectionInfo,
     PointRecord,
@@ -54,6 +55,7 @@ from twinrank.store.schema import (
 )
 
 K = 20
+WARM_UP_QUERIES = 20  # untimed, before each row (real vectors: the first measured ones)
 FILTER = SearchFilter(folder="/photos/3", formats=("jpeg",))
 
 
@@ -101,7 +103,7 @@ def shard_config(info: CollectionInfo, quantization: str, hnsw_m: int | None = N
             quantization_config=old.quantization_config,
             hnsw_config=HnswIndexConfig(m=16 if hnsw_m is None else hnsw_m,
                                         ef_construct=ef_construct or 100,
-                                        full_scan_threshold=10_000))
+                                        full_scan_threshold=info.centred_full_scan_kb()))
         config = EdgeConfig(vectors=vectors)
     if quantization == "none":
         return config
@@ -128,6 +130,7 @@ class Source:
     text_mean: np.ndarray  # the model's mean text vector
     generic: np.ndarray  # the model's vectors of generic captions: what ingest measures with
     truth: Any  # (queries, mask or None) -> (Q, K) indices of the exact top-k
+    warm: dict[str, np.ndarray]  # "text" / "image" -> untimed queries run before each row
 
 
 def synthetic_source(config: BenchConfig) -> Source:
@@ -138,7 +141,8 @@ def synthetic_source(config: BenchConfig) -> Source:
         {"text": corpus.text_queries(geo, config.queries, config.seed),
          "image": corpus.image_queries(geo, config.queries, config.seed)},
         generic.mean(0), generic[:len(GENERIC_CAPTIONS)],
-        lambda q, mask: corpus.exact_top_k(geo, config.points, config.seed, q, K, mask)[0])
+        lambda q, mask: corpus.exact_top_k(geo, config.points, config.seed, q, K, mask)[0],
+        corpus.warm_up_queries(geo, WARM_UP_QUERIES, config.seed))
 
 
 def real_source(config: BenchConfig) -> Source:
@@ -157,7 +161,8 @@ def real_source(config: BenchConfig) -> Source:
     texts = corpus.unit(data["texts"])  # no generic captions recorded: measure with queries
     return Source(len(images), lambda: iter([(0, images)]), {"text": texts, "image": held_out},
                   np.asarray(data["text_mean"], dtype=np.float32),
-                  texts[-len(GENERIC_CAPTIONS):], truth)
+                  texts[-len(GENERIC_CAPTIONS):], truth,
+                  {"text": texts[:WARM_UP_QUERIES], "image": held_out[:WARM_UP_QUERIES]})
 
 
 def build(config: BenchConfig, folder: Path, info: CollectionInfo,
@@ -229,8 +234,22 @@ def two_stage_direct(store: EdgeStore, vector: np.ndarray, centred: np.ndarray, 
         return list(shard.query(request))
 
 
-def measure(count: int, expected: np.ndarray, search: Any) -> dict[str, float]:
-    """Recall@20 and latency of ``search(i)`` over queries ``0..count-1``."""
+def passed(store: EdgeStore, search_filter: SearchFilter | None) -> int | None:
+    """Qdrant's estimate of the points a filter passes, as the store asks for it."""
+    from qdrant_edge import CountRequest
+
+    if search_filter is None:
+        return None
+    with store._lease.hold() as shard:
+        return int(shard.count(CountRequest(exact=False, filter=edge_filter(search_filter))))
+
+
+def measure(count: int, expected: np.ndarray, search: Any,
+            warm: range = range(0)) -> dict[str, float]:
+    """Recall@20 and latency of ``search(i)`` over queries ``0..count-1``, after
+    ``search(i)`` for each ``i`` in ``warm``, untimed."""
+    for i in warm:
+        search(i)
     found, times = [], []
     for i in range(count):
         started = time.perf_counter()
@@ -244,7 +263,8 @@ def measure(count: int, expected: np.ndarray, search: Any) -> dict[str, float]:
 
 
 def query_all(config: BenchConfig, store: EdgeStore, sets: dict[str, np.ndarray],
-              truth: dict[str, np.ndarray], quantized: bool) -> dict[str, Any]:
+              truth: dict[str, np.ndarray], quantized: bool,
+              warm: dict[str, np.ndarray]) -> dict[str, Any]:
     """Every search variant, for text and image queries, unfiltered and filtered."""
     from qdrant_edge import QuantizationSearchParams
 
@@ -257,15 +277,17 @@ def query_all(config: BenchConfig, store: EdgeStore, sets: dict[str, np.ndarray]
     for modality in ("text", "image"):
         for flt in (None, FILTER):
             key = f"{modality}{'' if flt is None else '_filtered'}"
-            qs, expected = sets[modality], truth[key]
+            count = len(sets[modality])  # then the warm-up queries, untimed, run first
+            qs, expected = np.concatenate([sets[modality], warm[modality]]), truth[key]
+            warm_up = range(count, len(qs))
             # the store's first-stage query (a text vector as it is, an image centred) and
             # the issue's first proposal for text: minus the model's mean text vector
             cq = np.stack([query_for_centred(q, store.info, modality) for q in qs])
             text_centred = centre(qs, np.asarray(means["text"], dtype=np.float32))
-            count = len(qs)
 
-            def run(search: Any, queries: int = count, expected: np.ndarray = expected) -> Any:
-                return measure(queries, expected, search)
+            def run(search: Any, queries: int = count, expected: np.ndarray = expected,
+                    warm_up: range = warm_up) -> Any:
+                return measure(queries, expected, search, warm_up)
 
             rows: dict[str, Any] = {
                 "exact": run(lambda i, qs=qs, f=flt: store.search(
@@ -275,8 +297,9 @@ def query_all(config: BenchConfig, store: EdgeStore, sets: dict[str, np.ndarray]
                     qs[i], K, f, modality=m)),
             }
             plan = search_plan(n, K, modality, crosses_gap(store.info), store.info,
-                               filtered=flt is not None)
+                               filtered=flt is not None, filter_points=passed(store, flt))
             rows["policy"]["plan"] = asdict(plan)
+            rows["policy"]["filter_points_estimate"] = passed(store, flt)
             if quantized:  # the store's request as it runs on a collection without int8
                 rows["policy_full_precision"] = run(
                     lambda i, qs=qs, cq=cq, f=flt, p=plan: (
@@ -290,6 +313,12 @@ def query_all(config: BenchConfig, store: EdgeStore, sets: dict[str, np.ndarray]
                     rows[f"image_hnsw_ef{ef}_int8_rescore_x4"] = run(
                         lambda i, qs=qs, f=flt, e=ef: direct(
                             store, qs[i], IMAGE_VECTOR, K, e, f, int8_rescore))
+            for c in config.candidates if flt is not None else ():
+                # a filter: Qdrant scans centred's codes of the points it passes, the best
+                # c are rescored on image (the policy's plan, with its own c, above)
+                rows[f"filter_scan_{c}"] = run(lambda i, qs=qs, f=flt, m=modality, c=c: (
+                    store.search(qs[i], K, f, modality=m, plan=SearchPlan(
+                        exact=False, hnsw_ef=None, candidates=c))))
             for c in config.candidates:
                 # the product's request: a beam of c on centred's int8 copy, its best
                 # 10 per result rescored exactly; and the same beam with all c rescored
@@ -412,7 +441,8 @@ def main(config: BenchConfig) -> dict[str, Any]:
         return report
     dim = source.queries["text"].shape[1]
     info = CollectionInfo("bench-real" if real else "bench-synthetic", dim, 16, 256,
-                          text_mean=tuple(source.text_mean.tolist()))
+                          text_mean=tuple(source.text_mean.tolist()),
+                          filter_scan_points=FILTER_SCAN_POINTS)  # as ingest makes them
     if not (folder / META_FILE).exists():
         report["build"] = build(config, folder, info, source)
         (folder / "build.json").write_text(json.dumps(report["build"]))
@@ -444,7 +474,8 @@ def main(config: BenchConfig) -> dict[str, Any]:
                                       "seconds": round(time.perf_counter() - started, 1)}
         print(measured.summary(), flush=True)
     report["results"] = query_all(config, store, source.queries, truth,
-                                  quantized=config.quantization != "none")
+                                  quantized=config.quantization != "none",
+                                  warm=source.warm)
     store.close()
     config.out.parent.mkdir(parents=True, exist_ok=True)
     config.out.write_text(json.dumps(report, indent=2))
