@@ -42,7 +42,6 @@ from twinrank.store.edge import META_FILE, SHARD_DIR, EdgeStore, _edge_config, e
 from twinrank.store.filters import SearchFilter
 from twinrank.store.schema import (
     CENTRED_VECTOR,
-    FILTER_SCAN_POINTS,
     IMAGE_VECTOR,
     CollectionInfo,
     PointRecord,
@@ -103,7 +102,7 @@ def shard_config(info: CollectionInfo, quantization: str, hnsw_m: int | None = N
             quantization_config=old.quantization_config,
             hnsw_config=HnswIndexConfig(m=16 if hnsw_m is None else hnsw_m,
                                         ef_construct=ef_construct or 100,
-                                        full_scan_threshold=info.centred_full_scan_kb()))
+                                        full_scan_threshold=10_000))
         config = EdgeConfig(vectors=vectors)
     if quantization == "none":
         return config
@@ -234,16 +233,6 @@ def two_stage_direct(store: EdgeStore, vector: np.ndarray, centred: np.ndarray, 
         return list(shard.query(request))
 
 
-def passed(store: EdgeStore, search_filter: SearchFilter | None) -> int | None:
-    """Qdrant's estimate of the points a filter passes, as the store asks for it."""
-    from qdrant_edge import CountRequest
-
-    if search_filter is None:
-        return None
-    with store._lease.hold() as shard:
-        return int(shard.count(CountRequest(exact=False, filter=edge_filter(search_filter))))
-
-
 def measure(count: int, expected: np.ndarray, search: Any,
             warm: range = range(0)) -> dict[str, float]:
     """Recall@20 and latency of ``search(i)`` over queries ``0..count-1``, after
@@ -297,9 +286,8 @@ def query_all(config: BenchConfig, store: EdgeStore, sets: dict[str, np.ndarray]
                     qs[i], K, f, modality=m)),
             }
             plan = search_plan(n, K, modality, crosses_gap(store.info), store.info,
-                               filtered=flt is not None, filter_points=passed(store, flt))
+                               filtered=flt is not None)
             rows["policy"]["plan"] = asdict(plan)
-            rows["policy"]["filter_points_estimate"] = passed(store, flt)
             if quantized:  # the store's request as it runs on a collection without int8
                 rows["policy_full_precision"] = run(
                     lambda i, qs=qs, cq=cq, f=flt, p=plan: (
@@ -313,12 +301,6 @@ def query_all(config: BenchConfig, store: EdgeStore, sets: dict[str, np.ndarray]
                     rows[f"image_hnsw_ef{ef}_int8_rescore_x4"] = run(
                         lambda i, qs=qs, f=flt, e=ef: direct(
                             store, qs[i], IMAGE_VECTOR, K, e, f, int8_rescore))
-            for c in config.candidates if flt is not None else ():
-                # a filter: Qdrant scans centred's codes of the points it passes, the best
-                # c are rescored on image (the policy's plan, with its own c, above)
-                rows[f"filter_scan_{c}"] = run(lambda i, qs=qs, f=flt, m=modality, c=c: (
-                    store.search(qs[i], K, f, modality=m, plan=SearchPlan(
-                        exact=False, hnsw_ef=None, candidates=c))))
             for c in config.candidates:
                 # the product's request: a beam of c on centred's int8 copy, its best
                 # 10 per result rescored exactly; and the same beam with all c rescored
@@ -441,8 +423,7 @@ def main(config: BenchConfig) -> dict[str, Any]:
         return report
     dim = source.queries["text"].shape[1]
     info = CollectionInfo("bench-real" if real else "bench-synthetic", dim, 16, 256,
-                          text_mean=tuple(source.text_mean.tolist()),
-                          filter_scan_points=FILTER_SCAN_POINTS)  # as ingest makes them
+                          text_mean=tuple(source.text_mean.tolist()))
     if not (folder / META_FILE).exists():
         report["build"] = build(config, folder, info, source)
         (folder / "build.json").write_text(json.dumps(report["build"]))

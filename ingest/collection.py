@@ -11,7 +11,6 @@ from pathlib import Path
 from twinrank.models.encoder import Encoder
 from twinrank.models.gap import mean_text_vector
 from twinrank.store import CollectionInfo
-from twinrank.store.schema import FILTER_SCAN_POINTS
 
 
 def collection_info(
@@ -42,5 +41,4 @@ def collection_info(
         model_source=source,
         model_pretrained=pretrained if pretrained is not None else model.pretrained,
         text_mean=tuple(mean_text_vector(model).tolist()),  # the store indexes `centred`
-        filter_scan_points=FILTER_SCAN_POINTS,  # and scans its codes under a filter
     )

@@ -171,7 +171,6 @@ class EdgeStore(StoreBase):
         """The ``limit`` nearest images to an image or text vector (``modality``); ``plan``
         overrides the policy (``schema.search_plan``). Scores are cosines to ``image``."""
         from qdrant_edge import (
-            CountRequest,
             Prefetch,
             QuantizationSearchParams,
             Query,
@@ -204,12 +203,9 @@ class EdgeStore(StoreBase):
                 return [StoredHit(str(p.id), float(p.score), dict(p.payload or {}))
                         for p in shard.query(request)]
 
-            def passed() -> int:
-                return int(shard.count(CountRequest(exact=False, filter=condition)))
-
             return planned_search(run, self._points(shard), limit, plan, modality,
                                   crosses_gap(info), info,
-                                  filtered=condition is not None, filter_points=passed)
+                                  filtered=condition is not None)
 
     def _named_vectors(self, ids: Sequence[str], name: str) -> dict[str, np.ndarray]:
         with self._lease.hold() as shard:
@@ -363,7 +359,7 @@ def _edge_config(info: CollectionInfo) -> Any:
             size=info.vector_size, distance=Distance.Cosine,
             datatype=VectorStorageDatatype.Float16,
             hnsw_config=HnswIndexConfig(m=CENTRED_HNSW_M, ef_construct=CENTRED_EF_CONSTRUCT,
-                                        full_scan_threshold=info.centred_full_scan_kb()),
+                                        full_scan_threshold=10_000),
             quantization_config=ScalarQuantizationConfig(ScalarType.Int8, quantile=0.99))
     return EdgeConfig(vectors=vectors)
 

@@ -207,13 +207,9 @@ class RemoteStore(StoreBase):
             return [StoredHit(str(p.id), float(p.score), dict(p.payload or {}))
                     for p in response.points]
 
-        def passed() -> int:
-            return int(self._call(lambda: self._client.count(
-                self.collection, count_filter=condition, exact=False)).count)
-
         return planned_search(run, self._cached_count(), limit, plan, modality,
                               crosses_gap(info), info,
-                              filtered=condition is not None, filter_points=passed)
+                              filtered=condition is not None)
 
     def _named_vectors(self, ids: Sequence[str], name: str) -> dict[str, np.ndarray]:
         records = self._call(lambda: self._client.retrieve(
@@ -333,9 +329,8 @@ def _create_collection(
         vectors[CENTRED_VECTOR] = models.VectorParams(
             size=info.vector_size, distance=models.Distance.COSINE,
             datatype=models.Datatype.FLOAT16,
-            hnsw_config=models.HnswConfigDiff(
-                m=CENTRED_HNSW_M, ef_construct=CENTRED_EF_CONSTRUCT,
-                full_scan_threshold=info.centred_full_scan_kb()),
+            hnsw_config=models.HnswConfigDiff(m=CENTRED_HNSW_M,
+                                              ef_construct=CENTRED_EF_CONSTRUCT),
             quantization_config=models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
                 type=models.ScalarType.INT8, quantile=0.99, always_ram=True)))
     client.create_collection(collection, vectors_config=vectors,

@@ -58,19 +58,12 @@ CENTRED_EF_CONSTRUCT = 256
 # TEXT_RECALL_TARGET is kept if its median time beats the exact scan's, else the exact
 # scan is. The measurement stands until the collection has grown RECALIBRATE_GROWTH times
 # past the size it was taken at; before the first one (and after that) the size rule
-# above applies. Filtered queries, text or image, are not searched through a graph: under
-# a filter passing 7.5% of the points, the two stages found 0.33 of a text query's top 20
-# at 1M points, HNSW on ``image`` 0.94 of an image query's at 100k (payload indexes made
-# before the graph) and 0.06 at 1M (made after it), since the filter cuts the graphs'
-# links. They scan the points the payload indexes select: on a collection made with
-# ``filter_scan_points`` (see ``CollectionInfo``), while the filter passes at most that
-# many, the scan reads ``centred``'s int8 codes and the best FILTER_CANDIDATES_PER_RESULT
-# per result (FILTER_CANDIDATES_MIN at least) are rescored exactly on ``image`` (Qdrant's
-# planner scans a vector's codes for a filter under its full_scan_threshold, which such
-# collections set to the same number of points; it also scans a segment smaller than that
-# unfiltered: 5-6 ms at 100k points, recall 1.0); otherwise, and on older
-# collections, the exact scan of ``image`` (4.5 ms at 100k and 41-53 ms at 1M for 7.5% of
-# the points, bench/ann_bench.py). However wide the beam, only
+# above applies. Filtered queries, text or image, are searched exactly: under a filter
+# passing 7.5% of the points, the two stages found 0.33 of a text query's top 20 at 1M
+# points, HNSW on ``image`` 0.94 of an image query's at 100k (payload indexes made before
+# the graph) and 0.06 at 1M (made after it), since the filter cuts the graphs' links; the
+# exact scan, which reads only the points the payload index selects, found all of them in
+# 4.5 ms at 100k and 41-53 ms at 1M (bench/ann_bench.py). However wide the beam, only
 # RESCORED_PER_RESULT candidates per result go on to exact rescoring: at 1M points, beam
 # 800 with 200 candidates had the recall of beam 800 with 800 (0.9875) in 6.2 ms, not 10.0.
 # Image queries on such a collection take two stages as well, with a fixed beam: on the
@@ -79,9 +72,6 @@ CENTRED_EF_CONSTRUCT = 256
 # in 4.1 ms; at 100k both found all, 2.5 ms against 2.7.
 IMAGE_BEAM_MIN = 400
 IMAGE_BEAM_PER_RESULT = 20
-FILTER_SCAN_POINTS = 100_000
-FILTER_CANDIDATES_MIN = 400
-FILTER_CANDIDATES_PER_RESULT = 20
 TEXT_RECALL_TARGET = 0.99
 CALIBRATION_K = 20
 CALIBRATION_EFS = (100, 150, 200, 300, 400, 600, 800, 1200, 1600, 2400, 3200)
@@ -146,10 +136,6 @@ class CollectionInfo:
     # at CALIBRATION_K results; the collection's size then.
     text_ef: int | None = None
     text_plan_points: int = 0
-    # A filtered query that passes at most this many points scans ``centred``'s int8
-    # codes (the collection was created with a full_scan_threshold to match); 0 for
-    # collections made before, whose filtered queries scan ``image`` exactly.
-    filter_scan_points: int = 0
 
     def __post_init__(self) -> None:
         for name in ("text_mean", "image_mean"):  # JSON gives lists; keep it hashable
@@ -161,13 +147,6 @@ class CollectionInfo:
     def centred(self) -> bool:
         """Whether the collection indexes the ``centred`` vector for text queries."""
         return self.text_mean is not None
-
-    def centred_full_scan_kb(self) -> int:
-        """Qdrant's full_scan_threshold (kB of vectors) for ``centred``: its planner scans
-        the codes of the points a filter passes below it (float16: 2 bytes a dimension)."""
-        if not self.filter_scan_points:
-            return 10_000  # Qdrant's default
-        return -(-self.filter_scan_points * self.vector_size * 2 // 1024)
 
     def bytes_per_image(self) -> int:
         """Bytes of cached reranker tokens per image (16 x 256 fp16 = 8 kB for ViT-B-32)."""
@@ -395,12 +374,9 @@ class TextCalibration:
 
 def search_plan(points: int, limit: int, modality: str = "image",
                 across_gap: bool = False, measured: CollectionInfo | None = None,
-                filtered: bool = False, filter_points: int | None = None) -> SearchPlan:
-    """The shared policy: exact below ``EXACT_SEARCH_BELOW`` points; with a payload
-    filter (``filtered``), a scan of ``centred``'s codes with exact rescoring on a
-    gap-crossing collection made for it when the filter passes (``filter_points``, an
-    estimate) at most its ``filter_scan_points``, else exact; on a collection whose texts
-    cross a modality gap
+                filtered: bool = False) -> SearchPlan:
+    """The shared policy: exact below ``EXACT_SEARCH_BELOW`` points or with a payload
+    filter (``filtered``); on a collection whose texts cross a modality gap
     (``across_gap``, see ``crosses_gap``), a text query as the collection's measurement
     chose (``measured``: its ``text_ef``, scaled to ``limit``), or, unmeasured, exactly
     below ``EXACT_RETRY_BELOW`` and in two stages above it, and an image query in two
@@ -417,19 +393,10 @@ def search_plan(points: int, limit: int, modality: str = "image",
         >>> search_plan(100_000, 20, modality="text", across_gap=True, measured=info,
         ...             filtered=True)
         SearchPlan(exact=True, hnsw_ef=None, candidates=0)
-        >>> info = replace(info, image_mean=(0.6, 0.0), filter_scan_points=100_000)
-        >>> search_plan(1_000_000, 20, modality="text", across_gap=True, measured=info,
-        ...             filtered=True, filter_points=75_000)
-        SearchPlan(exact=False, hnsw_ef=None, candidates=400)
         >>> search_plan(1_000_000, 20, modality="image", across_gap=True)
         SearchPlan(exact=False, hnsw_ef=400, candidates=200)
     """
-    if points < EXACT_SEARCH_BELOW:
-        return SearchPlan(exact=True, hnsw_ef=None)
-    if filtered:  # a filter cuts the graphs' links: scan what it passes
-        if (across_gap and measured is not None and filter_points is not None
-                and filter_points <= measured.filter_scan_points):
-            return filter_scan_plan(limit)
+    if points < EXACT_SEARCH_BELOW or filtered:  # a filter cuts the graphs' links
         return SearchPlan(exact=True, hnsw_ef=None)
     if modality == "image" and across_gap:
         return two_stage_plan(max(IMAGE_BEAM_MIN, IMAGE_BEAM_PER_RESULT * limit), limit)
@@ -451,13 +418,6 @@ def two_stage_plan(hnsw_ef: int, limit: int) -> SearchPlan:
     ``RESCORED_PER_RESULT * limit`` go on to exact rescoring."""
     return SearchPlan(exact=False, hnsw_ef=hnsw_ef,
                       candidates=min(hnsw_ef, RESCORED_PER_RESULT * limit))
-
-
-def filter_scan_plan(limit: int) -> SearchPlan:
-    """A filtered query: Qdrant's planner scans ``centred``'s int8 codes of the points
-    the filter passes (no beam), and the best are rescored exactly on ``image``."""
-    return SearchPlan(exact=False, hnsw_ef=None, candidates=max(
-        FILTER_CANDIDATES_MIN, FILTER_CANDIDATES_PER_RESULT * limit))
 
 
 def measured_text_ef(info: CollectionInfo | None, points: int) -> int | None:
@@ -490,24 +450,17 @@ def planned_search(
     across_gap: bool = False,
     measured: CollectionInfo | None = None,
     filtered: bool = False,
-    filter_points: Callable[[], int] | None = None,
 ) -> list[StoredHit]:
     """Run a kNN query under the shared policy; an explicit ``plan`` is run as given.
 
     A far query (best cosine under ``FAR_QUERY_COSINE`` after plain HNSW) is run again
     with ``far_query_plan``: the fallback for collections without a ``centred`` vector.
-    ``filter_points`` estimates how many points the filter passes; it is called only
-    where that decides the plan.
     """
     if modality not in ("image", "text"):
         raise ValueError(f"modality is 'image' or 'text', not {modality!r}")
     if plan is not None:
         return run(plan)
-    passed = None  # how many points the filter passes, estimated only where it matters
-    if (filtered and filter_points is not None and across_gap and measured is not None
-            and measured.filter_scan_points and points >= EXACT_SEARCH_BELOW):
-        passed = filter_points()
-    first = search_plan(points, limit, modality, across_gap, measured, filtered, passed)
+    first = search_plan(points, limit, modality, across_gap, measured, filtered)
     hits = run(first)
     if not first.exact and not first.candidates and (not hits or hits[0].score
                                                      < FAR_QUERY_COSINE):

@@ -179,17 +179,14 @@ def test_a_collection_that_grows_far_recomputes_its_image_mean_and_recentres(bac
 def test_edge_and_the_server_back_end_give_the_same_answers(tmp_path, data, monkeypatch):
     monkeypatch.setattr(schema_module, "EXACT_SEARCH_BELOW", 100)
     monkeypatch.setattr(schema_module, "EXACT_RETRY_BELOW", 200)
-    from dataclasses import replace
-
-    info = replace(info_for(data), filter_scan_points=500)  # png passes 400, jpeg 800
+    info = info_for(data)
     with open_store(tmp_path / "edge", info) as edge, open_store(":memory:", info) as server:
         for store in (edge, server):
             fill(store, data["images"])
         assert edge.info == server.info
         jpeg = SearchFilter(formats=("jpeg",))
-        png = SearchFilter(formats=("png",))  # a scan of centred's codes, then rescored
         for query in data["queries"]:
-            for search_filter in (None, jpeg, png):
+            for search_filter in (None, jpeg):
                 for modality in ("text", "image"):
                     a = edge.search(query, K, search_filter, modality=modality)
                     b = server.search(query, K, search_filter, modality=modality)
@@ -197,7 +194,7 @@ def test_edge_and_the_server_back_end_give_the_same_answers(tmp_path, data, monk
                     np.testing.assert_allclose([h.score for h in a], [h.score for h in b],
                                                atol=1e-5)
                     if search_filter is not None:
-                        assert {h.payload["format"] for h in a} == set(search_filter.formats)
+                        assert all(h.payload["format"] == "jpeg" for h in a)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -231,7 +228,6 @@ def test_a_collection_an_ingest_creates_records_the_models_mean_text_vector(tiny
 
     info = collection_info(tiny_model, "twinrank-tiny")
     assert info.centred and info.image_mean is None  # the store computes that one
-    assert info.filter_scan_points == schema_module.FILTER_SCAN_POINTS
     np.testing.assert_allclose(info.text_mean, mean_text_vector(tiny_model), atol=1e-6)
 
 
@@ -383,95 +379,3 @@ def test_ingest_has_an_embedded_store_build_its_graphs_past_exact_search(tmp_pat
         build_index(store, report, progress=True)
         assert indexed(store) >= 12_000 and report.stage_seconds["index"] > 0
         assert "Building the search index for 12,000 images" in capsys.readouterr().out
-
-
-def test_a_filtered_query_is_scanned_on_centreds_codes_while_the_filter_passes_few(
-        tmp_path, data, monkeypatch):
-    """A collection made for it (``filter_scan_points``) answers a filtered query from a
-    scan of ``centred``'s codes rescored on ``image``; one the filter passes too many
-    points of, or made before, scans ``image`` exactly."""
-    from dataclasses import replace
-
-    monkeypatch.setattr(schema_module, "EXACT_SEARCH_BELOW", 100)
-    monkeypatch.setattr(schema_module, "FILTER_CANDIDATES_MIN", 40)  # short of all 400 pngs
-    chosen: list[SearchPlan] = []
-    policy = schema_module.search_plan
-
-    def spy(*args, **kwargs) -> SearchPlan:
-        chosen.append(policy(*args, **kwargs))
-        return chosen[-1]
-
-    monkeypatch.setattr(schema_module, "search_plan", spy)
-    images = data["images"]
-    png = SearchFilter(formats=("png",))
-    pngs = np.array([i for i in range(len(images)) if i % 3 == 0])
-    scans = {"made for it": 500, "passes too many": 300, "made before": 0}
-    for name, limit in scans.items():
-        info = replace(info_for(data), filter_scan_points=limit)
-        with open_store(tmp_path / name, info) as store:
-            fill(store, images)
-            held = 0
-            for query in data["queries"]:
-                chosen.clear()
-                hits = store.search(query, K, png, modality="text")
-                plan = chosen[-1]
-                assert plan == (schema_module.filter_scan_plan(K) if name == "made for it"
-                                else SearchPlan(exact=True, hnsw_ef=None))
-                assert all(h.payload["format"] == "png" for h in hits)
-                exact = list(pngs[np.argsort(-(images[pngs] @ query))[:K]])
-                pool = pngs[np.argsort(-(centre(images[pngs], store.info.image_mean) @ query))]
-                if plan.exact or set(exact) <= set(pool[:plan.candidates // 2].tolist()):
-                    held += 1  # int8 codes may reorder the pool's tail, not its first half
-                    assert ids_of(hits) == exact
-            assert held >= len(data["queries"]) // 2
-
-
-def test_the_filter_scan_plan_is_chosen_by_size_gap_and_the_filters_estimate():
-    from dataclasses import replace
-
-    info = CollectionInfo("m", 2, 1, 1, text_mean=(0.0, 0.9), image_mean=(0.6, 0.0),
-                          filter_scan_points=100_000)
-    scan = schema_module.filter_scan_plan
-
-    def plan(points: int = 1_000_000, passed: int | None = 75_000, across_gap: bool = True,
-             chosen: CollectionInfo = info, modality: str = "text", limit: int = 20):
-        return search_plan(points, limit, modality, across_gap, chosen, filtered=True,
-                           filter_points=passed)
-
-    assert plan() == scan(20) == SearchPlan(exact=False, hnsw_ef=None, candidates=400)
-    assert plan(modality="image") == scan(20)
-    assert plan(limit=50).candidates == 1000  # 20 per result
-    exact = SearchPlan(exact=True, hnsw_ef=None)
-    assert plan(passed=100_001) == exact  # the filter passes more than the codes scan takes
-    assert plan(passed=None) == exact  # no estimate
-    assert plan(across_gap=False) == exact
-    assert plan(chosen=replace(info, filter_scan_points=0)) == exact  # made before
-    assert plan(points=10_000) == exact  # small: exact anyway
-    # Qdrant scans a segment's codes below the vector's full_scan_threshold (kB of float16)
-    assert replace(info, vector_size=512).centred_full_scan_kb() == 100_000
-    assert replace(info, filter_scan_points=0).centred_full_scan_kb() == 10_000
-
-
-def test_the_filters_estimate_is_asked_for_only_where_it_decides_the_plan():
-    info = CollectionInfo("m", 2, 1, 1, text_mean=(0.0, 0.9), image_mean=(0.6, 0.0),
-                          filter_scan_points=100_000)
-    asked: list[int] = []
-
-    def estimate() -> int:
-        asked.append(1)
-        return 10
-
-    def run(plan: SearchPlan) -> list:
-        return []
-
-    planned = schema_module.planned_search
-    planned(run, 1_000_000, 20, modality="text", across_gap=True, measured=info,
-            filter_points=estimate)  # unfiltered
-    planned(run, 5_000, 20, modality="text", across_gap=True, measured=info, filtered=True,
-            filter_points=estimate)  # small
-    planned(run, 1_000_000, 20, modality="text", across_gap=False, measured=info,
-            filtered=True, filter_points=estimate)  # no gap
-    assert not asked
-    planned(run, 1_000_000, 20, modality="text", across_gap=True, measured=info,
-            filtered=True, filter_points=estimate)
-    assert asked == [1]
