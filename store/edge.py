@@ -24,6 +24,7 @@ from twinrank.store.schema import (
     CENTRED_HNSW_M,
     CENTRED_VECTOR,
     IMAGE_VECTOR,
+    PAYLOAD_GRAPH_LINKS,
     CollectionInfo,
     PointRecord,
     SearchPlan,
@@ -307,10 +308,19 @@ class EdgeStore(StoreBase):
         self._lease.close()
 
     def _create_indexes(self) -> None:
-        from qdrant_edge import PayloadSchemaType, UpdateOperation
+        from qdrant_edge import (
+            DatetimeIndexParams,
+            IntegerIndexParams,
+            KeywordIndexParams,
+            UpdateOperation,
+        )
 
-        kinds = {"keyword": PayloadSchemaType.Keyword, "integer": PayloadSchemaType.Integer,
-                 "datetime": PayloadSchemaType.Datetime}
+        # No graph links per indexed value (PAYLOAD_GRAPH_LINKS): filtered queries scan
+        kinds: dict[str, KeywordIndexParams | IntegerIndexParams | DatetimeIndexParams] = {
+            "keyword": KeywordIndexParams(enable_hnsw=PAYLOAD_GRAPH_LINKS),
+            "integer": IntegerIndexParams(lookup=True, range=True,
+                                          enable_hnsw=PAYLOAD_GRAPH_LINKS),
+            "datetime": DatetimeIndexParams(enable_hnsw=PAYLOAD_GRAPH_LINKS)}
         with self._lease.hold() as shard:
             for name, kind in INDEXED_FIELDS.items():
                 shard.update(UpdateOperation.create_field_index(name, kinds[kind]))

@@ -31,6 +31,7 @@ from twinrank.store.schema import (
     CENTRED_HNSW_M,
     CENTRED_VECTOR,
     IMAGE_VECTOR,
+    PAYLOAD_GRAPH_LINKS,
     CollectionInfo,
     PointRecord,
     SearchPlan,
@@ -336,9 +337,13 @@ def _create_collection(
     client.create_collection(collection, vectors_config=vectors,
                              metadata={METADATA_KEY: asdict(info)},
                              **(layout or ClusterLayout()).create_args())
-    kinds = {"keyword": models.PayloadSchemaType.KEYWORD,
-             "integer": models.PayloadSchemaType.INTEGER,
-             "datetime": models.PayloadSchemaType.DATETIME}
+    kinds = {  # no graph links per indexed value (PAYLOAD_GRAPH_LINKS): filtered queries scan
+        "keyword": models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD,
+                                             enable_hnsw=PAYLOAD_GRAPH_LINKS),
+        "integer": models.IntegerIndexParams(type=models.IntegerIndexType.INTEGER, lookup=True,
+                                             range=True, enable_hnsw=PAYLOAD_GRAPH_LINKS),
+        "datetime": models.DatetimeIndexParams(type=models.DatetimeIndexType.DATETIME,
+                                               enable_hnsw=PAYLOAD_GRAPH_LINKS)}
     with warnings.catch_warnings():  # local mode: "payload indexes have no effect"
         warnings.simplefilter("ignore", UserWarning)
         for name, kind in INDEXED_FIELDS.items():

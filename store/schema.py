@@ -70,6 +70,11 @@ CENTRED_EF_CONSTRUCT = 256
 # synthetic clusters at 1M points HNSW on ``image`` (m 16) found 0.906 of the top 20 at
 # ef 160 and 0.933 at ef 512, the denser ``centred`` graph with a beam of 400 all of them
 # in 4.1 ms; at 100k both found all, 2.5 ms against 2.7.
+# Since no filtered query walks a graph, the payload indexes are made without Qdrant's
+# extra graph links per indexed value (``enable_hnsw``), which it otherwise builds when the
+# indexes exist before the graph, as ingest makes them: at 100k points the graphs took
+# 106 s instead of 150 s (medians of two pairs, bench/results/build_links.json).
+PAYLOAD_GRAPH_LINKS = False
 IMAGE_BEAM_MIN = 400
 IMAGE_BEAM_PER_RESULT = 20
 TEXT_RECALL_TARGET = 0.99

@@ -140,6 +140,37 @@ def test_text_queries_take_the_plain_path_where_images_fill_the_sphere(tmp_path,
         assert ids_of(plain) == list(np.argsort(-(spread["images"] @ query))[:K])
 
 
+def test_payload_indexes_are_made_without_graph_links_since_no_filtered_query_walks_one(
+        tmp_path):
+    """Qdrant builds extra graph links per indexed value when the indexes exist before the
+    graph (as ingest makes them); the policy scans under a filter, so they only cost build
+    time. Edge is read back; the server's request is recorded on qdrant-client's local mode,
+    which keeps no index parameters (no Qdrant server can be installed here)."""
+    from qdrant_client import QdrantClient
+
+    from twinrank.store.filters import INDEXED_FIELDS
+    from twinrank.store.remote import _create_collection
+
+    assert search_plan(1_000_000, K, "text", True, filtered=True).exact  # why: never a walk
+    with open_store(tmp_path / "edge", info_for(None)) as store:
+        with store._lease.hold() as shard:  # type: ignore[attr-defined]
+            schema = shard.info().payload_schema
+    assert set(schema) == set(INDEXED_FIELDS)
+    assert all(index.params.enable_hnsw is False for index in schema.values())
+
+    client, sent = QdrantClient(":memory:"), {}
+    create = client.create_payload_index
+
+    def record(collection, name, schema, **kwargs):  # type: ignore[no-untyped-def]
+        sent[name] = schema
+        return create(collection, name, schema, **kwargs)
+
+    client.create_payload_index = record  # type: ignore[method-assign]
+    _create_collection(client, "c", info_for(None))
+    assert set(sent) == set(INDEXED_FIELDS)
+    assert all(params.enable_hnsw is False for params in sent.values())
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_means_are_stored_with_the_collection_and_reloaded(backend, tmp_path, data):
     where = location(backend, tmp_path)
