@@ -14,8 +14,9 @@ quantization on both indexed vectors, so quantized and full-precision search are
 on one build (``quantization=ignore`` is the product without quantization).
 
 Recall@20 is against numpy ground truth on the same vectors; every latency is a p50 over
-the queries, and the exact scan is measured in the same run (the machine is shared:
-compare with it, not across runs). Text and image queries, unfiltered and filtered
+the queries, each row after 20 other queries of its kind, untimed (``WARM_UP_QUERIES``),
+and the exact scan is measured in the same run (the machine is shared: compare with it,
+not across runs). Text and image queries, unfiltered and filtered
 (folder 3 and jpeg: ~7.5% of the points).
 """
 
