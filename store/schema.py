@@ -73,7 +73,7 @@ CENTRED_EF_CONSTRUCT = 256
 # Since no filtered query walks a graph, the payload indexes are made without Qdrant's
 # extra graph links per indexed value (``enable_hnsw``), which it otherwise builds when the
 # indexes exist before the graph, as ingest makes them: at 100k points the graphs took
-# 106 s instead of 150 s (medians of two pairs, bench/results/build_links.json).
+# 90 s instead of 146 s (medians of two pairs, bench/results/build_links.json).
 PAYLOAD_GRAPH_LINKS = False
 IMAGE_BEAM_MIN = 400
 IMAGE_BEAM_PER_RESULT = 20
