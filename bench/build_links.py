@@ -21,7 +21,6 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +34,9 @@ from twinrank.store.schema import CollectionInfo, SearchPlan
 WARM_UP = 10  # queries run untimed before the timed pass (then timed with the rest)
 
 
-def build_once(points: int, folder: Path, links: bool, queries: int) -> dict[str, Any]:
+def build_once(config: ann_bench.BenchConfig, source: ann_bench.Source,
+               truth: dict[str, np.ndarray], folder: Path, links: bool) -> dict[str, Any]:
     """One build with the links on or off, then filtered exact queries on it."""
-    config = replace(ann_bench.BenchConfig(points=points, queries=queries),
-                     quantization="none")
-    source = ann_bench.synthetic_source(config)
     info = CollectionInfo("bench-synthetic", config.dim, 16, 256,
                           text_mean=tuple(source.text_mean.tolist()))
     saved = edge_module.PAYLOAD_GRAPH_LINKS
@@ -49,7 +46,6 @@ def build_once(points: int, folder: Path, links: bool, queries: int) -> dict[str
     finally:
         edge_module.PAYLOAD_GRAPH_LINKS = saved
     row["disk_mb"] = round(ann_bench.disk_bytes(folder) / 1e6, 1)
-    truth = ann_bench.ground_truth(config, source)
     store = EdgeStore.open(folder)
     for modality in ("text", "image"):
         qs = source.queries[modality]
@@ -75,6 +71,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": f"{cpu_name()}, {os.cpu_count()} CPUs (load average at start "
                    f"{os.getloadavg()[0]:.1f})",
         "points": args.points, "runs": []}
+    config = ann_bench.BenchConfig(points=args.points, queries=args.queries,
+                                   quantization="none")
+    source = ann_bench.synthetic_source(config)  # the same points and answers for every build
+    truth = ann_bench.ground_truth(config, source)
     work = Path(tempfile.mkdtemp(prefix="build_links-"))
     try:
         for pair in range(args.pairs):
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for links in order:
                 folder = work / f"pair{pair}-{'links' if links else 'none'}"
                 row = {"pair": pair, "payload_links": links,
-                       **build_once(args.points, folder, links, args.queries)}
+                       **build_once(config, source, truth, folder, links)}
                 print(json.dumps(row), flush=True)
                 report["runs"].append(row)
                 shutil.rmtree(folder, ignore_errors=True)
