@@ -92,8 +92,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         times = [r["optimize_s"] for r in report["runs"] if r["payload_links"] is links]
         report[f"optimize_s_median_{'with' if links else 'without'}_links"] = float(
             np.median(times))
-    report["ratio_with_over_without"] = round(
-        report["optimize_s_median_with_links"] / report["optimize_s_median_without_links"], 2)
+    without = report["optimize_s_median_without_links"]  # 0.0 s (rounded) for tiny builds
+    report["ratio_with_over_without"] = (
+        round(report["optimize_s_median_with_links"] / without, 2) if without else None)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     return report
