@@ -17,7 +17,10 @@ Recall@20 is against numpy ground truth on the same vectors; every latency is a 
 the queries, each row after 20 other queries of its kind, untimed (``WARM_UP_QUERIES``),
 and the exact scan is measured in the same run (the machine is shared: compare with it,
 not across runs). Text and image queries, unfiltered and filtered
-(folder 3 and jpeg: ~7.5% of the points).
+(folder 3 and jpeg: ~7.5% of the points). Filtered queries are also walked through the
+graph, plainly (``beam_C`` rows) and, with ``--acorn-beams``, with Qdrant's ACORN (each
+neighbour that fails the filter has its own neighbours tried); ``--payload-links`` builds
+the payload indexes with Qdrant's extra links per indexed value, which such walks use.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,11 +44,13 @@ import numpy as np
 from bench import ann_corpus as corpus
 from bench import cpu_name
 from twinrank.models.gap import GENERIC_CAPTIONS
+from twinrank.store import edge as edge_module
 from twinrank.store.edge import META_FILE, SHARD_DIR, EdgeStore, _edge_config, edge_filter
 from twinrank.store.filters import SearchFilter
 from twinrank.store.schema import (
     CENTRED_VECTOR,
     IMAGE_VECTOR,
+    RESCORED_PER_RESULT,
     CollectionInfo,
     PointRecord,
     SearchPlan,
@@ -73,8 +80,10 @@ class BenchConfig:
     hnsw_m: int | None = None  # the centred graph's m and ef_construct (None: the product's)
     ef_construct: int | None = None
     ceiling_only: bool = False  # no index: how many candidates the size needs (numpy)
-    indexes_after_build: bool = False  # payload indexes after the HNSW build: no payload
-    # subgraphs (ingest creates them before; Qdrant then adds links per indexed value)
+    indexes_after_build: bool = False  # payload indexes after the HNSW build (ingest
+    # creates them before it)
+    payload_links: bool = False  # indexes with Qdrant's links per value (the product: none)
+    acorn_beams: tuple[int, ...] = ()  # filtered two-stage walks with ACORN at these beams
     workdir: Path | None = None
     keep: bool = False
     real_vectors: Path | None = None
@@ -165,9 +174,27 @@ def real_source(config: BenchConfig) -> Source:
                   {"text": texts[:WARM_UP_QUERIES], "image": held_out[:WARM_UP_QUERIES]})
 
 
+@contextmanager
+def payload_links(on: bool) -> Iterator[None]:
+    """Payload indexes made, within, with Qdrant's extra graph links per indexed value
+    (``on``) or without them (the product's ``schema.PAYLOAD_GRAPH_LINKS``)."""
+    saved = edge_module.PAYLOAD_GRAPH_LINKS
+    edge_module.PAYLOAD_GRAPH_LINKS = on
+    try:
+        yield
+    finally:
+        edge_module.PAYLOAD_GRAPH_LINKS = saved
+
+
 def build(config: BenchConfig, folder: Path, info: CollectionInfo,
           source: Source) -> dict[str, Any]:
     """Create the shard, write every point through ``EdgeStore.upsert``, build the index."""
+    with payload_links(config.payload_links):
+        return _build(config, folder, info, source)
+
+
+def _build(config: BenchConfig, folder: Path, info: CollectionInfo,
+           source: Source) -> dict[str, Any]:
     from qdrant_edge import EdgeShard
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -200,6 +227,7 @@ def build(config: BenchConfig, folder: Path, info: CollectionInfo,
     return {"upsert_s": round(upsert_s, 1), "optimize_s": round(optimize_s, 1),
             "payload_index_s": round(index_s, 1),
             "payload_indexes": f"created {when} the HNSW build",
+            "payload_links": config.payload_links,
             "quantization": config.quantization}
 
 
@@ -217,15 +245,26 @@ def direct(store: EdgeStore, vector: np.ndarray, using: str, limit: int, ef: int
 
 def two_stage_direct(store: EdgeStore, vector: np.ndarray, centred: np.ndarray, candidates: int,
                      search_filter: SearchFilter | None, quantization: Any,
-                     using: str = CENTRED_VECTOR) -> list[Any]:
+                     using: str = CENTRED_VECTOR, beam: int | None = None,
+                     acorn: bool = False) -> list[Any]:
     """The store's two-stage request with explicit quantization on the prefetch and exact
-    rescoring (``centred`` is the first-stage query, ``vector`` the rescoring one)."""
-    from qdrant_edge import Prefetch, QuantizationSearchParams, Query, QueryRequest, SearchParams
+    rescoring (``centred`` is the first-stage query, ``vector`` the rescoring one); the
+    first stage's beam is ``candidates`` unless given, and walks with ACORN if ``acorn``."""
+    from qdrant_edge import (
+        AcornSearchParams,
+        Prefetch,
+        QuantizationSearchParams,
+        Query,
+        QueryRequest,
+        SearchParams,
+    )
 
     condition = edge_filter(search_filter)
+    walk = AcornSearchParams(enable=True, max_selectivity=1.0) if acorn else None
     prefetch = Prefetch(limit=candidates, filter=condition,
                         query=Query.Nearest(centred.tolist(), using=using),
-                        params=SearchParams(hnsw_ef=candidates, quantization=quantization))
+                        params=SearchParams(hnsw_ef=beam or candidates,
+                                            quantization=quantization, acorn=walk))
     exact_rescoring = SearchParams(quantization=QuantizationSearchParams(ignore=True))
     request = QueryRequest(limit=K, query=Query.Nearest(vector.tolist(), using=IMAGE_VECTOR),
                            prefetches=[prefetch], filter=condition, with_payload=False,
@@ -321,6 +360,11 @@ def query_all(config: BenchConfig, store: EdgeStore, sets: dict[str, np.ndarray]
                     rows[f"two_stage_{c}_quantized_prefetch"] = run(
                         lambda i, qs=qs, cq=cq, f=flt, c=c: two_stage_direct(
                             store, qs[i], cq[i], c, f, quantized_prefetch))
+            for c in config.acorn_beams if flt is not None else ():
+                # the product's request under the filter, walked with ACORN (int8 codes)
+                rows[f"acorn_{c}"] = run(lambda i, qs=qs, cq=cq, f=flt, c=c: two_stage_direct(
+                    store, qs[i], cq[i], min(c, RESCORED_PER_RESULT * K), f, None,
+                    beam=c, acorn=True))
             variants[key] = rows
             print(key, json.dumps({k: (v["recall@20"], v["p50_ms"]) for k, v in rows.items()}),
                   flush=True)
@@ -407,6 +451,7 @@ def main(config: BenchConfig) -> dict[str, Any]:
     source = real_source(config) if real else synthetic_source(config)
     graph = f"-m{config.hnsw_m}" if config.hnsw_m is not None else ""
     graph += f"-efc{config.ef_construct}" if config.ef_construct else ""
+    graph += "-links" if config.payload_links else ""
     folder = work / (f"real-{source.points}{graph}" if real else
                      f"{config.geometry}-{source.points}{graph}")
     report: dict[str, Any] = {
@@ -491,8 +536,15 @@ def parse(argv: list[str] | None = None) -> BenchConfig:
                              "(numpy), to size the candidate count at a scale too large to "
                              "index here.")
     parser.add_argument("--indexes-after-build", action="store_true",
-                        help="Create the payload indexes after the HNSW build (no payload "
-                             "subgraphs: a much shorter build on a busy machine).")
+                        help="Create the payload indexes after the HNSW build (ingest "
+                             "creates them before).")
+    parser.add_argument("--payload-links", action="store_true",
+                        help="Payload indexes with Qdrant's extra graph links per indexed "
+                             "value, made before the build (the product makes them without; "
+                             "a longer build).")
+    parser.add_argument("--acorn-beams", type=int, nargs="*", default=[],
+                        help="Also walk filtered queries with ACORN at these beams (slow at "
+                             "1M: hundreds of ms per query).")
     parser.add_argument("--real-vectors", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=BenchConfig.out)
     args = parser.parse_args(argv)
@@ -501,6 +553,7 @@ def parse(argv: list[str] | None = None) -> BenchConfig:
                        candidates=tuple(args.candidates), efs=tuple(args.efs),
                        workdir=args.workdir, keep=args.keep, real_vectors=args.real_vectors,
                        indexes_after_build=args.indexes_after_build,
+                       payload_links=args.payload_links, acorn_beams=tuple(args.acorn_beams),
                        ceiling_only=args.ceiling_only, geometry=args.geometry,
                        hnsw_m=args.hnsw_m, ef_construct=args.ef_construct, out=args.out)
 

@@ -21,13 +21,13 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench import ann_bench, cpu_name
-from twinrank.store import edge as edge_module
 from twinrank.store.edge import EdgeStore
 from twinrank.store.schema import CollectionInfo, SearchPlan
 
@@ -39,12 +39,7 @@ def build_once(config: ann_bench.BenchConfig, source: ann_bench.Source,
     """One build with the links on or off, then filtered exact queries on it."""
     info = CollectionInfo("bench-synthetic", config.dim, 16, 256,
                           text_mean=tuple(source.text_mean.tolist()))
-    saved = edge_module.PAYLOAD_GRAPH_LINKS
-    edge_module.PAYLOAD_GRAPH_LINKS = links
-    try:
-        row = ann_bench.build(config, folder, info, source)
-    finally:
-        edge_module.PAYLOAD_GRAPH_LINKS = saved
+    row = ann_bench.build(replace(config, payload_links=links), folder, info, source)
     row["disk_mb"] = round(ann_bench.disk_bytes(folder) / 1e6, 1)
     store = EdgeStore.open(folder)
     for modality in ("text", "image"):
