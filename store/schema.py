@@ -63,7 +63,9 @@ CENTRED_EF_CONSTRUCT = 256
 # points, HNSW on ``image`` 0.94 of an image query's at 100k (payload indexes made before
 # the graph) and 0.06 at 1M (made after it), since the filter cuts the graphs' links; the
 # exact scan, which reads only the points the payload index selects, found all of them in
-# 4.5 ms at 100k and 41-53 ms at 1M (bench/ann_bench.py). However wide the beam, only
+# 4.5 ms at 100k and 41-53 ms at 1M (bench/ann_bench.py); Qdrant's ACORN walk, which tries
+# the neighbours of a neighbour the filter rejects, found 0.99 of a text query's top 20 at
+# 1M but in 560 ms (bench/results/ann_bench_1m_acorn.json). However wide the beam, only
 # RESCORED_PER_RESULT candidates per result go on to exact rescoring: at 1M points, beam
 # 800 with 200 candidates had the recall of beam 800 with 800 (0.9875) in 6.2 ms, not 10.0.
 # Image queries on such a collection take two stages as well, with a fixed beam: on the
