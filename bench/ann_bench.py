@@ -548,6 +548,10 @@ def parse(argv: list[str] | None = None) -> BenchConfig:
     parser.add_argument("--real-vectors", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=BenchConfig.out)
     args = parser.parse_args(argv)
+    if args.payload_links and args.indexes_after_build:
+        parser.error("--payload-links needs the payload indexes before the HNSW build "
+                     "(Qdrant adds the links while it builds the graph); drop "
+                     "--indexes-after-build")
     return BenchConfig(points=args.points, dim=args.dim, queries=args.queries,
                        exact_queries=args.exact_queries, quantization=args.quantization,
                        candidates=tuple(args.candidates), efs=tuple(args.efs),
