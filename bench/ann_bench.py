@@ -33,8 +33,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +42,6 @@ import numpy as np
 from bench import ann_corpus as corpus
 from bench import cpu_name
 from twinrank.models.gap import GENERIC_CAPTIONS
-from twinrank.store import edge as edge_module
 from twinrank.store.edge import META_FILE, SHARD_DIR, EdgeStore, _edge_config, edge_filter
 from twinrank.store.filters import SearchFilter
 from twinrank.store.schema import (
@@ -174,27 +171,10 @@ def real_source(config: BenchConfig) -> Source:
                   {"text": texts[:WARM_UP_QUERIES], "image": held_out[:WARM_UP_QUERIES]})
 
 
-@contextmanager
-def payload_links(on: bool) -> Iterator[None]:
-    """Payload indexes made, within, with Qdrant's extra graph links per indexed value
-    (``on``) or without them (the product's ``schema.PAYLOAD_GRAPH_LINKS``)."""
-    saved = edge_module.PAYLOAD_GRAPH_LINKS
-    edge_module.PAYLOAD_GRAPH_LINKS = on
-    try:
-        yield
-    finally:
-        edge_module.PAYLOAD_GRAPH_LINKS = saved
-
-
 def build(config: BenchConfig, folder: Path, info: CollectionInfo,
           source: Source) -> dict[str, Any]:
-    """Create the shard, write every point through ``EdgeStore.upsert``, build the index."""
-    with payload_links(config.payload_links):
-        return _build(config, folder, info, source)
-
-
-def _build(config: BenchConfig, folder: Path, info: CollectionInfo,
-           source: Source) -> dict[str, Any]:
+    """Create the shard, write every point through ``EdgeStore.upsert``, build the index
+    (payload indexes with Qdrant's per-value graph links if ``config.payload_links``)."""
     from qdrant_edge import EdgeShard
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -203,7 +183,7 @@ def _build(config: BenchConfig, folder: Path, info: CollectionInfo,
     (folder / META_FILE).write_text(json.dumps(asdict(info)))
     store = EdgeStore.open(folder)
     if not config.indexes_after_build:
-        store._create_indexes()  # before the build, as ingest does
+        store._create_indexes(links=config.payload_links)  # before the build, as ingest
     folders, jpeg = corpus.payload_columns(source.points, config.seed)
     started = time.perf_counter()
     for start, vectors in source.chunks():

@@ -307,7 +307,9 @@ class EdgeStore(StoreBase):
     def close(self) -> None:
         self._lease.close()
 
-    def _create_indexes(self) -> None:
+    def _create_indexes(self, links: bool = PAYLOAD_GRAPH_LINKS) -> None:
+        """The payload indexes of ``INDEXED_FIELDS``, with Qdrant's graph links per indexed
+        value only if ``links`` (the product: none, filtered queries scan; benches ask)."""
         from qdrant_edge import (
             DatetimeIndexParams,
             IntegerIndexParams,
@@ -315,12 +317,10 @@ class EdgeStore(StoreBase):
             UpdateOperation,
         )
 
-        # No graph links per indexed value (PAYLOAD_GRAPH_LINKS): filtered queries scan
         kinds: dict[str, KeywordIndexParams | IntegerIndexParams | DatetimeIndexParams] = {
-            "keyword": KeywordIndexParams(enable_hnsw=PAYLOAD_GRAPH_LINKS),
-            "integer": IntegerIndexParams(lookup=True, range=True,
-                                          enable_hnsw=PAYLOAD_GRAPH_LINKS),
-            "datetime": DatetimeIndexParams(enable_hnsw=PAYLOAD_GRAPH_LINKS)}
+            "keyword": KeywordIndexParams(enable_hnsw=links),
+            "integer": IntegerIndexParams(lookup=True, range=True, enable_hnsw=links),
+            "datetime": DatetimeIndexParams(enable_hnsw=links)}
         with self._lease.hold() as shard:
             for name, kind in INDEXED_FIELDS.items():
                 shard.update(UpdateOperation.create_field_index(name, kinds[kind]))
