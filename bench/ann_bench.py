@@ -41,7 +41,7 @@ import numpy as np
 
 from bench import ann_corpus as corpus
 from bench import cpu_name
-from twinrank.models.gap import GENERIC_CAPTIONS
+from twinrank.models.gap import CALIBRATION_CAPTIONS
 from twinrank.store.edge import META_FILE, SHARD_DIR, EdgeStore, _edge_config, edge_filter
 from twinrank.store.filters import SearchFilter
 from twinrank.store.schema import (
@@ -81,6 +81,9 @@ class BenchConfig:
     # creates them before it)
     payload_links: bool = False  # indexes with Qdrant's links per value (the product: none)
     acorn_beams: tuple[int, ...] = ()  # filtered two-stage walks with ACORN at these beams
+    # How many caption vectors each calibration searches with, in this order; the last one
+    # sets the plan the rows measure (ingest: all of CALIBRATION_CAPTIONS).
+    calibration_sizes: tuple[int, ...] = (len(CALIBRATION_CAPTIONS),)
     workdir: Path | None = None
     keep: bool = False
     real_vectors: Path | None = None
@@ -146,7 +149,7 @@ def synthetic_source(config: BenchConfig) -> Source:
         config.points, lambda: corpus.image_chunks(geo, config.points, config.seed),
         {"text": corpus.text_queries(geo, config.queries, config.seed),
          "image": corpus.image_queries(geo, config.queries, config.seed)},
-        generic.mean(0), generic[:len(GENERIC_CAPTIONS)],
+        generic.mean(0), generic,
         lambda q, mask: corpus.exact_top_k(geo, config.points, config.seed, q, K, mask)[0],
         corpus.warm_up_queries(geo, WARM_UP_QUERIES, config.seed))
 
@@ -167,7 +170,7 @@ def real_source(config: BenchConfig) -> Source:
     texts = corpus.unit(data["texts"])  # no generic captions recorded: measure with queries
     return Source(len(images), lambda: iter([(0, images)]), {"text": texts, "image": held_out},
                   np.asarray(data["text_mean"], dtype=np.float32),
-                  texts[-len(GENERIC_CAPTIONS):], truth,
+                  texts[-len(CALIBRATION_CAPTIONS):], truth,
                   {"text": texts[:WARM_UP_QUERIES], "image": held_out[:WARM_UP_QUERIES]})
 
 
@@ -474,11 +477,14 @@ def main(config: BenchConfig) -> dict[str, Any]:
             np.asarray(store.info.text_mean) @ np.asarray(store.info.image_mean)), 3),
         "text_queries_cross_the_gap": crosses_gap(store.info),
     }
-    started = time.perf_counter()
-    measured = store.calibrate_text_search(source.generic)  # as ingest does
-    if measured is not None:
+    for size in config.calibration_sizes:  # as ingest does; the last one stands
+        started = time.perf_counter()
+        measured = store.calibrate_text_search(source.generic[:size])
+        if measured is None:
+            continue
         report["text_calibration"] = {**asdict(measured), "summary": measured.summary(),
                                       "seconds": round(time.perf_counter() - started, 1)}
+        report.setdefault("text_calibrations", []).append(report["text_calibration"])
         print(measured.summary(), flush=True)
     report["results"] = query_all(config, store, source.queries, truth,
                                   quantized=config.quantization != "none",
@@ -525,6 +531,10 @@ def parse(argv: list[str] | None = None) -> BenchConfig:
     parser.add_argument("--acorn-beams", type=int, nargs="*", default=[],
                         help="Also walk filtered queries with ACORN at these beams (slow at "
                              "1M: hundreds of ms per query).")
+    parser.add_argument("--calibration-sizes", type=int, nargs="+",
+                        default=list(BenchConfig.calibration_sizes),
+                        help="Measure text search with this many caption vectors, once per "
+                             "size in order; the last sets the plan (default: as ingest).")
     parser.add_argument("--real-vectors", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=BenchConfig.out)
     args = parser.parse_args(argv)
@@ -538,6 +548,7 @@ def parse(argv: list[str] | None = None) -> BenchConfig:
                        workdir=args.workdir, keep=args.keep, real_vectors=args.real_vectors,
                        indexes_after_build=args.indexes_after_build,
                        payload_links=args.payload_links, acorn_beams=tuple(args.acorn_beams),
+                       calibration_sizes=tuple(args.calibration_sizes),
                        ceiling_only=args.ceiling_only, geometry=args.geometry,
                        hnsw_m=args.hnsw_m, ef_construct=args.ef_construct, out=args.out)
 

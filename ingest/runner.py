@@ -188,16 +188,17 @@ def measure_text_search(text_model: Callable[[], object], store: VectorStore,
                         report: IngestReport) -> None:
     """Choose, by measurement, how text queries search a collection that crosses the
     modality gap (``store.calibrate_text_search``): at 20k images, then each time it has
-    doubled. Searches the model's encodings of generic captions; a note says what won."""
+    doubled. Searches the model's encodings of ``models.gap.CALIBRATION_CAPTIONS``; a note
+    says what won."""
     from twinrank.store import calibration_due
 
     calibrate = getattr(store, "calibrate_text_search", None)
     if calibrate is None or not calibration_due(store.info, store.count()):
         return
-    from twinrank.models.gap import caption_vectors
+    from twinrank.models.gap import CALIBRATION_CAPTIONS, caption_vectors
 
     began = time.perf_counter()
-    measured = calibrate(caption_vectors(text_model()))
+    measured = calibrate(caption_vectors(text_model(), CALIBRATION_CAPTIONS))
     report.add_time("text search measured", time.perf_counter() - began)
     if measured is not None:
         report.notes.append(measured.summary())

@@ -291,7 +291,7 @@ class StoreBase:
         """Measure which plan text queries should take on this collection, and keep it.
 
         ``queries`` are text vectors of the collection's model (ingest passes its
-        encodings of ``models.gap.GENERIC_CAPTIONS``). Each is searched exactly, then in
+        encodings of ``models.gap.CALIBRATION_CAPTIONS``). Each is searched exactly, then in
         two stages at each beam width of ``CALIBRATION_EFS`` until recall@CALIBRATION_K
         against the exact answers reaches ``TEXT_RECALL_TARGET``; that count is kept if
         its median time beats the exact scan's, else the exact scan is. None (nothing

@@ -253,6 +253,15 @@ def test_a_models_mean_text_vector_is_the_mean_of_its_generic_caption_vectors(ti
     assert 0 < np.linalg.norm(mean) < 1  # a mean of unit vectors that do not all agree
 
 
+def test_text_search_is_measured_with_the_generic_captions_and_hundreds_more():
+    """The mean comes from GENERIC_CAPTIONS (never changed for a model); the calibration
+    needs more queries than those 66 to tell recall 0.99 from 0.995."""
+    from twinrank.models.gap import CALIBRATION_CAPTIONS, GENERIC_CAPTIONS
+
+    assert CALIBRATION_CAPTIONS[:len(GENERIC_CAPTIONS)] == GENERIC_CAPTIONS
+    assert len(set(CALIBRATION_CAPTIONS)) == len(CALIBRATION_CAPTIONS) >= 500
+
+
 def test_a_collection_an_ingest_creates_records_the_models_mean_text_vector(tiny_model):
     from twinrank.ingest.collection import collection_info
     from twinrank.models.gap import mean_text_vector
@@ -369,7 +378,13 @@ def test_ingest_measures_text_search_once_the_collection_is_large(tmp_path, data
     from twinrank.models import gap
 
     monkeypatch.setattr(schema_module, "EXACT_SEARCH_BELOW", 100)
-    monkeypatch.setattr(gap, "caption_vectors", lambda model: data["generic"][:30])
+    asked: list[tuple[str, ...]] = []
+
+    def caption_vectors(model: object, captions: tuple[str, ...]) -> np.ndarray:
+        asked.append(captions)
+        return data["generic"][:30]
+
+    monkeypatch.setattr(gap, "caption_vectors", caption_vectors)
     report = IngestReport()
     with open_store(tmp_path / "edge", info_for(data)) as store:
         fill(store, data["images"][:80])
@@ -378,6 +393,7 @@ def test_ingest_measures_text_search_once_the_collection_is_large(tmp_path, data
         fill(store, data["images"][80:], start=80)
         measure_text_search(lambda: object(), store, report)
         assert store.info.text_ef is not None
+        assert asked == [gap.CALIBRATION_CAPTIONS]
         assert report.notes and report.notes[0].startswith(
             f"text search over {len(data['images']):,} images, measured with 30 captions")
         measure_text_search(lambda: object(), store, report)  # measured already: not again
