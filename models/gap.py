@@ -49,8 +49,9 @@ GENERIC_CAPTIONS: tuple[str, ...] = (
 # What ingest measures text search with (``store.calibrate_text_search``): the generic
 # captions above and everyday subjects in everyday settings, 570 in all. At 1M synthetic
 # points the 66 generic captions alone misjudged recall@20 by 0.003-0.01 and chose a beam
-# of 2,400 where held-out queries reached 0.99 at 1,200; these 570 chose 1,600, 28% less
-# time per query at held-out recall 0.9933 (bench/results/ann_bench_1m_calibration.json).
+# of 2,400 where held-out queries reached 0.99 at 1,200; these 570 chose 1,600 (27.2 ms
+# per query against 37.9 in the calibration's timing), held-out recall 0.9933
+# (bench/results/ann_bench_1m_calibration.json).
 # Unlike GENERIC_CAPTIONS this list may grow: a collection records the plan it measured,
 # not the captions.
 _SUBJECTS: tuple[str, ...] = (
