@@ -175,13 +175,14 @@ def real_source(config: BenchConfig) -> Source:
 
 
 def build(config: BenchConfig, folder: Path, info: CollectionInfo,
-          source: Source) -> dict[str, Any]:
-    """Create the shard, write every point through ``EdgeStore.upsert``, build the index
-    (payload indexes with Qdrant's per-value graph links if ``config.payload_links``)."""
+          source: Source, edge_config: Any = None) -> dict[str, Any]:
+    """Create the shard (``edge_config``, else ``shard_config``'s), write every point
+    through ``EdgeStore.upsert``, build the index (payload indexes with Qdrant's per-value
+    graph links if ``config.payload_links``)."""
     from qdrant_edge import EdgeShard
 
     folder.mkdir(parents=True, exist_ok=True)
-    EdgeShard.create(str(folder / SHARD_DIR), shard_config(
+    EdgeShard.create(str(folder / SHARD_DIR), edge_config or shard_config(
         info, config.quantization, config.hnsw_m, config.ef_construct)).close()
     (folder / META_FILE).write_text(json.dumps(asdict(info)))
     store = EdgeStore.open(folder)
@@ -220,7 +221,8 @@ def direct(store: EdgeStore, vector: np.ndarray, using: str, limit: int, ef: int
     from qdrant_edge import Query, QueryRequest, SearchParams
 
     request = QueryRequest(limit=limit, query=Query.Nearest(vector.tolist(), using=using),
-                           filter=edge_filter(search_filter), with_payload=False,
+                           filter=edge_filter(search_filter, store.info.folder_formats),
+                           with_payload=False,
                            params=SearchParams(hnsw_ef=ef, quantization=quantization))
     with store._lease.hold() as shard:
         return list(shard.query(request))
@@ -242,7 +244,7 @@ def two_stage_direct(store: EdgeStore, vector: np.ndarray, centred: np.ndarray, 
         SearchParams,
     )
 
-    condition = edge_filter(search_filter)
+    condition = edge_filter(search_filter, store.info.folder_formats)
     walk = AcornSearchParams(enable=True, max_selectivity=1.0) if acorn else None
     prefetch = Prefetch(limit=candidates, filter=condition,
                         query=Query.Nearest(centred.tolist(), using=using),

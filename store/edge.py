@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from twinrank.store.filters import INDEXED_FIELDS, SearchFilter
+from twinrank.store.filters import INDEXED_FIELDS, SearchFilter, indexed_payload
 from twinrank.store.lease import ShardLease, is_writable, readable_copy
 from twinrank.store.schema import (
     CENTRED_EF_CONSTRUCT,
@@ -140,7 +140,7 @@ class EdgeStore(StoreBase):
                     vectors[CENTRED_VECTOR] = centred[i].tolist()
                 if record.image_tokens is not None:
                     vectors["tokens"] = record.image_tokens.astype(np.float32).tolist()
-                points.append(Point(record.id, vectors, record.payload))
+                points.append(Point(record.id, vectors, indexed_payload(record.payload)))
             shard.update(UpdateOperation.upsert_points(points))
             self._count = None
             self.refresh_image_mean()
@@ -150,7 +150,8 @@ class EdgeStore(StoreBase):
         from qdrant_edge import UpdateOperation
 
         with self._lease.hold() as shard:
-            shard.update(UpdateOperation.overwrite_payload([point_id], payload))
+            shard.update(UpdateOperation.overwrite_payload([point_id],
+                                                           indexed_payload(payload)))
 
     def delete(self, ids: Sequence[str]) -> None:
         self._check_writable()
@@ -181,8 +182,8 @@ class EdgeStore(StoreBase):
 
         vector = np.asarray(vector, dtype=np.float32)
         query = Query.Nearest(vector.tolist(), using=IMAGE_VECTOR)
-        condition = edge_filter(search_filter)
         info = self.info
+        condition = edge_filter(search_filter, info.folder_formats)
         with self._lease.hold() as shard:
 
             def run(chosen: SearchPlan) -> list[StoredHit]:
@@ -374,14 +375,15 @@ def _edge_config(info: CollectionInfo) -> Any:
     return EdgeConfig(vectors=vectors)
 
 
-def edge_filter(search_filter: SearchFilter | None) -> Any:
-    """``SearchFilter`` as a Qdrant Edge filter (None for no filter), condition by kind."""
+def edge_filter(search_filter: SearchFilter | None, paired: bool = False) -> Any:
+    """``SearchFilter`` as a Qdrant Edge filter (None for no filter), condition by kind;
+    ``paired``: the collection's points carry ``folder_formats``."""
     from qdrant_edge import FieldCondition, Filter, MatchAny, MatchValue, RangeDateTime, RangeFloat
 
     if search_filter is None or search_filter.is_empty():
         return None
     must: list[Any] = []
-    for c in search_filter.conditions():
+    for c in search_filter.conditions(paired):
         if c.kind == "match":
             must.append(FieldCondition(c.key, match=MatchValue(c.value)))
         elif c.kind == "match_any":

@@ -7,13 +7,15 @@ for each, and ``SearchFilter.conditions`` turns a filter into back-end-neutral
 ``Condition``s, which each back end translates by *kind*, never by field name. So a new
 filter is three edits: here (its ``ImagePayload`` key, its ``FilterField``, its
 ``SearchFilter`` attribute and condition, its ``filter_from_text`` argument), the value
-ingest writes (``ingest/write.py``), and its option (``cli.py``).
+ingest writes (``ingest/write.py``), and its option (``cli.py``). One field is the
+store's own: ``folder_formats`` (``indexed_payload``), the folder-and-type pairs that let
+a filter on both be one match.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
 from pathlib import Path, PurePosixPath
@@ -35,6 +37,7 @@ class ImagePayload(TypedDict, total=False):
     paths: list[str]  # every path this content was found under (POSIX, absolute)
     files: dict[str, FileEntry]  # per path
     folders: list[str]  # every folder above every path: a folder filter is one match
+    folder_formats: list[str]  # "<format>:<folder>" per folder, written by the store
     size: int  # bytes
     mtime: float  # seconds, of the first path
     width: int  # pixels, after EXIF orientation
@@ -59,6 +62,7 @@ class FilterField:
 FILTER_FIELDS: tuple[FilterField, ...] = (
     FilterField("folders", "keyword", "match"),
     FilterField("format", "keyword", "match_any"),
+    FilterField("folder_formats", "keyword", "match_any"),
     FilterField("captured_at", "datetime", "time_range"),
     FilterField("size", "integer", "range"),
     FilterField("orientation", "keyword", "match"),
@@ -114,19 +118,28 @@ class SearchFilter:
         aliases = {"jpg": "jpeg", "tif": "tiff"}
         return [aliases.get(f.lower().lstrip("."), f.lower().lstrip(".")) for f in self.formats]
 
-    def conditions(self) -> list[Condition]:
+    def conditions(self, paired: bool = False) -> list[Condition]:
         """The filter as back-end-neutral conditions on ``FILTER_FIELDS`` (all must hold):
-        the one place a filter attribute meets a payload key.
+        the one place a filter attribute meets a payload key. With ``paired`` (the
+        collection's points carry ``folder_formats``) a folder and file types become one
+        condition on the pairs, which Qdrant answers from one index instead of checking
+        each of a folder's points for its type.
 
         >>> [(c.key, c.kind) for c in SearchFilter(formats=("jpg",), min_size=10).conditions()]
-        [('format', 'match_any'), ('size', 'range')]
+        [('format', 'match'), ('size', 'range')]
+        >>> SearchFilter(folder="/a", formats=("jpg", "png")).conditions(paired=True)[0].values
+        ('jpeg:/a', 'png:/a')
         """
         found: list[Condition] = []
         folder = self.normalised_folder()
-        if folder:
-            found.append(Condition("folders", "match", value=folder))
-        if self.formats:
-            found.append(Condition("format", "match_any", values=tuple(self.normalised_formats())))
+        formats = self.normalised_formats()
+        if folder and formats and paired:
+            found.append(_one_of("folder_formats", folder_formats([folder], *formats)))
+        else:
+            if folder:
+                found.append(Condition("folders", "match", value=folder))
+            if formats:
+                found.append(_one_of("format", formats))
         if self.after or self.before:
             found.append(Condition("captured_at", "time_range",
                                    gte=to_rfc3339(self.after) if self.after else None,
@@ -136,6 +149,15 @@ class SearchFilter:
         if self.orientation:
             found.append(Condition("orientation", "match", value=self.orientation))
         return found
+
+
+def _one_of(key: str, values: Sequence[str]) -> Condition:
+    """``key`` equal to one of ``values``: a plain match for one value, which Qdrant
+    Edge selects faster than a match on a list of one (at 1M points, counting the 74,708
+    points of one folder and type took 14 ms as a match, 23 ms as a list of one)."""
+    if len(values) == 1:
+        return Condition(key, "match", value=values[0])
+    return Condition(key, "match_any", values=tuple(values))
 
 
 def folder_key(folder: str) -> str:
@@ -153,6 +175,32 @@ def ancestor_folders(path: str) -> list[str]:
     """
     parents = PurePosixPath(path.replace("\\", "/")).parents
     return [folder_key(str(p)) for p in reversed(list(parents)) if str(p) != "."]
+
+
+def folder_formats(folders: Sequence[str], *formats: str) -> list[str]:
+    """The ``folder_formats`` keywords: one per folder and file type, so a filter on both
+    is one keyword match instead of a folder's points each checked for their type (at 1M
+    points 2.5 times faster to search, ``bench/results/filter_bench_1m.json``).
+
+    Example:
+        >>> folder_formats(["/", "/photos"], "jpeg")
+        ['jpeg:/', 'jpeg:/photos']
+    """
+    return [f"{fmt}:{folder}" for fmt in formats for folder in folders]
+
+
+def indexed_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """``payload`` as a store writes it: ``folder_formats`` made from its ``folders`` and
+    ``format`` (any given one replaced), so the pairs never disagree with the fields.
+
+    Example:
+        >>> indexed_payload({"folders": ["/", "/a"], "format": "png"})["folder_formats"]
+        ['png:/', 'png:/a']
+    """
+    written = {k: v for k, v in payload.items() if k != "folder_formats"}
+    if written.get("folders") and written.get("format"):
+        written["folder_formats"] = folder_formats(written["folders"], str(written["format"]))
+    return written
 
 
 def to_utc(moment: date | datetime) -> datetime:

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from twinrank.store.filters import INDEXED_FIELDS, SearchFilter
+from twinrank.store.filters import INDEXED_FIELDS, SearchFilter, indexed_payload
 from twinrank.store.schema import (
     CENTRED_EF_CONSTRUCT,
     CENTRED_HNSW_M,
@@ -154,14 +154,15 @@ class RemoteStore(StoreBase):
                 tokens = record.image_tokens.astype(np.float16).astype(np.float32)
                 vectors["tokens"] = tokens.tolist()
             points.append(models.PointStruct(id=record.id, vector=vectors,
-                                             payload=record.payload))
+                                             payload=indexed_payload(record.payload)))
         self._call(lambda: self._client.upsert(self.collection, points=points, wait=True))
         self._count = None
         self.refresh_image_mean()
 
     def set_payload(self, point_id: str, payload: dict[str, Any]) -> None:
         self._call(lambda: self._client.overwrite_payload(
-            self.collection, payload=payload, points=[point_id], wait=True))
+            self.collection, payload=indexed_payload(payload), points=[point_id],
+            wait=True))
 
     def delete(self, ids: Sequence[str]) -> None:
         from qdrant_client import models
@@ -184,8 +185,8 @@ class RemoteStore(StoreBase):
         from qdrant_client import models
 
         vector = np.asarray(vector, dtype=np.float32)
-        condition = client_filter(search_filter)
         info = self.info
+        condition = client_filter(search_filter, info.folder_formats)
 
         def run(chosen: SearchPlan) -> list[StoredHit]:
             params = None if self._local else models.SearchParams(
@@ -350,14 +351,15 @@ def _create_collection(
             client.create_payload_index(collection, name, kinds[kind], wait=True)
 
 
-def client_filter(search_filter: SearchFilter | None) -> Any:
-    """``SearchFilter`` as a qdrant-client filter (None for no filter), condition by kind."""
+def client_filter(search_filter: SearchFilter | None, paired: bool = False) -> Any:
+    """``SearchFilter`` as a qdrant-client filter (None for no filter), condition by kind;
+    ``paired``: the collection's points carry ``folder_formats``."""
     from qdrant_client import models
 
     if search_filter is None or search_filter.is_empty():
         return None
     must: list[Any] = []
-    for c in search_filter.conditions():
+    for c in search_filter.conditions(paired):
         if c.kind == "match":
             must.append(models.FieldCondition(key=c.key, match=models.MatchValue(value=c.value)))
         elif c.kind == "match_any":

@@ -143,6 +143,10 @@ class CollectionInfo:
     # at CALIBRATION_K results; the collection's size then.
     text_ef: int | None = None
     text_plan_points: int = 0
+    # Whether every point carries ``folder_formats`` (made since it exists), so a folder
+    # and type filter is one keyword match (``SearchFilter.conditions``); older
+    # collections keep the two conditions.
+    folder_formats: bool = True
 
     def __post_init__(self) -> None:
         for name in ("text_mean", "image_mean"):  # JSON gives lists; keep it hashable
@@ -163,7 +167,9 @@ class CollectionInfo:
     def from_dict(cls, data: dict[str, Any]) -> CollectionInfo:
         """Read a stored identity, ignoring keys a newer twinrank may have added."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        found = {k: v for k, v in data.items() if k in known}
+        found.setdefault("folder_formats", False)  # stored before the field existed
+        return cls(**found)
 
 
 @dataclass

@@ -6,7 +6,8 @@ import http.server
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from twinrank.store import (
     open_store,
     search_plan,
 )
-from twinrank.store.filters import SearchFilter, ancestor_folders
+from twinrank.store.filters import SearchFilter, ancestor_folders, indexed_payload
 
 INFO = CollectionInfo(model_id="model-a", vector_size=16, token_count=4, token_width=8,
                       model_source="twinrank-tiny")
@@ -147,13 +148,73 @@ def test_filters_match_their_payload_fields(filled):
         assert found
 
 
+FOLDER_AND_TYPES = [SearchFilter(folder="/photos/2021", formats=("jpg",)),
+                    SearchFilter(folder="/photos/2022/beach", formats=("png", "jpeg")),
+                    SearchFilter(folder="/photos/2020", formats=("webp",))]
+
+
+def _folder_and_type(search_filter: SearchFilter) -> Callable[[dict], bool]:
+    folder, formats = search_filter.normalised_folder(), search_filter.normalised_formats()
+    return lambda p: folder in p["folders"] and p["format"] in formats
+
+
+def test_a_folder_and_type_filter_is_one_match_on_the_pairs_the_store_writes(filled):
+    """A new collection's points carry ``folder_formats`` (the store derives it on every
+    write), so folder and type are one condition, and it finds exactly those points."""
+    assert filled.info.folder_formats
+    everything = {r.id: r.payload for r in records()}
+    stored = dict(filled.iter_payloads())
+    assert stored == {i: indexed_payload(p) for i, p in everything.items()}
+    assert stored[records()[1].id]["folder_formats"][-1] == "jpeg:/photos/2021/beach"
+    query = np.ones(INFO.vector_size, dtype=np.float32)
+    for search_filter in FOLDER_AND_TYPES:
+        assert [c.key for c in search_filter.conditions(paired=True)] == ["folder_formats"]
+        found = {h.id for h in filled.search(query, 100, search_filter)}
+        wanted = _folder_and_type(search_filter)
+        assert found == {i for i, p in everything.items() if wanted(p)}, search_filter
+    first = records()[0]
+    filled.set_payload(first.id, {**first.payload, "format": "webp"})  # the pairs follow
+    webp = filled.search(query, 100, FOLDER_AND_TYPES[2])
+    assert [h.id for h in webp] == [first.id]
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_collection_made_before_the_pairs_filters_on_the_two_fields(kind, tmp_path):
+    """Points written by an older twinrank have no ``folder_formats``: its identity says
+    so, and a folder and type filter still finds them, through the two conditions."""
+    store = open_backend(kind, tmp_path)
+    store.upsert(records())
+    ids = [r.id for r in records()]
+    if isinstance(store, EdgeStore):
+        from qdrant_edge import UpdateOperation
+
+        with store._lease.hold() as shard:
+            shard.update(UpdateOperation.delete_payload(ids, ["folder_formats"]))
+    else:
+        store._client.delete_payload(store.collection, keys=["folder_formats"], points=ids)
+    stored = {k: v for k, v in asdict(store.info).items() if k != "folder_formats"}
+    assert CollectionInfo.from_dict(stored).folder_formats is False
+    store._save_info(CollectionInfo.from_dict(stored))
+    store.close()
+    old = open_backend(kind, tmp_path, info=None)
+    assert not old.info.folder_formats
+    assert all("folder_formats" not in p for _, p in old.iter_payloads())
+    everything = {r.id: r.payload for r in records()}
+    query = np.ones(INFO.vector_size, dtype=np.float32)
+    for search_filter in FOLDER_AND_TYPES:
+        found = {h.id for h in old.search(query, 100, search_filter)}
+        wanted = _folder_and_type(search_filter)
+        assert found == {i for i, p in everything.items() if wanted(p)}, search_filter
+    old.close()
+
+
 def test_set_payload_and_delete(filled):
     first, second = records()[:2]
     filled.set_payload(first.id, {**first.payload, "format": "webp"})
     filled.delete([second.id])
     assert filled.count() == 59
     assert filled.get_payloads([first.id, second.id]) == {
-        first.id: {**first.payload, "format": "webp"}}
+        first.id: indexed_payload({**first.payload, "format": "webp"})}
     hits = filled.search(np.ones(16), 5, SearchFilter(formats=("webp",)))
     assert [h.id for h in hits] == [first.id]
 

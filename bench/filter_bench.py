@@ -1,0 +1,171 @@
+"""Filtered search at up to 1M points: one ``folder_formats`` match against two conditions.
+
+    python -m bench.filter_bench --points 1000000 --out bench/results/filter_bench_1m.json
+
+A filter on a folder and a file type is one condition on the ``folder_formats`` pairs the
+store writes (``store.filters.indexed_payload``) on a collection made since they exist,
+and two conditions (``folders``, then each point's ``format`` checked) on an older one.
+This builds one synthetic collection (``bench.ann_corpus``: the product's shard and
+payloads, 10 folders, 75% jpeg) and runs the product's search (``EdgeStore.search``: a
+filtered query is an exact scan of the points the filter selects) both ways on it: as the
+collection is, and with its identity saying it predates the pairs (the older path, the
+baseline of the same run). Also Qdrant Edge's exact count of each filter (the selection
+alone) and the unfiltered exact scan, for scale. Text and image queries; recall@20
+against numpy's exact answer, p50 after ``ann_bench.WARM_UP_QUERIES`` untimed queries.
+
+Filtered queries never walk a graph (``schema.search_plan``), so the shard is built
+without graphs (``m`` 0 on ``image`` and ``centred``: Qdrant still merges the segments and
+makes the int8 codes): a 1M build takes minutes instead of an hour, and the scans it
+measures read the same storage as in a product build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import ann_bench, cpu_name
+from bench import ann_corpus as corpus
+from twinrank.store.edge import EdgeStore, _edge_config, edge_filter
+from twinrank.store.filters import SearchFilter
+from twinrank.store.schema import CENTRED_VECTOR, IMAGE_VECTOR, CollectionInfo, SearchPlan
+
+FILTERS = {  # folder 3 holds ~10% of the points, jpeg 75% of each folder
+    "folder_and_jpeg": ann_bench.FILTER,  # ~7.5%
+    "folder_and_two_types": SearchFilter(folder="/photos/3", formats=("jpeg", "png")),  # ~10%
+}
+FOLDER_ONLY = SearchFilter(folder="/photos/3")  # one condition either way: for scale
+COUNT_REPEATS = 15
+
+
+@dataclass
+class FilterBenchConfig:
+    points: int = 100_000
+    dim: int = 512
+    queries: int = 50
+    seed: int = 0
+    workdir: Path | None = None
+    out: Path = Path("bench/results/filter_bench.json")
+
+
+def scan_only_config(info: CollectionInfo) -> Any:
+    """The product's shard configuration with no graph on ``image`` or ``centred``."""
+    from qdrant_edge import EdgeConfig, EdgeVectorParams, HnswIndexConfig
+
+    vectors = dict(_edge_config(info).vectors)
+    for name in (IMAGE_VECTOR, CENTRED_VECTOR):
+        old = vectors[name]
+        vectors[name] = EdgeVectorParams(
+            size=old.size, distance=old.distance, datatype=old.datatype,
+            quantization_config=old.quantization_config,
+            hnsw_config=HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000))
+    return EdgeConfig(vectors=vectors)
+
+
+def count_ms(store: EdgeStore, search_filter: SearchFilter, paired: bool) -> dict[str, Any]:
+    """Qdrant Edge's exact count of the points a filter selects, and its median time."""
+    from qdrant_edge import CountRequest
+
+    condition = edge_filter(search_filter, paired)
+    times = []
+    with store._lease.hold() as shard:
+        for _ in range(COUNT_REPEATS):
+            started = time.perf_counter()
+            points = int(shard.count(CountRequest(exact=True, filter=condition)))
+            times.append((time.perf_counter() - started) * 1000)
+    return {"points": points, "count_ms": round(float(np.median(times)), 2)}
+
+
+def main(config: FilterBenchConfig) -> dict[str, Any]:
+    work = Path(config.workdir or tempfile.mkdtemp(prefix="filter_bench-"))
+    folder = work / f"scan-only-{config.points}"
+    bench = ann_bench.BenchConfig(points=config.points, dim=config.dim, quantization="none",
+                                  queries=config.queries, seed=config.seed)
+    source = ann_bench.synthetic_source(bench)
+    info = CollectionInfo("bench-synthetic", config.dim, 16, 256,
+                          text_mean=tuple(source.text_mean.tolist()))
+    report: dict[str, Any] = {
+        "command": "python -m bench.filter_bench " + " ".join(sys.argv[1:]),
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "machine": f"{cpu_name()}, {os.cpu_count()} CPUs (load average at start "
+                   f"{os.getloadavg()[0]:.1f}): compare rows of the same run",
+    }
+    if not (folder / "build.json").exists():
+        built = ann_bench.build(bench, folder, info, source, edge_config=scan_only_config(info))
+        (folder / "build.json").write_text(json.dumps(built))
+    report["build"] = json.loads((folder / "build.json").read_text())
+    report["build"]["disk_mb"] = round(ann_bench.disk_bytes(folder) / 1e6, 1)
+    report["build"]["shard"] = "the product's (int8 copy of centred), no graphs"
+    folders, jpeg = corpus.payload_columns(config.points, config.seed)
+    masks = {"folder_and_jpeg": (folders == 3) & jpeg, "folder_and_two_types": folders == 3}
+    store = EdgeStore.open(folder)
+    try:
+        report["points"] = store.count()
+        paired_info = store.info
+        assert paired_info.folder_formats, "a new collection carries the pairs"
+        report["selection"] = {
+            name: {"pairs": count_ms(store, f, True), "two_fields": count_ms(store, f, False)}
+            for name, f in {**FILTERS, "folder_only": FOLDER_ONLY}.items()}
+        asked = np.concatenate([source.queries["text"], source.queries["image"]])
+        truth = {name: source.truth(asked, mask) for name, mask in  # one pass per filter
+                 {**masks, "unfiltered": None}.items()}
+        results: dict[str, Any] = {}
+        for offset, modality in enumerate(("text", "image")):
+            qs = np.concatenate([source.queries[modality], source.warm[modality]])
+            count, warm = len(source.queries[modality]), range(len(source.queries[modality]),
+                                                               len(qs))
+            for name, search_filter in FILTERS.items():
+                expected = truth[name][offset * count:(offset + 1) * count]
+                rows = {}
+                for way, flag in (("two_fields", False), ("pairs", True)):
+                    store.info = replace(paired_info, folder_formats=flag)
+                    rows[way] = ann_bench.measure(
+                        count, expected, lambda i, f=search_filter, qs=qs, m=modality:
+                        store.search(qs[i], ann_bench.K, f, modality=m), warm)
+                store.info = paired_info
+                rows["speed-up"] = round(rows["two_fields"]["p50_ms"]
+                                         / rows["pairs"]["p50_ms"], 2)
+                results[f"{modality}_{name}"] = rows
+                print(modality, name, rows, flush=True)
+            exact = SearchPlan(exact=True, hnsw_ef=None)
+            results[f"{modality}_unfiltered_exact"] = ann_bench.measure(
+                min(count, 20), truth["unfiltered"][offset * count:(offset + 1) * count],
+                lambda i, qs=qs, m=modality, plan=exact: store.search(
+                    qs[i], ann_bench.K, plan=plan, modality=m),
+                range(count, count + 5))
+        report["results"] = results
+    finally:
+        store.close()
+    config.out.parent.mkdir(parents=True, exist_ok=True)
+    config.out.write_text(json.dumps(report, indent=2))
+    if config.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def parse(argv: list[str] | None = None) -> FilterBenchConfig:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=int, default=FilterBenchConfig.points)
+    parser.add_argument("--dim", type=int, default=FilterBenchConfig.dim)
+    parser.add_argument("--queries", type=int, default=FilterBenchConfig.queries)
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="Build here and keep it; a later run with the same --points "
+                             "queries what it holds.")
+    parser.add_argument("--out", type=Path, default=FilterBenchConfig.out)
+    args = parser.parse_args(argv)
+    return FilterBenchConfig(points=args.points, dim=args.dim, queries=args.queries,
+                             workdir=args.workdir, out=args.out)
+
+
+if __name__ == "__main__":
+    main(parse())

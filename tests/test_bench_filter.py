@@ -1,0 +1,44 @@
+"""``bench.filter_bench`` measures what it says: both ways select the same points (the
+folder and type pairs, and the two conditions an older collection uses), find the same
+exact answers, and the collection it builds has no graph to walk. Real Qdrant Edge on a
+tiny synthetic collection; no timing is checked."""
+
+from __future__ import annotations
+
+from bench import ann_corpus as corpus
+from bench import filter_bench
+from twinrank.store.edge import EdgeStore, _edge_config, edge_filter
+from twinrank.store.schema import CENTRED_VECTOR, IMAGE_VECTOR
+
+
+def test_both_ways_select_the_same_points_and_find_the_exact_answers(tmp_path):
+    config = filter_bench.parse(["--points", "3000", "--dim", "32", "--queries", "6",
+                                 "--workdir", str(tmp_path), "--out",
+                                 str(tmp_path / "out.json")])
+    report = filter_bench.main(config)
+    folders, jpeg = corpus.payload_columns(3000, 0)
+    wanted = {"folder_and_jpeg": int(((folders == 3) & jpeg).sum()),
+              "folder_and_two_types": int((folders == 3).sum()),
+              "folder_only": int((folders == 3).sum())}
+    for name, ways in report["selection"].items():
+        assert ways["pairs"]["points"] == ways["two_fields"]["points"] == wanted[name]
+    for key, rows in report["results"].items():
+        if key.endswith("_unfiltered_exact"):
+            assert rows["recall@20"] == 1.0
+            continue
+        assert rows["pairs"]["recall@20"] == rows["two_fields"]["recall@20"] == 1.0
+    assert set(report["results"]) == {f"{m}_{f}" for m in ("text", "image") for f in
+                                      (*filter_bench.FILTERS, "unfiltered_exact")}
+    store = EdgeStore.open(tmp_path / "scan-only-3000")
+    info = store.info
+    store.close()
+    product, scan_only = _edge_config(info).vectors, filter_bench.scan_only_config(info).vectors
+    for name in (IMAGE_VECTOR, CENTRED_VECTOR):  # the graphs go, nothing else changes
+        graph = product[name].hnsw_config  # None: Qdrant's default graph (m 16)
+        assert (graph is None or graph.m > 0) and scan_only[name].hnsw_config.m == 0
+        for kept in ("quantization_config", "datatype", "memory", "on_disk", "size"):
+            assert repr(getattr(scan_only[name], kept)) == repr(getattr(product[name], kept))
+    paired = edge_filter(filter_bench.FILTERS["folder_and_jpeg"], True)
+    two = edge_filter(filter_bench.FILTERS["folder_and_jpeg"], False)
+    assert [c.key for c in paired.must] == ["folder_formats"]
+    assert [c.key for c in two.must] == ["folders", "format"]
