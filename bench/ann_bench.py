@@ -79,7 +79,7 @@ class BenchConfig:
     ceiling_only: bool = False  # no index: how many candidates the size needs (numpy)
     indexes_after_build: bool = False  # payload indexes after the HNSW build (ingest
     # creates them before it)
-    payload_links: bool = False  # indexes with Qdrant's links per value (the product: none)
+    payload_links: bool | tuple[str, ...] = False  # Qdrant's links per value: all, these fields
     acorn_beams: tuple[int, ...] = ()  # filtered two-stage walks with ACORN at these beams
     # How many caption vectors each calibration searches with, in this order; the last one
     # sets the plan the rows measure (ingest: all of CALIBRATION_CAPTIONS).

@@ -17,6 +17,14 @@ Filtered queries never walk a graph (``schema.search_plan``), so the shard is bu
 without graphs (``m`` 0 on ``image`` and ``centred``: Qdrant still merges the segments and
 makes the int8 codes): a 1M build takes minutes instead of an hour, and the scans it
 measures read the same storage as in a product build.
+
+``--walk-beams`` asks whether a graph walk could serve these filters instead: it builds
+the product's graphs (``--links``: with Qdrant's extra links among the points of each
+``folder_formats`` pair, the index a walk under this filter would follow) and also runs
+the product's two stages (``centred`` walked under the filter at each beam, rescored on
+``image``) under the pairs' filter:
+
+    python -m bench.filter_bench --points 200000 --walk-beams 100 400 1600 --links
 """
 
 from __future__ import annotations
@@ -38,7 +46,13 @@ from bench import ann_bench, cpu_name
 from bench import ann_corpus as corpus
 from twinrank.store.edge import EdgeStore, _edge_config, edge_filter
 from twinrank.store.filters import SearchFilter
-from twinrank.store.schema import CENTRED_VECTOR, IMAGE_VECTOR, CollectionInfo, SearchPlan
+from twinrank.store.schema import (
+    CENTRED_VECTOR,
+    IMAGE_VECTOR,
+    CollectionInfo,
+    SearchPlan,
+    two_stage_plan,
+)
 
 FILTERS = {  # folder 3 holds ~10% of the points, jpeg 75% of each folder
     "folder_and_jpeg": ann_bench.FILTER,  # ~7.5%
@@ -55,6 +69,8 @@ class FilterBenchConfig:
     queries: int = 50
     seed: int = 0
     workdir: Path | None = None
+    walk_beams: tuple[int, ...] = ()  # also walk the graphs under the filter (a graph build)
+    links: bool = False  # the graphs with Qdrant's links per folder_formats pair
     out: Path = Path("bench/results/filter_bench.json")
 
 
@@ -88,9 +104,12 @@ def count_ms(store: EdgeStore, search_filter: SearchFilter, paired: bool) -> dic
 
 def main(config: FilterBenchConfig) -> dict[str, Any]:
     work = Path(config.workdir or tempfile.mkdtemp(prefix="filter_bench-"))
-    folder = work / f"scan-only-{config.points}"
+    graphs = bool(config.walk_beams)
+    kind = ("graphs-links" if config.links else "graphs") if graphs else "scan-only"
+    folder = work / f"{kind}-{config.points}"
     bench = ann_bench.BenchConfig(points=config.points, dim=config.dim, quantization="none",
-                                  queries=config.queries, seed=config.seed)
+                                  queries=config.queries, seed=config.seed,
+                                  payload_links=("folder_formats",) if config.links else False)
     source = ann_bench.synthetic_source(bench)
     info = CollectionInfo("bench-synthetic", config.dim, 16, 256,
                           text_mean=tuple(source.text_mean.tolist()))
@@ -101,11 +120,13 @@ def main(config: FilterBenchConfig) -> dict[str, Any]:
                    f"{os.getloadavg()[0]:.1f}): compare rows of the same run",
     }
     if not (folder / "build.json").exists():
-        built = ann_bench.build(bench, folder, info, source, edge_config=scan_only_config(info))
+        built = ann_bench.build(bench, folder, info, source,
+                                edge_config=None if graphs else scan_only_config(info))
         (folder / "build.json").write_text(json.dumps(built))
     report["build"] = json.loads((folder / "build.json").read_text())
     report["build"]["disk_mb"] = round(ann_bench.disk_bytes(folder) / 1e6, 1)
-    report["build"]["shard"] = "the product's (int8 copy of centred), no graphs"
+    report["build"]["shard"] = "the product's" if graphs else \
+        "the product's (int8 copy of centred), no graphs"
     folders, jpeg = corpus.payload_columns(config.points, config.seed)
     masks = {"folder_and_jpeg": (folders == 3) & jpeg, "folder_and_two_types": folders == 3}
     store = EdgeStore.open(folder)
@@ -126,7 +147,7 @@ def main(config: FilterBenchConfig) -> dict[str, Any]:
                                                                len(qs))
             for name, search_filter in FILTERS.items():
                 expected = truth[name][offset * count:(offset + 1) * count]
-                rows = {}
+                rows: dict[str, Any] = {}
                 for way, flag in (("two_fields", False), ("pairs", True)):
                     store.info = replace(paired_info, folder_formats=flag)
                     rows[way] = ann_bench.measure(
@@ -135,6 +156,11 @@ def main(config: FilterBenchConfig) -> dict[str, Any]:
                 store.info = paired_info
                 rows["speed-up"] = round(rows["two_fields"]["p50_ms"]
                                          / rows["pairs"]["p50_ms"], 2)
+                for beam in config.walk_beams:  # the pairs' filter, walked
+                    rows[f"walk_{beam}"] = ann_bench.measure(
+                        count, expected, lambda i, f=search_filter, qs=qs, m=modality, b=beam:
+                        store.search(qs[i], ann_bench.K, f, modality=m,
+                                     plan=two_stage_plan(b, ann_bench.K)), warm)
                 results[f"{modality}_{name}"] = rows
                 print(modality, name, rows, flush=True)
             exact = SearchPlan(exact=True, hnsw_ef=None)
@@ -161,10 +187,19 @@ def parse(argv: list[str] | None = None) -> FilterBenchConfig:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="Build here and keep it; a later run with the same --points "
                              "queries what it holds.")
+    parser.add_argument("--walk-beams", type=int, nargs="*", default=[],
+                        help="Build the product's graphs (not a scan-only shard) and also "
+                             "walk them under the filter at these beams.")
+    parser.add_argument("--links", action="store_true",
+                        help="With --walk-beams: Qdrant's graph links among the points of "
+                             "each folder_formats pair (a longer build).")
     parser.add_argument("--out", type=Path, default=FilterBenchConfig.out)
     args = parser.parse_args(argv)
+    if args.links and not args.walk_beams:
+        parser.error("--links builds graphs for walks: give --walk-beams too")
     return FilterBenchConfig(points=args.points, dim=args.dim, queries=args.queries,
-                             workdir=args.workdir, out=args.out)
+                             workdir=args.workdir, walk_beams=tuple(args.walk_beams),
+                             links=args.links, out=args.out)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -308,9 +308,10 @@ class EdgeStore(StoreBase):
     def close(self) -> None:
         self._lease.close()
 
-    def _create_indexes(self, links: bool = PAYLOAD_GRAPH_LINKS) -> None:
+    def _create_indexes(self, links: bool | Collection[str] = PAYLOAD_GRAPH_LINKS) -> None:
         """The payload indexes of ``INDEXED_FIELDS``, with Qdrant's graph links per indexed
-        value only if ``links`` (the product: none, filtered queries scan; benches ask)."""
+        value only if ``links`` (True: on every field; a collection: on those fields; the
+        product: none, filtered queries scan; benches ask)."""
         from qdrant_edge import (
             DatetimeIndexParams,
             IntegerIndexParams,
@@ -318,13 +319,17 @@ class EdgeStore(StoreBase):
             UpdateOperation,
         )
 
-        kinds: dict[str, KeywordIndexParams | IntegerIndexParams | DatetimeIndexParams] = {
-            "keyword": KeywordIndexParams(enable_hnsw=links),
-            "integer": IntegerIndexParams(lookup=True, range=True, enable_hnsw=links),
-            "datetime": DatetimeIndexParams(enable_hnsw=links)}
+        def params(kind: str, linked: bool) -> Any:
+            if kind == "keyword":
+                return KeywordIndexParams(enable_hnsw=linked)
+            if kind == "integer":
+                return IntegerIndexParams(lookup=True, range=True, enable_hnsw=linked)
+            return DatetimeIndexParams(enable_hnsw=linked)
+
         with self._lease.hold() as shard:
             for name, kind in INDEXED_FIELDS.items():
-                shard.update(UpdateOperation.create_field_index(name, kinds[kind]))
+                linked = links if isinstance(links, bool) else name in links
+                shard.update(UpdateOperation.create_field_index(name, params(kind, linked)))
 
 
 def _create_or_load(shard_path: str, config: Any) -> Any:

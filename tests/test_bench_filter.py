@@ -1,9 +1,12 @@
 """``bench.filter_bench`` measures what it says: both ways select the same points (the
 folder and type pairs, and the two conditions an older collection uses), find the same
-exact answers, and the collection it builds has no graph to walk. Real Qdrant Edge on a
-tiny synthetic collection; no timing is checked."""
+exact answers; its scan-only shard is the product's less the graphs, and a build for
+walks links the pairs' points and nothing else. Real Qdrant Edge on tiny synthetic
+collections; no timing is checked."""
 
 from __future__ import annotations
+
+import pytest
 
 from bench import ann_corpus as corpus
 from bench import filter_bench
@@ -42,3 +45,27 @@ def test_both_ways_select_the_same_points_and_find_the_exact_answers(tmp_path):
     two = edge_filter(filter_bench.FILTERS["folder_and_jpeg"], False)
     assert [c.key for c in paired.must] == ["folder_formats"]
     assert [c.key for c in two.must] == ["folders", "format"]
+
+
+def test_walks_are_measured_on_graphs_with_links_on_the_pairs_only(tmp_path):
+    config = filter_bench.parse(["--points", "3000", "--dim", "32", "--queries", "4",
+                                 "--walk-beams", "40", "--links", "--workdir", str(tmp_path),
+                                 "--out", str(tmp_path / "out.json")])
+    report = filter_bench.main(config)
+    assert report["build"]["payload_links"] == ["folder_formats"]
+    for key, rows in report["results"].items():
+        assert ("walk_40" in rows) != key.endswith("_unfiltered_exact")
+    store = EdgeStore.open(tmp_path / "graphs-links-3000")
+    try:
+        with store._lease.hold() as shard:
+            linked = {name for name, index in shard.info().payload_schema.items()
+                      if index.params is not None and index.params.enable_hnsw}
+    finally:
+        store.close()
+    assert linked == {"folder_formats"}
+
+
+def test_links_without_walks_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        filter_bench.parse(["--links"])
+    assert "give --walk-beams too" in capsys.readouterr().err
