@@ -90,6 +90,16 @@ class BenchConfig:
     out: Path = Path("bench/results/ann_bench.json")
 
 
+def vector_params(old: Any, **changes: Any) -> Any:
+    """Qdrant Edge's ``EdgeVectorParams`` ``old`` with ``changes`` (its size, distance,
+    datatype, quantization and graph otherwise kept)."""
+    from qdrant_edge import EdgeVectorParams
+
+    kept = {"size": old.size, "distance": old.distance, "datatype": old.datatype,
+            "quantization_config": old.quantization_config, "hnsw_config": old.hnsw_config}
+    return EdgeVectorParams(**{**kept, **changes})
+
+
 def shard_config(info: CollectionInfo, quantization: str, hnsw_m: int | None = None,
                  ef_construct: int | None = None) -> Any:
     """The product's Edge config, with quantization added to the indexed vectors (and the
@@ -97,7 +107,6 @@ def shard_config(info: CollectionInfo, quantization: str, hnsw_m: int | None = N
     from qdrant_edge import (
         BinaryQuantizationConfig,
         EdgeConfig,
-        EdgeVectorParams,
         HnswIndexConfig,
         ScalarQuantizationConfig,
         ScalarType,
@@ -106,10 +115,8 @@ def shard_config(info: CollectionInfo, quantization: str, hnsw_m: int | None = N
     config = _edge_config(info)
     vectors = dict(config.vectors)
     if (hnsw_m is not None or ef_construct) and CENTRED_VECTOR in vectors:
-        old = vectors[CENTRED_VECTOR]
-        vectors[CENTRED_VECTOR] = EdgeVectorParams(
-            size=old.size, distance=old.distance, datatype=old.datatype,
-            quantization_config=old.quantization_config,
+        vectors[CENTRED_VECTOR] = vector_params(
+            vectors[CENTRED_VECTOR],
             hnsw_config=HnswIndexConfig(m=16 if hnsw_m is None else hnsw_m,
                                         ef_construct=ef_construct or 100,
                                         full_scan_threshold=10_000))
@@ -122,10 +129,7 @@ def shard_config(info: CollectionInfo, quantization: str, hnsw_m: int | None = N
             continue
         chosen = int8 if quantization == "int8" or name == IMAGE_VECTOR else (
             BinaryQuantizationConfig())
-        old = vectors[name]
-        vectors[name] = EdgeVectorParams(size=old.size, distance=old.distance,
-                                         datatype=old.datatype, quantization_config=chosen,
-                                         hnsw_config=old.hnsw_config)
+        vectors[name] = vector_params(vectors[name], quantization_config=chosen)
     return EdgeConfig(vectors=vectors)
 
 

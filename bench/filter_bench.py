@@ -76,14 +76,12 @@ class FilterBenchConfig:
 
 def scan_only_config(info: CollectionInfo) -> Any:
     """The product's shard configuration with no graph on ``image`` or ``centred``."""
-    from qdrant_edge import EdgeConfig, EdgeVectorParams, HnswIndexConfig
+    from qdrant_edge import EdgeConfig, HnswIndexConfig
 
     vectors = dict(_edge_config(info).vectors)
     for name in (IMAGE_VECTOR, CENTRED_VECTOR):
-        old = vectors[name]
-        vectors[name] = EdgeVectorParams(
-            size=old.size, distance=old.distance, datatype=old.datatype,
-            quantization_config=old.quantization_config,
+        vectors[name] = ann_bench.vector_params(
+            vectors[name],
             hnsw_config=HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000))
     return EdgeConfig(vectors=vectors)
 
