@@ -25,6 +25,11 @@ the product's two stages (``centred`` walked under the filter at each beam, resc
 ``image``) under the pairs' filter:
 
     python -m bench.filter_bench --points 200000 --walk-beams 100 400 1600 --links
+
+``--upgrade`` then makes the build an older collection (the pairs, their index and the
+identity's flag removed), times ``EdgeStore.pair_folders_and_types`` (what the next ingest
+runs on such a collection) and measures the filtered queries again on the upgraded
+collection. The build is left upgraded, as it was.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ class FilterBenchConfig:
     workdir: Path | None = None
     walk_beams: tuple[int, ...] = ()  # also walk the graphs under the filter (a graph build)
     links: bool = False  # the graphs with Qdrant's links per folder_formats pair
+    upgrade: bool = False  # then strip the pairs, time their upgrade, measure again
     out: Path = Path("bench/results/filter_bench.json")
 
 
@@ -98,6 +104,47 @@ def count_ms(store: EdgeStore, search_filter: SearchFilter, paired: bool) -> dic
             points = int(shard.count(CountRequest(exact=True, filter=condition)))
             times.append((time.perf_counter() - started) * 1000)
     return {"points": points, "count_ms": round(float(np.median(times)), 2)}
+
+
+def make_older(store: EdgeStore) -> int:
+    """Turn a collection into one an older twinrank made: no ``folder_formats`` on any
+    point, no index on it, no flag in the identity. Returns the points stripped."""
+    from qdrant_edge import UpdateOperation
+
+    ids = [point_id for point_id, _ in store.iter_payloads()]
+    with store._lease.hold() as shard:
+        for start in range(0, len(ids), 10_000):
+            shard.update(UpdateOperation.delete_payload(ids[start:start + 10_000],
+                                                        ["folder_formats"]))
+        shard.update(UpdateOperation.delete_field_index("folder_formats"))
+    older = {k: v for k, v in asdict(store.info).items() if k != "folder_formats"}
+    store._save_info(CollectionInfo.from_dict(older))
+    return len(ids)
+
+
+def upgrade_rows(store: EdgeStore, source: Any, truth: dict[str, np.ndarray],
+                 queries: int) -> dict[str, Any]:
+    """Strip the pairs, time the upgrade that puts them back, and measure the filtered
+    queries on the upgraded collection (the product's path, the pairs' match)."""
+    started = time.perf_counter()
+    stripped = make_older(store)
+    stripped_s = time.perf_counter() - started
+    started = time.perf_counter()
+    paired = store.pair_folders_and_types()
+    upgrade_s = time.perf_counter() - started
+    assert store.info.folder_formats and paired == stripped
+    rows: dict[str, Any] = {"points_paired": paired, "upgrade_s": round(upgrade_s, 1),
+                            "strip_s (the bench's own)": round(stripped_s, 1),
+                            "count_after": count_ms(store, FILTERS["folder_and_jpeg"], True)}
+    for offset, modality in enumerate(("text", "image")):
+        qs = np.concatenate([source.queries[modality], source.warm[modality]])
+        for name, search_filter in FILTERS.items():
+            expected = truth[name][offset * queries:(offset + 1) * queries]
+            rows[f"{modality}_{name}_after"] = ann_bench.measure(
+                queries, expected, lambda i, f=search_filter, qs=qs, m=modality:
+                store.search(qs[i], ann_bench.K, f, modality=m), range(queries, len(qs)))
+            print("upgraded", modality, name, rows[f"{modality}_{name}_after"], flush=True)
+    return rows
 
 
 def main(config: FilterBenchConfig) -> dict[str, Any]:
@@ -168,6 +215,9 @@ def main(config: FilterBenchConfig) -> dict[str, Any]:
                     qs[i], ann_bench.K, plan=plan, modality=m),
                 range(count, count + 5))
         report["results"] = results
+        if config.upgrade:
+            report["upgrade"] = upgrade_rows(store, source, truth,
+                                             len(source.queries["text"]))
     finally:
         store.close()
     config.out.parent.mkdir(parents=True, exist_ok=True)
@@ -191,13 +241,16 @@ def parse(argv: list[str] | None = None) -> FilterBenchConfig:
     parser.add_argument("--links", action="store_true",
                         help="With --walk-beams: Qdrant's graph links among the points of "
                              "each folder_formats pair (a longer build).")
+    parser.add_argument("--upgrade", action="store_true",
+                        help="Then strip the pairs from the build (as an older twinrank "
+                             "made it), time their upgrade and measure the filters again.")
     parser.add_argument("--out", type=Path, default=FilterBenchConfig.out)
     args = parser.parse_args(argv)
     if args.links and not args.walk_beams:
         parser.error("--links builds graphs for walks: give --walk-beams too")
     return FilterBenchConfig(points=args.points, dim=args.dim, queries=args.queries,
                              workdir=args.workdir, walk_beams=tuple(args.walk_beams),
-                             links=args.links, out=args.out)
+                             links=args.links, upgrade=args.upgrade, out=args.out)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,14 @@ from twinrank.ingest.ray_stages import (
     read_batch,
 )
 from twinrank.ingest.report import IngestReport
-from twinrank.ingest.runner import IngestConfig, Loaded, _loader, _Writer, finish_collection
+from twinrank.ingest.runner import (
+    IngestConfig,
+    Loaded,
+    _loader,
+    _Writer,
+    finish_collection,
+    pair_folders_and_types,
+)
 from twinrank.ingest.sources import is_source_list, plan_list, read_source_list
 from twinrank.ingest.write import FileFacts, ImageFacts
 from twinrank.models.encode import ImageEmbedder
@@ -148,6 +155,7 @@ def run_ray_ingest(
     finally:
         store.flush()
         report.seconds = time.perf_counter() - started
+    pair_folders_and_types(store, report)
     finish_collection(embedder.text_model, store, report, config.progress)
     report.seconds = time.perf_counter() - started
     return report

@@ -152,9 +152,10 @@ def run_ingest(
         bar.close()
         store.flush()
         report.seconds = time.perf_counter() - started
+    pair_folders_and_types(store, report)
     if not callable(embedder):  # images were embedded: index them, measure text search
         finish_collection(embedder.text_model, store, report, config.progress)
-        report.seconds = time.perf_counter() - started
+    report.seconds = time.perf_counter() - started
     return report
 
 
@@ -165,6 +166,20 @@ def finish_collection(text_model: Callable[[], object], store: VectorStore,
     gives the model whose text side encodes the captions; it is called only then)."""
     build_index(store, report, progress)
     measure_text_search(text_model, store, report)
+
+
+def pair_folders_and_types(store: VectorStore, report: IngestReport) -> None:
+    """Upgrade a collection an older twinrank made, once, so a filter on a folder and file
+    types is one keyword match (``StoreBase.pair_folders_and_types``); a note says so."""
+    upgrade = getattr(store, "pair_folders_and_types", None)
+    if upgrade is None or store.info.folder_formats:
+        return
+    began = time.perf_counter()
+    paired = upgrade()
+    report.add_time("pairs", time.perf_counter() - began)
+    report.notes.append(f"Upgraded the collection: {paired:,} images made by an older twinrank "
+                        f"now carry their folder-and-type pairs, so a search by folder and "
+                        f"--type is one match.")
 
 
 def build_index(store: VectorStore, report: IngestReport, progress: bool = False) -> None:

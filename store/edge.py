@@ -153,6 +153,13 @@ class EdgeStore(StoreBase):
             shard.update(UpdateOperation.overwrite_payload([point_id],
                                                            indexed_payload(payload)))
 
+    def _set_payload_fields(self, ids: Sequence[str], fields: dict[str, Any]) -> None:
+        self._check_writable()
+        from qdrant_edge import UpdateOperation
+
+        with self._lease.hold() as shard:
+            shard.update(UpdateOperation.set_payload(list(ids), fields))
+
     def delete(self, ids: Sequence[str]) -> None:
         self._check_writable()
         from qdrant_edge import UpdateOperation
@@ -308,10 +315,15 @@ class EdgeStore(StoreBase):
     def close(self) -> None:
         self._lease.close()
 
-    def _create_indexes(self, links: bool | Collection[str] = PAYLOAD_GRAPH_LINKS) -> None:
-        """The payload indexes of ``INDEXED_FIELDS``, with Qdrant's graph links per indexed
-        value only if ``links`` (True: on every field; a collection: on those fields; the
-        product: none, filtered queries scan; benches ask)."""
+    def _index_field(self, name: str) -> None:
+        self._check_writable()
+        self._create_indexes(names=[name])
+
+    def _create_indexes(self, links: bool | Collection[str] = PAYLOAD_GRAPH_LINKS,
+                        names: Collection[str] = tuple(INDEXED_FIELDS)) -> None:
+        """The payload indexes of ``INDEXED_FIELDS`` (or of those ``names``), with Qdrant's
+        graph links per indexed value only if ``links`` (True: on every field; a
+        collection: on those fields; the product: none, filtered queries scan; benches ask)."""
         from qdrant_edge import (
             DatetimeIndexParams,
             IntegerIndexParams,
@@ -327,7 +339,8 @@ class EdgeStore(StoreBase):
             return DatetimeIndexParams(enable_hnsw=linked)
 
         with self._lease.hold() as shard:
-            for name, kind in INDEXED_FIELDS.items():
+            for name in names:
+                kind = INDEXED_FIELDS[name]
                 linked = links if isinstance(links, bool) else name in links
                 shard.update(UpdateOperation.create_field_index(name, params(kind, linked)))
 

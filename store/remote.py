@@ -19,7 +19,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -163,6 +163,13 @@ class RemoteStore(StoreBase):
         self._call(lambda: self._client.overwrite_payload(
             self.collection, payload=indexed_payload(payload), points=[point_id],
             wait=True))
+
+    def _set_payload_fields(self, ids: Sequence[str], fields: dict[str, Any]) -> None:
+        self._call(lambda: self._client.set_payload(self.collection, payload=fields,
+                                                    points=list(ids), wait=True))
+
+    def _index_field(self, name: str) -> None:
+        self._call(lambda: _create_indexes(self._client, self.collection, [name]))
 
     def delete(self, ids: Sequence[str]) -> None:
         from qdrant_client import models
@@ -338,6 +345,13 @@ def _create_collection(
     client.create_collection(collection, vectors_config=vectors,
                              metadata={METADATA_KEY: asdict(info)},
                              **(layout or ClusterLayout()).create_args())
+    _create_indexes(client, collection, INDEXED_FIELDS)
+
+
+def _create_indexes(client: Any, collection: str, names: Iterable[str]) -> None:
+    """The payload indexes of those ``INDEXED_FIELDS``; one that exists is kept."""
+    from qdrant_client import models
+
     kinds = {  # no graph links per indexed value (PAYLOAD_GRAPH_LINKS): filtered queries scan
         "keyword": models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD,
                                              enable_hnsw=PAYLOAD_GRAPH_LINKS),
@@ -347,8 +361,8 @@ def _create_collection(
                                                enable_hnsw=PAYLOAD_GRAPH_LINKS)}
     with warnings.catch_warnings():  # local mode: "payload indexes have no effect"
         warnings.simplefilter("ignore", UserWarning)
-        for name, kind in INDEXED_FIELDS.items():
-            client.create_payload_index(collection, name, kinds[kind], wait=True)
+        for name in names:
+            client.create_payload_index(collection, name, kinds[INDEXED_FIELDS[name]], wait=True)
 
 
 def client_filter(search_filter: SearchFilter | None, paired: bool = False) -> Any:

@@ -19,7 +19,7 @@ from typing import Any, Protocol, Self
 
 import numpy as np
 
-from twinrank.store.filters import ImagePayload, SearchFilter
+from twinrank.store.filters import ImagePayload, SearchFilter, indexed_payload
 
 SCHEMA_VERSION = 1
 
@@ -92,6 +92,9 @@ FAR_QUERY_EF = 1024  # and with this beam above it
 # it was computed at; the ``centred`` vectors are rewritten only when it moved this far.
 IMAGE_MEAN_REGROWTH = 4
 IMAGE_MEAN_TOLERANCE = 0.05  # L2 distance between the old and the new mean
+# Points given their folder-and-type pairs per write when an older collection is upgraded
+# (``StoreBase.pair_folders_and_types``): one write per batch of points with the same pairs.
+PAIRING_BATCH = 1000
 # Text queries cross the gap (and go two-stage) only when the images sit in a cone
 # (|image mean| at least CONE_MIN_NORM; CLIP-like synthetic vectors: 0.63) and the texts
 # lie outside it (the text mean's dot with the image mean under GAP_FRACTION of the
@@ -292,6 +295,53 @@ class StoreBase:
     def search(self, vector: np.ndarray, limit: int, search_filter: SearchFilter | None = None,
                plan: SearchPlan | None = None, modality: str = "image") -> list[StoredHit]:
         raise NotImplementedError
+
+    def iter_payloads(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        raise NotImplementedError
+
+    def _index_field(self, name: str) -> None:
+        """Create the payload index of one of ``INDEXED_FIELDS`` (kept if it exists)."""
+        raise NotImplementedError
+
+    def _set_payload_fields(self, ids: Sequence[str], fields: dict[str, Any]) -> None:
+        """Set ``fields`` on the payloads of ``ids``, leaving their other keys."""
+        raise NotImplementedError
+
+    def pair_folders_and_types(self) -> int:
+        """Upgrade a collection made before ``folder_formats`` existed: index it, give
+        every point its folder-and-type pairs, then record in the identity that they are
+        there, so a filter on a folder and file types becomes one keyword match (2.5 times
+        faster at 1M points, ``bench/results/filter_bench_1m.json``). Until the identity
+        says so, filters keep the two conditions, which stay correct; so an interrupted
+        upgrade loses nothing, and the next call finishes it. Points sharing their pairs are
+        written together, so a photo library's million points take a few thousand writes.
+        Payload writes leave the HNSW graphs as they are. Returns how many points were
+        given pairs: 0 when the collection has them.
+
+        Example:
+            >>> store.info.folder_formats  # made since the pairs exist: nothing to do
+            True
+            >>> store.pair_folders_and_types()  # (an older one: the points it paired)
+            0
+        """
+        if self.info.folder_formats:
+            return 0
+        self._index_field("folder_formats")
+        pending: dict[tuple[str, ...], list[str]] = {}
+        paired = 0
+        for point_id, payload in self.iter_payloads():
+            pairs = indexed_payload(payload).get("folder_formats")
+            if not pairs or payload.get("folder_formats") == pairs:
+                continue
+            ids = pending.setdefault(tuple(pairs), [])
+            ids.append(point_id)
+            paired += 1
+            if len(ids) >= PAIRING_BATCH:
+                self._set_payload_fields(pending.pop(tuple(pairs)), {"folder_formats": pairs})
+        for pairs_key, ids in pending.items():
+            self._set_payload_fields(ids, {"folder_formats": list(pairs_key)})
+        self._save_info(replace(self.info, folder_formats=True))
+        return paired
 
     def calibrate_text_search(self, queries: np.ndarray) -> TextCalibration | None:
         """Measure which plan text queries should take on this collection, and keep it.

@@ -1,8 +1,8 @@
 """``bench.filter_bench`` measures what it says: both ways select the same points (the
 folder and type pairs, and the two conditions an older collection uses), find the same
-exact answers; its scan-only shard is the product's less the graphs, and a build for
-walks links the pairs' points and nothing else. Real Qdrant Edge on tiny synthetic
-collections; no timing is checked."""
+exact answers, also after the pairs are stripped and upgraded back; its scan-only shard
+is the product's less the graphs, and a build for walks links the pairs' points and
+nothing else. Real Qdrant Edge on tiny synthetic collections; no timing is checked."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from twinrank.store.schema import CENTRED_VECTOR, IMAGE_VECTOR
 
 def test_both_ways_select_the_same_points_and_find_the_exact_answers(tmp_path):
     config = filter_bench.parse(["--points", "3000", "--dim", "32", "--queries", "6",
-                                 "--workdir", str(tmp_path), "--out",
+                                 "--upgrade", "--workdir", str(tmp_path), "--out",
                                  str(tmp_path / "out.json")])
     report = filter_bench.main(config)
     folders, jpeg = corpus.payload_columns(3000, 0)
@@ -32,9 +32,17 @@ def test_both_ways_select_the_same_points_and_find_the_exact_answers(tmp_path):
         assert rows["pairs"]["recall@20"] == rows["two_fields"]["recall@20"] == 1.0
     assert set(report["results"]) == {f"{m}_{f}" for m in ("text", "image") for f in
                                       (*filter_bench.FILTERS, "unfiltered_exact")}
+    upgrade = report["upgrade"]  # stripped, upgraded back, and as exact as before
+    assert upgrade["points_paired"] == 3000
+    assert upgrade["count_after"]["points"] == wanted["folder_and_jpeg"]
+    searched = {f"{m}_{f}_after" for m in ("text", "image") for f in filter_bench.FILTERS}
+    assert {k for k in upgrade if k.endswith("_after")} == searched | {"count_after"}
+    assert all(upgrade[k]["recall@20"] == 1.0 for k in searched)
     store = EdgeStore.open(tmp_path / "scan-only-3000")
     info = store.info
+    payloads = dict(store.iter_payloads())
     store.close()
+    assert info.folder_formats and all(p["folder_formats"] for p in payloads.values())
     product, scan_only = _edge_config(info).vectors, filter_bench.scan_only_config(info).vectors
     for name in (IMAGE_VECTOR, CENTRED_VECTOR):  # the graphs go, nothing else changes
         graph = product[name].hnsw_config  # None: Qdrant's default graph (m 16)

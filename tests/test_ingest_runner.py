@@ -58,6 +58,39 @@ def test_second_run_opens_nothing_and_touch_refreshes_without_embedding(
     assert facts == [{"size": touched.stat().st_size, "mtime_ns": 1_600_000_000_000_000_123}]
 
 
+def test_a_rerun_upgrades_a_collection_an_older_twinrank_made(tiny_model, image_folder,
+                                                              tmp_path):
+    """A collection whose points lack ``folder_formats`` (as before they existed) gets
+    them on the next ingest, even one that embeds nothing, and the report says so."""
+    from dataclasses import asdict
+
+    from qdrant_edge import UpdateOperation
+
+    from twinrank.store import CollectionInfo
+    from twinrank.store.filters import indexed_payload
+
+    store_path = tmp_path / "store"
+    _run(tiny_model, image_folder, store_path)
+    store = open_store(store_path)
+    ids = [i for i, _ in store.iter_payloads()]
+    with store._lease.hold() as shard:  # the points an older twinrank wrote
+        shard.update(UpdateOperation.delete_payload(ids, ["folder_formats"]))
+    older = {k: v for k, v in asdict(store.info).items() if k != "folder_formats"}
+    store._save_info(CollectionInfo.from_dict(older))
+    store.close()
+    report, payloads = _run(tiny_model, image_folder, store_path)
+    assert report.embedded == 0 and report.unchanged == 10
+    assert [n for n in report.notes if "Upgraded" in n] == [
+        "Upgraded the collection: 10 images made by an older twinrank now carry their "
+        "folder-and-type pairs, so a search by folder and --type is one match."]
+    assert all(p["folder_formats"] == indexed_payload(p)["folder_formats"]
+               for p in payloads.values())
+    with open_store(store_path) as store:
+        assert store.info.folder_formats
+    again, _ = _run(tiny_model, image_folder, store_path)
+    assert not [n for n in again.notes if "Upgraded" in n]
+
+
 def test_changed_file_is_reembedded_and_its_old_point_goes(tiny_model, image_folder, tmp_path):
     store = tmp_path / "store"
     _, before = _run(tiny_model, image_folder, store)

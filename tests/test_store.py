@@ -6,6 +6,7 @@ import http.server
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import date
@@ -178,11 +179,10 @@ def test_a_folder_and_type_filter_is_one_match_on_the_pairs_the_store_writes(fil
     assert [h.id for h in webp] == [first.id]
 
 
-@pytest.mark.parametrize("kind", BACKENDS)
-def test_a_collection_made_before_the_pairs_filters_on_the_two_fields(kind, tmp_path):
-    """Points written by an older twinrank have no ``folder_formats``: its identity says
-    so, and a folder and type filter still finds them, through the two conditions."""
-    store = open_backend(kind, tmp_path)
+def older_collection(kind: str, where: Path):
+    """A collection as a twinrank before ``folder_formats`` left it: points without the
+    pairs, no index on them, an identity without the key. Returned reopened."""
+    store = open_backend(kind, where)
     store.upsert(records())
     ids = [r.id for r in records()]
     if isinstance(store, EdgeStore):
@@ -190,22 +190,81 @@ def test_a_collection_made_before_the_pairs_filters_on_the_two_fields(kind, tmp_
 
         with store._lease.hold() as shard:
             shard.update(UpdateOperation.delete_payload(ids, ["folder_formats"]))
+            shard.update(UpdateOperation.delete_field_index("folder_formats"))
+            assert "folder_formats" not in shard.info().payload_schema
     else:
         store._client.delete_payload(store.collection, keys=["folder_formats"], points=ids)
+        with warnings.catch_warnings():  # local mode: "payload indexes have no effect"
+            warnings.simplefilter("ignore", UserWarning)
+            store._client.delete_payload_index(store.collection, "folder_formats")
     stored = {k: v for k, v in asdict(store.info).items() if k != "folder_formats"}
     assert CollectionInfo.from_dict(stored).folder_formats is False
     store._save_info(CollectionInfo.from_dict(stored))
     store.close()
-    old = open_backend(kind, tmp_path, info=None)
+    old = open_backend(kind, where, info=None)
     assert not old.info.folder_formats
     assert all("folder_formats" not in p for _, p in old.iter_payloads())
+    return old
+
+
+def assert_folder_and_type_filters_exact(store) -> None:
     everything = {r.id: r.payload for r in records()}
     query = np.ones(INFO.vector_size, dtype=np.float32)
     for search_filter in FOLDER_AND_TYPES:
-        found = {h.id for h in old.search(query, 100, search_filter)}
+        found = {h.id for h in store.search(query, 100, search_filter)}
         wanted = _folder_and_type(search_filter)
         assert found == {i for i, p in everything.items() if wanted(p)}, search_filter
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_collection_made_before_the_pairs_filters_on_the_two_fields(kind, tmp_path):
+    """Points written by an older twinrank have no ``folder_formats``: its identity says
+    so, and a folder and type filter still finds them, through the two conditions."""
+    old = older_collection(kind, tmp_path)
+    assert_folder_and_type_filters_exact(old)
     old.close()
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_an_older_collection_is_upgraded_to_the_pairs_and_an_interrupted_upgrade_resumes(
+        kind, tmp_path, monkeypatch):
+    """``pair_folders_and_types`` gives every point its pairs and only then flips the
+    identity; cut after its first write, the flag stays off, every filter stays exact over
+    the half-paired points, and the next call finishes (and the one after does nothing)."""
+    from twinrank.store import schema
+
+    old = older_collection(kind, tmp_path)
+    monkeypatch.setattr(schema, "PAIRING_BATCH", 7)
+    real_write, writes = old._set_payload_fields, []
+
+    def cut_after_one(ids, fields):
+        if writes:
+            raise KeyboardInterrupt
+        writes.append(list(ids))
+        real_write(ids, fields)
+
+    monkeypatch.setattr(old, "_set_payload_fields", cut_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        old.pair_folders_and_types()
+    assert not old.info.folder_formats and len(writes[0]) == 7
+    paired = {i for i, p in old.iter_payloads() if "folder_formats" in p}
+    assert paired == set(writes[0])
+    assert_folder_and_type_filters_exact(old)
+    monkeypatch.setattr(old, "_set_payload_fields", real_write)
+    assert old.pair_folders_and_types() == len(records()) - 7  # the rest, not the 7 again
+    assert old.info.folder_formats
+    old.close()
+    upgraded = open_backend(kind, tmp_path, info=None)  # the flag was stored
+    assert upgraded.info.folder_formats
+    assert dict(upgraded.iter_payloads()) == {r.id: indexed_payload(r.payload) for r in records()}
+    for search_filter in FOLDER_AND_TYPES:
+        assert [c.key for c in search_filter.conditions(paired=True)] == ["folder_formats"]
+    assert_folder_and_type_filters_exact(upgraded)
+    assert upgraded.pair_folders_and_types() == 0
+    if isinstance(upgraded, EdgeStore):
+        with upgraded._lease.hold() as shard:
+            assert "folder_formats" in shard.info().payload_schema  # indexed again
+    upgraded.close()
 
 
 def test_set_payload_and_delete(filled):
