@@ -379,6 +379,33 @@ def ui(
     raise typer.Exit(code)
 
 
+@app.command()
+def upgrade(
+    store: StoreOption = DEFAULT_HOME / "store",
+    url: Annotated[str | None, typer.Option(
+        help="Upgrade a collection on a Qdrant server instead of --store (API key from "
+             "TWINRANK_QDRANT_API_KEY).", envvar="TWINRANK_QDRANT_URL")] = None,
+    collection: Annotated[str | None, typer.Option(
+        help="Collection name on the Qdrant server (with --url).")] = None,
+    progress: Annotated[bool, typer.Option(help="Say when the index build starts.")] = True,
+) -> None:
+    """Bring a collection an older twinrank made up to date, for the fastest filters.
+
+    Gives every image its folder-and-type pairs, so a search by --folder and --type is one
+    match (2x faster at 1M images). Qdrant moves each rewritten image out of its search
+    index, so a folder's index is then rebuilt, taking as long as its first build (about
+    35 minutes at 1M images on 2 cores); a server rebuilds its own in the background.
+    Searches stay correct meanwhile. Safe to interrupt: run it again. `twinrank ingest`
+    upgrades collections under 20,000 images by itself.
+    """
+    from twinrank.ingest.runner import upgrade_collection
+    from twinrank.store import open_store
+
+    with friendly_errors(), open_store(store.expanduser(), url=url,
+                                       collection=collection) as opened:
+        typer.echo(upgrade_collection(opened, progress))
+
+
 @app.command("make-scenes")
 def make_scenes_command(
     out: Annotated[Path, typer.Argument(help="Folder to write images and captions to.")],

@@ -33,11 +33,12 @@ def test_both_ways_select_the_same_points_and_find_the_exact_answers(tmp_path):
     assert set(report["results"]) == {f"{m}_{f}" for m in ("text", "image") for f in
                                       (*filter_bench.FILTERS, "unfiltered_exact")}
     upgrade = report["upgrade"]  # stripped, upgraded back, and as exact as before
-    assert upgrade["points_paired"] == 3000
-    assert upgrade["count_after"]["points"] == wanted["folder_and_jpeg"]
-    searched = {f"{m}_{f}_after" for m in ("text", "image") for f in filter_bench.FILTERS}
-    assert {k for k in upgrade if k.endswith("_after")} == searched | {"count_after"}
-    assert all(upgrade[k]["recall@20"] == 1.0 for k in searched)
+    assert upgrade["points_stripped"] == upgrade["points_paired"] == 3000
+    for step in ("after_pairs", "after_optimize"):
+        assert upgrade[f"count_{step}"]["points"] == wanted["folder_and_jpeg"]
+        searched = {f"{m}_{f}_{step}" for m in ("text", "image") for f in filter_bench.FILTERS}
+        assert {k for k in upgrade if k.endswith(step)} == searched | {f"count_{step}"}
+        assert all(upgrade[k]["recall@20"] == 1.0 for k in searched)
     store = EdgeStore.open(tmp_path / "scan-only-3000")
     info = store.info
     payloads = dict(store.iter_payloads())

@@ -58,29 +58,40 @@ def test_second_run_opens_nothing_and_touch_refreshes_without_embedding(
     assert facts == [{"size": touched.stat().st_size, "mtime_ns": 1_600_000_000_000_000_123}]
 
 
-def test_a_rerun_upgrades_a_collection_an_older_twinrank_made(tiny_model, image_folder,
-                                                              tmp_path):
-    """A collection whose points lack ``folder_formats`` (as before they existed) gets
-    them on the next ingest, even one that embeds nothing, and the report says so."""
+def _make_older(store_path: Path) -> None:
+    """Strip what an older twinrank did not write: the points' ``folder_formats`` and the
+    identity's flag (the embedded store, as ingest made it)."""
     from dataclasses import asdict
 
     from qdrant_edge import UpdateOperation
 
     from twinrank.store import CollectionInfo
-    from twinrank.store.filters import indexed_payload
 
-    store_path = tmp_path / "store"
-    _run(tiny_model, image_folder, store_path)
     store = open_store(store_path)
     ids = [i for i, _ in store.iter_payloads()]
-    with store._lease.hold() as shard:  # the points an older twinrank wrote
+    with store._lease.hold() as shard:
         shard.update(UpdateOperation.delete_payload(ids, ["folder_formats"]))
     older = {k: v for k, v in asdict(store.info).items() if k != "folder_formats"}
     store._save_info(CollectionInfo.from_dict(older))
     store.close()
+
+
+def _upgrade_notes(report) -> list[str]:
+    return [n for n in report.notes if "older twinrank" in n]
+
+
+def test_a_rerun_upgrades_a_small_collection_an_older_twinrank_made(tiny_model, image_folder,
+                                                                     tmp_path):
+    """Under EXACT_SEARCH_BELOW images (no search index to lose), the next ingest, even
+    one that embeds nothing, gives the points their ``folder_formats`` and says so."""
+    from twinrank.store.filters import indexed_payload
+
+    store_path = tmp_path / "store"
+    _run(tiny_model, image_folder, store_path)
+    _make_older(store_path)
     report, payloads = _run(tiny_model, image_folder, store_path)
     assert report.embedded == 0 and report.unchanged == 10
-    assert [n for n in report.notes if "Upgraded" in n] == [
+    assert _upgrade_notes(report) == [
         "Upgraded the collection: 10 images made by an older twinrank now carry their "
         "folder-and-type pairs, so a search by folder and --type is one match."]
     assert all(p["folder_formats"] == indexed_payload(p)["folder_formats"]
@@ -88,7 +99,40 @@ def test_a_rerun_upgrades_a_collection_an_older_twinrank_made(tiny_model, image_
     with open_store(store_path) as store:
         assert store.info.folder_formats
     again, _ = _run(tiny_model, image_folder, store_path)
-    assert not [n for n in again.notes if "Upgraded" in n]
+    assert not _upgrade_notes(again)
+
+
+def test_a_large_older_collection_is_left_to_twinrank_upgrade(tiny_model, image_folder,
+                                                              tmp_path, monkeypatch):
+    """From EXACT_SEARCH_BELOW images up the upgrade rebuilds the search index, so ingest
+    only says how to run it; ``twinrank upgrade`` pairs the points, then builds the index
+    (here from 5 images up), and a second run finds nothing to do."""
+    from twinrank.store import schema
+
+    store_path = tmp_path / "store"
+    _run(tiny_model, image_folder, store_path)
+    _make_older(store_path)
+    monkeypatch.setattr(schema, "EXACT_SEARCH_BELOW", 5)
+    report, payloads = _run(tiny_model, image_folder, store_path)
+    assert [n.split(":")[0] for n in _upgrade_notes(report)] == [
+        "This collection was made by an older twinrank"]
+    assert "`twinrank upgrade`" in _upgrade_notes(report)[0]
+    assert not any("folder_formats" in p for p in payloads.values())
+    built = []
+    real_build = runner_module.build_index
+    monkeypatch.setattr(runner_module, "build_index",
+                        lambda store, report, progress=False: built.append(store.count())
+                        or real_build(store, report, progress))
+    result = CliRunner().invoke(app, ["upgrade", "--store", str(store_path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Upgraded the collection in ")
+    assert "10 images now carry their folder-and-type pairs" in result.output
+    assert "search index rebuilt in" in result.output and built == [10]
+    with open_store(store_path) as store:
+        assert store.info.folder_formats
+        assert all(p["folder_formats"] for _, p in store.iter_payloads())
+    again = CliRunner().invoke(app, ["upgrade", "--store", str(store_path)])
+    assert again.exit_code == 0 and again.output == "The collection is up to date (10 images).\n"
 
 
 def test_changed_file_is_reembedded_and_its_old_point_goes(tiny_model, image_folder, tmp_path):
