@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, str] = {
     "demo_text_vectors": "text/image vectors from the demo model for store_bench (issue 8)",
     "ann_bench": "text queries at 100k-1M: two stages over centred vs exact vs HNSW (issue 20)",
     "filter_bench": "folder-and-type filters at 1M: one folder_formats match vs two (issue 20)",
+    "payload_rewrite": "search speed after payload rewrites, and the rebuild they need (issue 20)",
     "build_links": "graph build time with and without Qdrant's payload links (issue 20)",
     "ann_probe": "one way of indexing centred at up to 1M points: build time, text recall/p50",
     "blip_bench": "BLIP presets: ingest speed, rerank from cached tokens vs images, bytes/image",

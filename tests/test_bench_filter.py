@@ -78,3 +78,17 @@ def test_links_without_walks_are_refused(capsys):
     with pytest.raises(SystemExit):
         filter_bench.parse(["--links"])
     assert "give --walk-beams too" in capsys.readouterr().err
+
+
+def test_payload_rewrite_measures_each_share_against_the_same_build(tmp_path):
+    """``bench.payload_rewrite`` rewrites the share of points it names, through the store's
+    own write, and measures before and after (no timing is checked)."""
+    from bench import payload_rewrite
+
+    args = payload_rewrite.parse(["--points", "400", "--dim", "16", "--fractions", "0.1",
+                                  "1.0", "--out", str(tmp_path / "out.json")])
+    report = payload_rewrite.main(args.points, args.dim, args.ef, args.fractions, args.out)
+    assert [report[f"rewrite_{f}"]["points_rewritten"] for f in (0.1, 1.0)] == [40, 400]
+    for row in (report["built"], *(report[f"rewrite_{f}"][step] for f in (0.1, 1.0)
+                                   for step in ("after_rewrite", "after_optimize"))):
+        assert set(row) == {"hnsw_ms", "exact_ms"} and min(row.values()) > 0
