@@ -314,9 +314,11 @@ class StoreBase:
         faster at 1M points, ``bench/results/filter_bench_1m.json``). Until the identity
         says so, filters keep the two conditions, which stay correct; so an interrupted
         upgrade loses nothing, and the next call finishes it. Points sharing their pairs are
-        written together, so a photo library's million points take a few thousand writes.
-        Payload writes leave the HNSW graphs as they are. Returns how many points were
-        given pairs: 0 when the collection has them.
+        written together, about one write per ``PAIRING_BATCH`` points. Qdrant moves every
+        point whose payload is rewritten out of its indexed segment, so an embedded store's
+        index is to be rebuilt after (``ingest.runner.upgrade_collection`` does both;
+        ``bench/results/payload_rewrite.json``). Returns how many points were given pairs:
+        0 when the collection has them.
 
         Example:
             >>> store.info.folder_formats  # made since the pairs exist: nothing to do
