@@ -120,4 +120,5 @@ def prune_gone(
             doomed.append(point_id)
         else:
             store.set_payload(point_id, remaining)
+            report.payloads_rewritten += 1
     store.delete(doomed)

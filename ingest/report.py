@@ -39,6 +39,10 @@ class IngestReport:
     precision: str = ""
     embedded: int = 0  # images that went through the model in this run
     interrupted: bool = False
+    # points whose payload was rewritten without new vectors (touched, moved, copied,
+    # changed or pruned paths): Qdrant moves each out of its search index, so the run
+    # ends with ``build_index``
+    payloads_rewritten: int = 0
 
 
     def fail(self, path: str, reason: str) -> None:

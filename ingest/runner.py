@@ -56,6 +56,9 @@ __all__ = ["IngestConfig", "IngestReport", "run_ingest"]
 
 
 DECODE_DURING_FORWARD_ENV = "TWINRANK_DECODE_DURING_FORWARD"  # "1": never pause decoders
+# A run that only rewrote payloads says it rebuilds the index when it rewrote at least one
+# point in this many: fewer leave the index as it was (Qdrant rebuilds nothing for 1%)
+REWRITES_ANNOUNCED = 10
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,11 @@ def run_ingest(
     pair_folders_and_types(store, report)
     if not callable(embedder):  # images were embedded: index them, measure text search
         finish_collection(embedder.text_model, store, report, config.progress)
+    elif report.payloads_rewritten:  # read nothing, yet --prune rewrote payloads
+        # Qdrant moved those points out of the index: put them back (nothing to do for a
+        # few; bench/results/payload_rewrite.json); the build is announced when it is large
+        build_index(store, report, config.progress and
+                    report.payloads_rewritten * REWRITES_ANNOUNCED >= store.count())
     report.seconds = time.perf_counter() - started
     return report
 
@@ -390,6 +398,7 @@ class _Writer:
                 if p != path and _under(p, self.root) and not os.path.lexists(p)}
         updated = add_path(payload, facts)
         self.store.set_payload(point_id, remove_paths(updated, gone) or updated)
+        self.report.payloads_rewritten += 1
         return bool(gone)
 
     def _detach(self, point_id: str, path: str) -> None:
@@ -402,6 +411,7 @@ class _Writer:
             self.index.point_ids.discard(point_id)
         else:
             self.store.set_payload(point_id, remaining)
+            self.report.payloads_rewritten += 1
 
 
 def _share_cores(embedder: ImageEmbedder, workers: int) -> bool:

@@ -58,6 +58,31 @@ def test_second_run_opens_nothing_and_touch_refreshes_without_embedding(
     assert facts == [{"size": touched.stat().st_size, "mtime_ns": 1_600_000_000_000_000_123}]
 
 
+def test_a_run_that_only_rewrote_payloads_has_the_index_rebuilt(tiny_model, image_folder,
+                                                                tmp_path, monkeypatch):
+    """Qdrant moves each point whose payload is rewritten out of its search index (HNSW
+    became a scan: ``bench/results/payload_rewrite.json``). A run that reads files (a
+    touched one, say) builds the index anyway; one that only prunes (a copy deleted, so a
+    point loses a path) has it rebuilt too, and a run that rewrote nothing does not."""
+    store_path = tmp_path / "store"
+    first, _ = _run(tiny_model, image_folder, store_path)
+    for failure in first.failed:  # a broken file is read again by every run: not here
+        os.remove(failure["path"])
+    copy = image_folder / "copy.png"
+    shutil.copy(image_folder / "2021" / "a0.png", copy)
+    _run(tiny_model, image_folder, store_path)
+    calls: list[int] = []
+    monkeypatch.setattr(runner_module, "build_index",
+                        lambda store, report, progress=False: calls.append(store.count()))
+    factory = lambda: ImageEmbedder(tiny_model)  # noqa: E731 - as the CLI: loaded if needed
+    untouched, _ = _run(tiny_model, image_folder, store_path, embedder=factory)
+    assert untouched.payloads_rewritten == 0 and calls == []
+    copy.unlink()
+    pruned, payloads = _run(tiny_model, image_folder, store_path, embedder=factory, prune=True)
+    assert pruned.pruned == 1 and pruned.payloads_rewritten == 1 and pruned.embedded == 0
+    assert calls == [10] and copy.as_posix() not in str(payloads)
+
+
 def _make_older(store_path: Path) -> None:
     """Strip what an older twinrank did not write: the points' ``folder_formats`` and the
     identity's flag (the embedded store, as ingest made it)."""
