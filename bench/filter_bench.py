@@ -26,6 +26,11 @@ the product's two stages (``centred`` walked under the filter at each beam, resc
 
     python -m bench.filter_bench --points 200000 --walk-beams 100 400 1600 --links
 
+``--partition-beams B..`` sketches a shard per top-level folder: the product's collection,
+graphs and all, holding only folder 3's points (~10%), searched under the same filters
+(the pairs' match passes 75% of it, or all of it) exactly, as the policy does, and walked
+in two stages at each beam; against the scans of the whole collection in the same run.
+
 ``--upgrade`` then makes the build an older collection (the pairs, their index and the
 identity's flag removed), times what ``twinrank upgrade`` does to it (the pairs written
 back, ``EdgeStore.pair_folders_and_types``, then the shard re-optimized) and measures the
@@ -41,6 +46,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -55,6 +61,7 @@ from twinrank.store.schema import (
     CENTRED_VECTOR,
     IMAGE_VECTOR,
     CollectionInfo,
+    PointRecord,
     SearchPlan,
     two_stage_plan,
 )
@@ -77,6 +84,7 @@ class FilterBenchConfig:
     walk_beams: tuple[int, ...] = ()  # also walk the graphs under the filter (a graph build)
     links: bool = False  # the graphs with Qdrant's links per folder_formats pair
     upgrade: bool = False  # then strip the pairs, time their upgrade, measure again
+    partition_beams: tuple[int, ...] = ()  # also a shard of folder 3 alone, walked
     out: Path = Path("bench/results/filter_bench.json")
 
 
@@ -104,6 +112,59 @@ def count_ms(store: EdgeStore, search_filter: SearchFilter, paired: bool) -> dic
             points = int(shard.count(CountRequest(exact=True, filter=condition)))
             times.append((time.perf_counter() - started) * 1000)
     return {"points": points, "count_ms": round(float(np.median(times)), 2)}
+
+
+PARTITION_FOLDER = 3  # the folder FILTERS name
+
+
+def partition_rows(config: FilterBenchConfig, source: Any, info: CollectionInfo, work: Path,
+                   truth: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Build (once) the product's collection of folder ``PARTITION_FOLDER``'s points alone
+    (the same ids, vectors and payloads as in the whole one, its own image mean and
+    graphs), then search it under ``FILTERS`` exactly and walked at each beam."""
+    folder = work / f"partition-{config.points}"
+    folders, jpeg = corpus.payload_columns(config.points, config.seed)
+    if not (folder / "build.json").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        store = EdgeStore.open(folder, info)
+        started = time.perf_counter()
+        for start, vectors in source.chunks():
+            kept = [i for i in range(len(vectors)) if folders[start + i] == PARTITION_FOLDER]
+            for first in range(0, len(kept), 1000):
+                store.upsert([PointRecord(str(uuid.UUID(int=start + i + 1)), vectors[i], None,
+                                          corpus.payload(start + i, PARTITION_FOLDER,
+                                                         bool(jpeg[start + i])))
+                              for i in kept[first:first + 1000]])
+        built = {"upsert_s": round(time.perf_counter() - started, 1)}
+        started = time.perf_counter()
+        store.optimize()
+        built["optimize_s"] = round(time.perf_counter() - started, 1)
+        store.close()
+        (folder / "build.json").write_text(json.dumps(built))
+    store = EdgeStore.open(folder)
+    out: dict[str, Any] = {"build": json.loads((folder / "build.json").read_text()),
+                           "points": store.count()}
+    out["build"]["disk_mb"] = round(ann_bench.disk_bytes(folder) / 1e6, 1)
+    try:
+        queries = len(source.queries["text"])
+        for offset, modality in enumerate(("text", "image")):
+            qs = np.concatenate([source.queries[modality], source.warm[modality]])
+            warm = range(queries, len(qs))
+            for name, search_filter in FILTERS.items():
+                expected = truth[name][offset * queries:(offset + 1) * queries]
+                rows: dict[str, Any] = {"exact (the policy)": ann_bench.measure(
+                    queries, expected, lambda i, f=search_filter, qs=qs, m=modality:
+                    store.search(qs[i], ann_bench.K, f, modality=m), warm)}
+                for beam in config.partition_beams:
+                    rows[f"walk_{beam}"] = ann_bench.measure(
+                        queries, expected, lambda i, f=search_filter, qs=qs, m=modality,
+                        b=beam: store.search(qs[i], ann_bench.K, f, modality=m,
+                                             plan=two_stage_plan(b, ann_bench.K)), warm)
+                out[f"{modality}_{name}"] = rows
+                print("partition", modality, name, rows, flush=True)
+    finally:
+        store.close()
+    return out
 
 
 def make_older(store: EdgeStore) -> int:
@@ -225,6 +286,8 @@ def main(config: FilterBenchConfig) -> dict[str, Any]:
                     qs[i], ann_bench.K, plan=plan, modality=m),
                 range(count, count + 5))
         report["results"] = results
+        if config.partition_beams:
+            report["partition"] = partition_rows(config, source, info, work, truth)
         if config.upgrade:
             report["upgrade"] = upgrade_rows(store, source, truth,
                                              len(source.queries["text"]))
@@ -251,6 +314,10 @@ def parse(argv: list[str] | None = None) -> FilterBenchConfig:
     parser.add_argument("--links", action="store_true",
                         help="With --walk-beams: Qdrant's graph links among the points of "
                              "each folder_formats pair (a longer build).")
+    parser.add_argument("--partition-beams", type=int, nargs="*", default=[],
+                        help="Also build a collection of folder 3's points alone (a shard "
+                             "per top-level folder) and walk it under the filters at these "
+                             "beams.")
     parser.add_argument("--upgrade", action="store_true",
                         help="Then strip the pairs from the build (as an older twinrank "
                              "made it), time their upgrade and measure the filters again.")
@@ -260,7 +327,8 @@ def parse(argv: list[str] | None = None) -> FilterBenchConfig:
         parser.error("--links builds graphs for walks: give --walk-beams too")
     return FilterBenchConfig(points=args.points, dim=args.dim, queries=args.queries,
                              workdir=args.workdir, walk_beams=tuple(args.walk_beams),
-                             links=args.links, upgrade=args.upgrade, out=args.out)
+                             links=args.links, upgrade=args.upgrade,
+                             partition_beams=tuple(args.partition_beams), out=args.out)
 
 
 if __name__ == "__main__":

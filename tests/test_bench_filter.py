@@ -16,7 +16,8 @@ from twinrank.store.schema import CENTRED_VECTOR, IMAGE_VECTOR
 
 def test_both_ways_select_the_same_points_and_find_the_exact_answers(tmp_path):
     config = filter_bench.parse(["--points", "3000", "--dim", "32", "--queries", "6",
-                                 "--upgrade", "--workdir", str(tmp_path), "--out",
+                                 "--upgrade", "--partition-beams", "40", "--workdir",
+                                 str(tmp_path), "--out",
                                  str(tmp_path / "out.json")])
     report = filter_bench.main(config)
     folders, jpeg = corpus.payload_columns(3000, 0)
@@ -32,6 +33,13 @@ def test_both_ways_select_the_same_points_and_find_the_exact_answers(tmp_path):
         assert rows["pairs"]["recall@20"] == rows["two_fields"]["recall@20"] == 1.0
     assert set(report["results"]) == {f"{m}_{f}" for m in ("text", "image") for f in
                                       (*filter_bench.FILTERS, "unfiltered_exact")}
+    partition = report["partition"]  # folder 3 alone: the filters find the same points
+    assert partition["points"] == wanted["folder_only"]
+    for name in filter_bench.FILTERS:
+        for modality in ("text", "image"):
+            rows = partition[f"{modality}_{name}"]
+            assert set(rows) == {"exact (the policy)", "walk_40"}
+            assert rows["exact (the policy)"]["recall@20"] == 1.0
     upgrade = report["upgrade"]  # stripped, upgraded back, and as exact as before
     assert upgrade["points_stripped"] == upgrade["points_paired"] == 3000
     for step in ("after_pairs", "after_optimize"):
