@@ -84,21 +84,12 @@ def test_a_run_that_only_rewrote_payloads_has_the_index_rebuilt(tiny_model, imag
 
 
 def _make_older(store_path: Path) -> None:
-    """Strip what an older twinrank did not write: the points' ``folder_formats`` and the
-    identity's flag (the embedded store, as ingest made it)."""
-    from dataclasses import asdict
+    """Strip what an older twinrank did not write: the points' ``folder_formats``, their
+    index and the identity's flag (the embedded store, as ingest made it)."""
+    from bench.filter_bench import make_older
 
-    from qdrant_edge import UpdateOperation
-
-    from twinrank.store import CollectionInfo
-
-    store = open_store(store_path)
-    ids = [i for i, _ in store.iter_payloads()]
-    with store._lease.hold() as shard:
-        shard.update(UpdateOperation.delete_payload(ids, ["folder_formats"]))
-    older = {k: v for k, v in asdict(store.info).items() if k != "folder_formats"}
-    store._save_info(CollectionInfo.from_dict(older))
-    store.close()
+    with open_store(store_path) as store:
+        make_older(store)
 
 
 def _upgrade_notes(report) -> list[str]:
