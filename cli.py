@@ -41,8 +41,10 @@ DeviceOption = Annotated[
 RerankerOption = Annotated[str, typer.Option(
     help="auto (the collection's trained reranker, else none, said in one line), fused "
          "(the model's own over cached tokens), blip-itm[:HF-ID-OR-FOLDER], or none.")]
-BiWeightOption = Annotated[float, typer.Option(
-    min=0.0, max=1.0, help="Blend in the bi-encoder score: 0 = reranker only, 1 = bi only.")]
+BiWeightOption = Annotated[float | None, typer.Option(
+    min=0.0, help="Reranked score = match + W * bi-encoder score. Default: the model's own "
+                  "recipe (BLIP: 1, its authors' ITM + ITC; a model trained here: the W its "
+                  "validation split chose); 0 = the reranker's order alone.")]
 ThreadsOption = Annotated[int | None, typer.Option(
     min=1, help="CPU threads for the models. Default: torch's choice (one per core); on a "
                 "machine others are using, 1 is often faster.")]
@@ -215,7 +217,7 @@ def search(
                                               "cross-encoder.")] = True,
     rerank_top_k: Annotated[int, typer.Option(min=1, help="Candidates the reranker sees.")] = 20,
     reranker: RerankerOption = "auto",
-    bi_weight: BiWeightOption = 0.0,
+    bi_weight: BiWeightOption = None,
     device: DeviceOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print hits as JSON.")] = False,
     folder: Annotated[str | None, typer.Option(
@@ -598,9 +600,7 @@ def evaluate(
         "bi,cross-all,coop",
     k_sweep: Annotated[str, typer.Option(help="COOP candidate counts, comma list.")] =
         "5,10,20,50,100",
-    bi_weight: Annotated[float, typer.Option(
-        min=0.0, max=1.0, help="Blend in the bi-encoder score when reranking (0 = pure "
-                               "reranker order).")] = 0.0,
+    bi_weight: BiWeightOption = None,
     split_protocol: Annotated[str, typer.Option(
         help="full, coco5k, coco1k (mean of 5 folds), f30k or multi30k.")] = "full",
     positives: Annotated[str, typer.Option(

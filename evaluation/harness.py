@@ -20,7 +20,7 @@ reported on that same sample (table ``"ce_subset"``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -45,7 +45,7 @@ from twinrank.evaluation.scoring import (
     t2i_positive,
 )
 from twinrank.models import TwinModel
-from twinrank.rerank.registry import make_reranker
+from twinrank.rerank.registry import blend_weight, make_reranker
 
 MODES = ("bi", "cross-all", "coop")
 POSITIVES = ("own", "all-true")
@@ -61,7 +61,7 @@ class HarnessConfig:
     modes: tuple[str, ...] = MODES
     ks: tuple[int, ...] = DEFAULT_SWEEP
     recall_ks: tuple[int, ...] = DEFAULT_KS
-    bi_weight: float = 0.0
+    bi_weight: float | None = None  # None: the reranker's own (``rerank_bi_weight``)
     ce_all_limit: int = DEFAULT_CE_ALL_LIMIT
     allow_ce_all: bool = False
     query_sample: int | None = None  # evaluate a random sample of queries per direction
@@ -91,8 +91,8 @@ class HarnessConfig:
         if self.positives not in POSITIVES:
             raise ValueError(f"unknown positives {self.positives!r}; use one of "
                              f"{', '.join(POSITIVES)}")
-        if not 0.0 <= self.bi_weight <= 1.0:
-            raise ValueError(f"bi_weight must be in [0, 1], got {self.bi_weight}")
+        if self.bi_weight is not None and not self.bi_weight >= 0.0:
+            raise ValueError(f"bi_weight must be a number >= 0, got {self.bi_weight}")
         for name in ("query_sample", "ce_queries", "ce_image_queries"):
             value = getattr(self, name)
             if value is not None and value < (0 if name == "ce_image_queries" else 1):
@@ -194,7 +194,7 @@ def _coop_direction(scorer: PairScoring, first: np.ndarray, queries: np.ndarray,
         positive = _positive(rows, t2i, text_to_image, first.shape[1], also_true)
         for k in ks:
             out[k][start : start + rows.size] = _coop_rows(
-                block, top, rerank, k, config.bi_weight, positive)
+                block, top, rerank, k, config.bi_weight or 0.0, positive)
     return out
 
 
@@ -292,7 +292,7 @@ def evaluate_corpus(model: TwinModel, corpus: EncodedCorpus,
     also_true = corpus.also_true if config.positives == "all-true" else None
     info: dict[str, Any] = {"n_images": corpus.n_images, "n_texts": corpus.n_texts,
                             "n_text_queries": int(texts.size),
-                            "n_image_queries": int(images.size), "bi_weight": config.bi_weight,
+                            "n_image_queries": int(images.size),
                             "positives": config.positives,
                             "also_true_pairs": 0 if also_true is None else len(also_true)}
     ce_texts, ce_images = texts, images
@@ -304,6 +304,10 @@ def evaluate_corpus(model: TwinModel, corpus: EncodedCorpus,
                                             config.allow_ce_all)
     if scorer is None and ("coop" in config.modes or "cross-all" in config.modes):
         scorer = make_scorer(model, corpus, config)
+    if config.bi_weight is None:  # the reranker's own recipe, as search uses it
+        config = replace(config, bi_weight=blend_weight(
+            scorer.reranker if isinstance(scorer, RerankerScorer) else None, model))
+    info["bi_weight"] = config.bi_weight
     ranks = {"bi": _bi_ranks(bi, tti, also_true)}
     if "coop" in config.modes:
         assert scorer is not None

@@ -244,23 +244,14 @@ def coop_ranking(
     return combined
 
 
-def _min_max_rows(scores: np.ndarray) -> np.ndarray:
-    low = scores.min(axis=1, keepdims=True)
-    span = scores.max(axis=1, keepdims=True) - low
-    normalised = np.zeros_like(scores)
-    np.divide(scores - low, span, out=normalised, where=span > 0)
-    return normalised
-
-
 def combine_scores(first: np.ndarray, second: np.ndarray, weight: float) -> np.ndarray:
-    """Blend first- and second-stage scores: ``(1 - weight) * first + weight * second``.
+    """A reranked score plus ``weight`` times the bi-encoder's: ``first + weight * second``.
 
-    Why: cosine similarities and match logits live on different scales, so each row
-    (one query's candidates) is min-max normalised to [0, 1] first; a row whose scores are
-    all equal becomes all zeros. ``weight=1`` gives pure reranker order.
+    The search path's formula (``search.ranking.apply_scores``): BLIP's retrieval
+    evaluation adds its ITC cosine (``second``) to its ITM logit (``first``) with weight 1.
 
-    >>> combine_scores(np.array([[1.0, 3.0]]), np.array([[10.0, 0.0]]), 0.75).tolist()
-    [[0.75, 0.25]]
+    >>> combine_scores(np.array([[1.0, 3.0]]), np.array([[0.5, 0.25]]), 2.0).tolist()
+    [[2.0, 3.5]]
     """
     first = np.asarray(first, dtype=np.float64)
     second = np.asarray(second, dtype=np.float64)
@@ -268,9 +259,9 @@ def combine_scores(first: np.ndarray, second: np.ndarray, weight: float) -> np.n
         raise ValueError(
             f"first and second must be 2-D with the same shape, got {first.shape}, {second.shape}"
         )
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"weight must be in [0, 1], got {weight}")
-    return (1.0 - weight) * _min_max_rows(first) + weight * _min_max_rows(second)
+    if not (weight >= 0.0 and np.isfinite(weight)):
+        raise ValueError(f"weight must be a number >= 0, got {weight}")
+    return first + weight * second
 
 
 def latency_summary(samples_seconds: Sequence[float], stage: str = "") -> dict[str, float]:

@@ -39,6 +39,10 @@ MARKER_FILE = BLIP_MARKER_FILE  # what twinrank adds to a BLIP folder it saves
 WEIGHTS_FILE = "model.safetensors"
 DEFAULT_BLIP = "Salesforce/blip-itm-base-coco"
 ITC_TEMPERATURE = 0.07  # BLIP's initial contrastive temperature (learned when fine-tuning)
+# BLIP's retrieval score (``train_retrieval.py``'s evaluation): ITM match logit + ITC cosine.
+ITC_WEIGHT = 1.0
+ENC_TOKEN = "[ENC]"  # BLIP adds "[DEC]" (bos) then "[ENC]" to bert-base-uncased
+DEC_TOKEN = "[DEC]"
 
 
 class BlipTwinModel(nn.Module):
@@ -61,6 +65,8 @@ class BlipTwinModel(nn.Module):
         scale = math.log(1 / ITC_TEMPERATURE) if logit_scale is None else logit_scale
         self.logit_scale = nn.Parameter(torch.tensor(float(scale)))
         self.preprocess = blip_transform(processor.image_processor)
+        self.enc_token_id = enc_token_id(processor.tokenizer,
+                                         int(retrieval.config.text_config.vocab_size))
 
     @property
     def model_id(self) -> str:
@@ -77,6 +83,11 @@ class BlipTwinModel(nn.Module):
     @property
     def reranker_trained(self) -> bool:
         return self._reranker_trained
+
+    @property
+    def bi_weight(self) -> float:
+        """The weight of the ITC cosine in the rerank score (BLIP's own recipe: 1)."""
+        return ITC_WEIGHT
 
     @property
     def device(self) -> torch.device:
@@ -139,18 +150,34 @@ class BlipTwinModel(nn.Module):
         return TextEncoding(text_vector=F.normalize(vector, dim=-1), text_tokens=ids,
                             text_mask=mask)
 
-    def match_logit(self, text_tokens: torch.Tensor, text_mask: torch.Tensor,
-                    image_tokens: torch.Tensor) -> torch.Tensor:
-        """ITM logit[1] - logit[0] (B,): the text encoder cross-attends to image tokens."""
+    def itm_logits(self, text_tokens: torch.Tensor, text_mask: torch.Tensor,
+                   image_tokens: torch.Tensor) -> torch.Tensor:
+        """ITM logits (B, 2) as BLIP's authors compute them: the image-grounded text
+        encoder reads ``[ENC]`` in place of the first token (transformers' own forward
+        keeps ``[CLS]`` there), cross-attending to the image's token states."""
         image_tokens = image_tokens.to(next(self.retrieval.text_encoder.parameters()).dtype)
         image_mask = torch.ones(image_tokens.shape[:-1], dtype=torch.long,
                                 device=image_tokens.device)
+        ids = with_enc_token(text_tokens, self.enc_token_id)
         states = self.retrieval.text_encoder(
-            input_ids=text_tokens, attention_mask=text_mask.long(),
+            input_ids=ids, attention_mask=text_mask.long(),
             encoder_hidden_states=image_tokens, encoder_attention_mask=image_mask,
         ).last_hidden_state
-        logits = self.retrieval.itm_head(states[:, 0, :])  # (B, 2): no match, match
+        logits: torch.Tensor = self.retrieval.itm_head(states[:, 0, :])  # (B, 2)
+        return logits
+
+    def match_logit(self, text_tokens: torch.Tensor, text_mask: torch.Tensor,
+                    image_tokens: torch.Tensor) -> torch.Tensor:
+        """ITM log-odds logit[1] - logit[0] (B,): the binary logit the match loss trains
+        (the same objective as BLIP's two-way cross-entropy)."""
+        logits = self.itm_logits(text_tokens, text_mask, image_tokens)
         return logits[:, 1] - logits[:, 0]
+
+    def rerank_logit(self, text_tokens: torch.Tensor, text_mask: torch.Tensor,
+                     image_tokens: torch.Tensor) -> torch.Tensor:
+        """ITM logit[1] (B,), what BLIP's retrieval evaluation ranks by (plus the ITC
+        cosine, ``bi_weight``)."""
+        return self.itm_logits(text_tokens, text_mask, image_tokens)[:, 1]
 
     @property
     def pad_id(self) -> int:
@@ -177,13 +204,38 @@ class BlipTwinModel(nn.Module):
         return folder
 
 
-def is_blip_folder(path: str | Path) -> bool:
-    """Whether ``path`` is a BLIP folder twinrank saved (``create_model`` loads it as BLIP)."""
-    marker = Path(path) / MARKER_FILE
-    try:
-        return bool(json.loads(marker.read_text()).get("family") == BlipTwinModel.family)
-    except (OSError, ValueError, AttributeError):
-        return False
+def enc_token_id(tokenizer: Any, vocab_size: int) -> int:
+    """The id of ``[ENC]``, found as BLIP's own code defines it: ``bert-base-uncased``
+    plus ``[DEC]`` (bos) then ``[ENC]`` (an additional special token), so 30523 in a
+    30524-word vocabulary. A tokenizer that already holds ``[ENC]`` (twinrank's random
+    test folders) gives its own id; Hugging Face's BLIP tokenizers hold ``[DEC]`` at most.
+
+    Example:
+        >>> from transformers import BertTokenizer  # doctest: +SKIP
+        >>> bert = BertTokenizer.from_pretrained("bert-base-uncased")  # doctest: +SKIP
+        >>> enc_token_id(bert, 30524)  # doctest: +SKIP
+        30523
+    """
+    vocab = tokenizer.get_vocab()
+    if ENC_TOKEN in vocab:
+        found = int(vocab[ENC_TOKEN])
+    else:
+        base = int(tokenizer.vocab_size)  # the WordPiece file, without added tokens
+        dec = vocab.get(DEC_TOKEN)
+        found = (base if dec is None else max(base, int(dec) + 1)) + (1 if dec is None else 0)
+    if not 0 <= found < vocab_size:
+        raise ModelLoadError(
+            f"This BLIP checkpoint's text vocabulary ({vocab_size} words) has no room for "
+            f"BLIP's [ENC] token (id {found}); pass a BLIP ITM checkpoint such as "
+            f"{DEFAULT_BLIP!r}.")
+    return found
+
+
+def with_enc_token(ids: torch.Tensor, enc_id: int) -> torch.Tensor:
+    """``ids`` (B, L) with ``[ENC]`` in place of the first token (``[CLS]``)."""
+    ids = ids.clone()
+    ids[:, 0] = enc_id
+    return ids
 
 
 def load_blip(source: str, device: torch.device | str | None = None) -> BlipTwinModel:

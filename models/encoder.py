@@ -58,8 +58,12 @@ class Encoder(ImageEncoder, Protocol):
 
     @property
     def reranker_trained(self) -> bool: ...  # whether match_logit was trained
+    @property
+    def bi_weight(self) -> float: ...  # the bi-encoder score's weight in a reranked score
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor: ...
     def encode_text(self, ids: torch.Tensor) -> TextEncoding: ...
     def match_logit(self, text_tokens: torch.Tensor, text_mask: torch.Tensor,
-                    image_tokens: torch.Tensor) -> torch.Tensor: ...
+                    image_tokens: torch.Tensor) -> torch.Tensor: ...  # the trained logit
+    def rerank_logit(self, text_tokens: torch.Tensor, text_mask: torch.Tensor,
+                     image_tokens: torch.Tensor) -> torch.Tensor: ...  # what reranks

@@ -182,6 +182,7 @@ def export_query_side(model: TwinModel, folder: Path) -> Path:
             "vector_size": model.config.embed_dim,
             "token_shape": [model.config.image_token_count, model.config.fusion.width],
             "reranker_trained": bool(getattr(model, "reranker_trained", False)),
+            "bi_weight": model.bi_weight,
             "text_graph": TEXT_GRAPH,
             "head_graph": HEAD_GRAPH,
             "vocab": BPE_VOCAB,

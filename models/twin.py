@@ -228,6 +228,17 @@ class TwinModel(nn.Module):
         logits: torch.Tensor = self.head(text_tokens, text_mask, image_tokens)
         return logits
 
+    def rerank_logit(
+        self, text_tokens: torch.Tensor, text_mask: torch.Tensor, image_tokens: torch.Tensor
+    ) -> torch.Tensor:
+        """What a reranker ranks by: the match logit the head was trained on."""
+        return self.match_logit(text_tokens, text_mask, image_tokens)
+
+    @property
+    def bi_weight(self) -> float:
+        """The bi-encoder score's weight in a reranked score (``rerank + w * bi``)."""
+        return 0.0
+
     def _text_forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return text_forward(self.clip.text, ids)
 

@@ -7,7 +7,7 @@ opened — except for points stored without tokens (a collection ingested with
 ``--no-cache-tokens``, or an older one), whose tokens are recomputed from the files, with
 one warning per reranker.
 
-It works for every model family through ``match_logit``: a TwinModel's fusion head
+It works for every model family through ``rerank_logit``: a TwinModel's fusion head
 (with the one-query shortcut of ``rerank.one_query``), a SEP pair's cross-encoder, BLIP's
 ITM head. The other direction works the same way: an image query is encoded once (or its
 cached tokens are passed in) and the cross-encoder scores all candidate captions in one
@@ -100,7 +100,7 @@ class FusedReranker:
             else:
                 k = image_tokens.shape[0]
                 tokens, mask = text.text_tokens, text.text_mask
-                logits = self.model.match_logit(
+                logits = self.model.rerank_logit(
                     tokens.expand(k, *tokens.shape[1:]), mask.expand(k, -1), image_tokens)
         return logits.float().cpu().numpy()
 
@@ -130,7 +130,7 @@ class FusedReranker:
         with autocast(device, self.dtype):
             text = self.model.encode_text(self.model.tokenize(list(captions)))
             n = text.text_tokens.shape[0]
-            logits = self.model.match_logit(
+            logits = self.model.rerank_logit(
                 text.text_tokens, text.text_mask, tokens.to(device).expand(n, -1, -1)
             )
         return logits.float().cpu().numpy()

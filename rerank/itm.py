@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from twinrank.models.blip import DEFAULT_BLIP, load_blip_itm
+from twinrank.models.blip import DEFAULT_BLIP, enc_token_id, load_blip_itm, with_enc_token
 from twinrank.models.device import autocast, inference_dtype, pick_device
 from twinrank.rerank.base import (
     Candidate,
@@ -37,7 +37,8 @@ DEFAULT_BLIP_ITM = DEFAULT_BLIP
 
 
 class BlipItmReranker:
-    """Scores pairs with BLIP's image-text matching head: log-odds that they match.
+    """Scores pairs with BLIP's image-text matching head as BLIP's authors do: ``[ENC]``
+    first, the match logit (logit[1]).
 
     ``model`` is a ``BlipForImageTextRetrieval``, ``processor`` a ``BlipProcessor``.
     """
@@ -59,6 +60,8 @@ class BlipItmReranker:
         self.dtype = inference_dtype(self.device, precision)
         self.batch_size = batch_size
         self.source = source
+        self.enc_token_id = enc_token_id(processor.tokenizer,
+                                         int(model.config.text_config.vocab_size))
 
     @classmethod
     def from_pretrained(
@@ -125,13 +128,13 @@ class BlipItmReranker:
         image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=self.device)
         with autocast(self.device, self.dtype):
             states = self.model.text_encoder(
-                input_ids=ids,
+                input_ids=with_enc_token(ids, self.enc_token_id),
                 attention_mask=mask,
                 encoder_hidden_states=image_embeds,
                 encoder_attention_mask=image_mask,
             ).last_hidden_state
             logits = self.model.itm_head(states[:, 0, :]).float()  # (n, 2): no match, match
-        result: np.ndarray = (logits[:, 1] - logits[:, 0]).cpu().numpy()
+        result: np.ndarray = logits[:, 1].cpu().numpy()
         return result
 
 

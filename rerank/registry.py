@@ -92,6 +92,20 @@ def default_reranker(model: Any) -> tuple[str, str | None]:
                     f"a preset with a reranker (twinrank models), or twinrank train.")
 
 
+def blend_weight(reranker: Reranker | None, model: Any | None) -> float:
+    """The bi-encoder score's weight in a reranked score when the user names none.
+
+    A model's own cross-encoder comes with its model's recipe (``model.bi_weight``: BLIP
+    ranks by ITM logit + ITC cosine, so 1); any other reranker's scores stand alone (0).
+
+    >>> blend_weight(None, None)
+    0.0
+    """
+    if reranker is not None and model is not None and reranker.name == fused.KIND.name:
+        return float(model.bi_weight)
+    return 0.0
+
+
 def clear_reranker_cache() -> None:
     """Forget loaded rerankers (tests; or to free memory after switching)."""
     itm.clear_loaded()

@@ -30,7 +30,7 @@ from twinrank.models import TextEncoding, TwinModel, create_model, model_id
 from twinrank.models.device import autocast, inference_dtype
 from twinrank.models.images import ImageReadError, open_image
 from twinrank.rerank.base import Reranker, RerankQuery
-from twinrank.rerank.registry import default_reranker, make_reranker
+from twinrank.rerank.registry import blend_weight, default_reranker, make_reranker
 from twinrank.search.hits import Hit, SearchResults
 from twinrank.search.ranking import apply_scores, candidates
 from twinrank.store import (
@@ -94,7 +94,7 @@ class SearchClient:
         reranker: Reranker | str | None = "auto",
         device: str | None = None,
         rerank_top_k: int = DEFAULT_RERANK_TOP_K,
-        bi_weight: float = 0.0,
+        bi_weight: float | None = None,
         collection: str | None = None,
         api_key: str | None = None,
     ) -> None:
@@ -113,7 +113,8 @@ class SearchClient:
         self.reranker_note: str | None = None
         self.reranker = self._make_reranker(reranker)
         self.rerank_top_k = rerank_top_k
-        self.bi_weight = bi_weight
+        # rerank + w * bi; None: the reranker's own recipe (BLIP's ITM + ITC: 1)
+        self.bi_weight = blend_weight(self.reranker, model) if bi_weight is None else bi_weight
         self._dtype = inference_dtype(model.device)
 
     def _make_reranker(self, reranker: Reranker | str | None) -> Reranker | None:

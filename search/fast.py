@@ -55,7 +55,7 @@ class FastSearch:
     k: int = 10
     rerank: bool = True
     rerank_top_k: int = 20
-    bi_weight: float = 0.0
+    bi_weight: float | None = None  # None: the export's recorded recipe
     filters: SearchFilter | None = None
     reranker: str | None = None  # None: the collection's trained one, else none
 
@@ -80,6 +80,7 @@ class FastQueryModel:
         self.manifest = manifest
         self.pad_id = int(manifest["pad_id"])
         self.reranker_trained = bool(manifest.get("reranker_trained", False))
+        self.bi_weight = float(manifest.get("bi_weight", 0.0))
         self.tokenizer = ClipBpe(folder / manifest["vocab"], int(manifest["context_length"]))
         try:
             self._text = ort.InferenceSession(str(folder / manifest["text_graph"]), options,
@@ -171,7 +172,8 @@ def fast_search(store: VectorStore, fast: FastQueryModel, request: FastSearch) -
             raise FastPathUnavailable("some hits have no cached reranker tokens")
         image_tokens = np.stack([cached[h.id] for h in hits]).astype(np.float32)
         scores = fast.match_logits(tokens, mask, image_tokens)
-        hits = apply_scores(hits, scores, request.bi_weight)
+        weight = fast.bi_weight if request.bi_weight is None else request.bi_weight
+        hits = apply_scores(hits, scores, weight)
         timings["rerank_ms"] = _ms_since(started)
     return SearchResults(hits[: request.k], timings)
 

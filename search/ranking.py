@@ -23,11 +23,12 @@ def candidates(hits: Sequence[Hit]) -> list[Candidate]:
 def apply_scores(
     hits: Sequence[Hit], scores: np.ndarray, bi_weight: float = 0.0
 ) -> list[Hit]:
-    """Hits reordered by reranker scores, optionally blended with the bi-encoder's.
+    """Hits reordered by reranker scores plus ``bi_weight`` times the bi-encoder's.
 
-    With ``bi_weight`` = 0 the order is the reranker's alone; otherwise both scores are
-    min-max normalised over the k hits and mixed as ``(1 - w) * rerank + w * bi``.
-    Ties keep the bi-encoder order. Each hit keeps its ``bi_rank`` and gains its
+    The final score is ``rerank + w * bi`` on the raw scores, as BLIP's retrieval
+    evaluation adds its ITC cosine to the ITM logit (``w`` = 1 there; a model trained here
+    records the ``w`` its validation split chose). With ``w`` = 0 the order is the
+    reranker's alone. Ties keep the bi-encoder order. Each hit keeps its ``bi_rank`` and gains its
     ``rerank_rank``, so a view can say how far it moved.
 
     Example:
@@ -35,15 +36,15 @@ def apply_scores(
         >>> [(h.id, h.bi_rank, h.rerank_rank) for h in apply_scores(hits, np.array([0.1, 0.9]))]
         [('b', 2, 1), ('a', 1, 2)]
     """
-    if not 0.0 <= bi_weight <= 1.0:
-        raise ValueError(f"bi_weight must be between 0 and 1, got {bi_weight}.")
+    if not (bi_weight >= 0.0 and np.isfinite(bi_weight)):
+        raise ValueError(f"bi_weight must be a number >= 0, got {bi_weight}.")
     scores = np.asarray(scores, dtype=np.float64)
     if scores.shape != (len(hits),):
         raise ValueError(f"Expected {len(hits)} reranker scores, got shape {scores.shape}.")
     final = scores
     if bi_weight:
         bi = np.array([h.bi_score for h in hits], dtype=np.float64)
-        final = (1 - bi_weight) * _minmax(scores) + bi_weight * _minmax(bi)
+        final = scores + bi_weight * bi
     order = sorted(range(len(hits)), key=lambda i: (-final[i], hits[i].bi_rank))
     return [
         hits[i].with_rerank(float(scores[i]), rank, float(final[i]))
@@ -59,7 +60,3 @@ def rerank_hits(
         return []
     return apply_scores(hits, reranker.score(query, candidates(hits)), bi_weight)
 
-
-def _minmax(values: np.ndarray) -> np.ndarray:
-    span = values.max() - values.min()
-    return (values - values.min()) / span if span > 0 else np.zeros_like(values)

@@ -4,7 +4,8 @@ Equivalence with transformers' own ``BlipForImageTextRetrieval`` (no weights can
 downloaded here; the architecture and the code paths are the real ones): pixels equal
 ``BlipProcessor``'s, the bi-encoder cosine equals the model's ITC output
 (``use_itm_head=False``), the rerank score over tokens cached at ingest equals its ITM
-output (logit[1] - logit[0]) and today's read-the-image ``BlipItmReranker``.
+output as BLIP's authors compute it (``[ENC]`` in place of ``[CLS]``; logit[1], plus the
+ITC cosine) and the read-the-image ``BlipItmReranker``.
 """
 
 from __future__ import annotations
@@ -58,16 +59,21 @@ def open_rgb(path) -> Image.Image:
         return image.convert("RGB")
 
 
+ENC_ID = 30523  # BLIP's [ENC]: bert-base-uncased's 30522 words, then [DEC], then [ENC]
+
+
 def reference_scores(model: BlipTwinModel, text: str, image: Image.Image) -> tuple[float, float]:
-    """(ITC cosine, ITM logit[1] - logit[0]) as transformers computes them from scratch."""
+    """(ITC cosine, ITM logit[1]) as transformers computes them from scratch, fed the ids
+    BLIP's own code feeds its ITM encoder: ``[ENC]`` where ``BlipProcessor`` puts ``[CLS]``."""
     inputs = model.processor(images=[image], text=[text], return_tensors="pt")
+    enc_ids = inputs["input_ids"].clone()
+    enc_ids[:, 0] = ENC_ID
     with torch.no_grad():
         itc = model.retrieval(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"],
                               attention_mask=inputs["attention_mask"], use_itm_head=False)
-        itm = model.retrieval(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"],
+        itm = model.retrieval(input_ids=enc_ids, pixel_values=inputs["pixel_values"],
                               attention_mask=inputs["attention_mask"])
-    logits = itm.itm_score[0]
-    return float(itc.itm_score[0, 0]), float(logits[1] - logits[0])
+    return float(itc.itm_score[0, 0]), float(itm.itm_score[0, 1])
 
 
 def test_surface_of_the_family(blip):
@@ -105,9 +111,37 @@ def test_one_vision_forward_gives_itc_vector_and_itm_tokens(blip, photos):
         with torch.no_grad():
             text = blip.encode_text(blip.tokenize([query]))
             cosine = float(encoded.image_vector @ text.text_vector.T)
-            match = float(blip.match_logit(text.text_tokens, text.text_mask,
-                                           encoded.image_tokens))
+            match = float(blip.rerank_logit(text.text_tokens, text.text_mask,
+                                            encoded.image_tokens))
         assert (cosine, match) == pytest.approx(reference_scores(blip, query, image), abs=EXACT)
+
+
+def test_enc_token_is_found_as_blip_defines_it(blip, tmp_path):
+    """Hugging Face's BLIP tokenizers are bert-base-uncased (+ [DEC] as bos at most); BLIP's
+    code adds [DEC] then [ENC], so [ENC] is 30523 either way. transformers' own forward keeps
+    [CLS] first, and that changes the score: the recipe is not a no-op."""
+    from transformers import BertTokenizer
+
+    from twinrank.models.blip import enc_token_id
+    from twinrank.models.blip_random import BLIP_VOCAB_SIZE
+
+    words = [f"[unused{i}]" for i in range(30522)]
+    words[0], words[100], words[101], words[102] = "[PAD]", "[UNK]", "[CLS]", "[SEP]"
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    plain = BertTokenizer(str(tmp_path / "vocab.txt"))
+    assert enc_token_id(plain, BLIP_VOCAB_SIZE) == ENC_ID
+    with_dec = BertTokenizer(str(tmp_path / "vocab.txt"), bos_token="[DEC]")
+    with_dec.add_special_tokens({"bos_token": "[DEC]"})
+    assert with_dec.convert_tokens_to_ids("[DEC]") == 30522
+    assert enc_token_id(with_dec, BLIP_VOCAB_SIZE) == ENC_ID
+    assert blip.enc_token_id == ENC_ID  # the random folder's vocabulary holds [ENC] itself
+    with pytest.raises(ModelLoadError, match="no room for BLIP's \\[ENC\\]"):
+        enc_token_id(plain, 30522)
+    image = open_rgb(blip_photo := make_image(tmp_path / "p.png", seed=3))
+    inputs = blip.processor(images=[image], text=[QUERIES[0]], return_tensors="pt")
+    with torch.no_grad():
+        with_cls = float(blip.retrieval(**inputs).itm_score[0, 1])
+    assert abs(with_cls - reference_scores(blip, QUERIES[0], open_rgb(blip_photo))[1]) > 1e-3
 
 
 def test_offline_hub_id_not_cached_is_one_sentence_at_once(monkeypatch, tmp_path):
@@ -168,8 +202,10 @@ def test_ingest_search_rerank_end_to_end(blip_folder, blip, photos, tmp_path):
         cosine, match = expected[Path(hit.path).name]
         assert hit.bi_score == pytest.approx(cosine, abs=1e-4)  # the stored vector is float32
         assert hit.rerank_score == pytest.approx(match, abs=CACHED)
+        assert hit.score == pytest.approx(match + cosine, abs=CACHED)  # BLIP's ITM + ITC
         assert hit.rerank_score == pytest.approx(float(read_images[Path(hit.path).name]),
                                                  abs=CACHED)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     assert len({round(h.rerank_score, 3) for h in hits}) > 1  # pictures matter to the head
 
 
@@ -205,7 +241,9 @@ def test_joint_training_two_steps_then_reload_gives_the_same_scores(blip_folder,
             scores[name] = torch.cat([(image.image_vector * text.text_vector).sum(-1),
                                       model.match_logit(ids, text.text_mask,
                                                         image.image_tokens)])
-        itm = plain(input_ids=ids, pixel_values=pixels, attention_mask=(ids != 0).long())
+        enc_ids = ids.clone()
+        enc_ids[:, 0] = ENC_ID
+        itm = plain(input_ids=enc_ids, pixel_values=pixels, attention_mask=(ids != 0).long())
     assert torch.allclose(scores["again"], scores["trained"], atol=EXACT)
     for start, now in zip(blip.early_parameters(1), trained.early_parameters(1), strict=True):
         assert torch.equal(start, now)  # --freeze-layers 1 kept embeddings + first layers

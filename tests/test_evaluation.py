@@ -147,7 +147,7 @@ def test_config_and_protocol_errors_name_the_fix() -> None:
     with pytest.raises(ValueError, match="unknown mode"):
         HarnessConfig(modes=("bi", "rerank"))
     with pytest.raises(ValueError, match="bi_weight"):
-        HarnessConfig(bi_weight=2.0)
+        HarnessConfig(bi_weight=-1.0)
     with pytest.raises(ValueError, match="coco5k, coco1k"):
         get_protocol("coco")
     assert get_protocol("coco1k").folds == 5 and get_protocol("f30k").n_images == 1000

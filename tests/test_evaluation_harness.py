@@ -68,9 +68,9 @@ def test_all_modes_agree_where_they_must(_tiny_model_once: TwinModel,
     assert "rerank_ms_p50" in result.sweep[5]
 
 
-def test_bi_weight_one_is_the_bi_encoder_order(_tiny_model_once: TwinModel,
-                                               corpus: EncodedCorpus) -> None:
-    config = HarnessConfig(modes=("bi", "coop"), ks=(5,), bi_weight=1.0, latency_queries=0)
+def test_a_huge_bi_weight_is_the_bi_encoder_order(_tiny_model_once: TwinModel,
+                                                  corpus: EncodedCorpus) -> None:
+    config = HarnessConfig(modes=("bi", "coop"), ks=(5,), bi_weight=1e6, latency_queries=0)
     table = evaluate_corpus(_tiny_model_once, corpus, config).tables["all"]
     assert table["coop@5"] == table["bi"]
 

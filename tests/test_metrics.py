@@ -143,13 +143,15 @@ def test_coop_ranking_checks_the_reranker_shape() -> None:
         coop_ranking(np.array([[0.1, 0.2, 0.3]]), np.array([[1.0, 2.0, 3.0]]), k=2)
 
 
-def test_combine_scores_normalises_each_query_before_blending() -> None:
-    first = np.array([[1.0, 3.0], [5.0, 5.0]])
-    second = np.array([[10.0, 0.0], [0.0, 100.0]])
-    assert combine_scores(first, second, 0.5).tolist() == [[0.5, 0.5], [0.0, 0.5]]
-    assert combine_scores(first, second, 1.0).tolist() == [[1.0, 0.0], [0.0, 1.0]]
-    with pytest.raises(ValueError, match="weight"):
-        combine_scores(first, second, 1.5)
+def test_combine_scores_adds_the_weighted_bi_encoder_score_as_blip_does() -> None:
+    first = np.array([[1.0, 3.0], [5.0, 5.0]])  # match logits
+    second = np.array([[0.5, 0.25], [-0.5, 1.0]])  # cosines
+    assert combine_scores(first, second, 0.0).tolist() == first.tolist()
+    assert combine_scores(first, second, 1.0).tolist() == [[1.5, 3.25], [4.5, 6.0]]
+    assert combine_scores(first, second, 4.0).tolist() == [[3.0, 4.0], [3.0, 9.0]]
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="weight"):
+            combine_scores(first, second, bad)
 
 
 def test_latency_summary_reports_milliseconds() -> None:

@@ -102,7 +102,7 @@ def test_apply_scores_blends_and_keeps_both_ranks():
     reranked = apply_scores(hits, np.array([0.0, 1.0, 0.5]))
     assert [h.id for h in reranked] == ["b", "c", "a"]
     assert [h.moved for h in reranked] == [1, 1, -2]
-    blended = apply_scores(hits, np.array([0.0, 1.0, 0.5]), bi_weight=0.9)
+    blended = apply_scores(hits, np.array([0.0, 1.0, 0.5]), bi_weight=10.0)
     assert [h.id for h in blended] == ["a", "b", "c"]
 
 

@@ -112,15 +112,16 @@ def test_score_options_blend_and_keep_both_stages():
     alone = apply_scores(hits, rerank)
     assert [h.id for h in alone] == ["b", "c", "a", "d"]
     assert [h.score for h in alone] == [h.rerank_score for h in alone] == [3.0, 2.0, 1.0, 0.0]
-    only_bi = apply_scores(hits, rerank, bi_weight=1.0)
-    assert [h.id for h in only_bi] == ["a", "b", "c", "d"]
-    assert [h.rerank_score for h in only_bi] == [1.0, 3.0, 2.0, 0.0]  # still kept
-    half = {h.id: h for h in apply_scores(hits, rerank, bi_weight=0.5)}
-    assert half["a"].score == pytest.approx(0.5 * 1 / 3 + 0.5 * 1.0)
-    assert half["b"].score == pytest.approx(0.5 * 1.0 + 0.5 * 0.5 / 0.9)
-    assert [half[c].bi_rank for c in "abcd"] == [1, 2, 3, 4]
-    with pytest.raises(ValueError, match="between 0 and 1"):
-        apply_scores(hits, rerank, bi_weight=1.5)
+    mostly_bi = apply_scores(hits, rerank, bi_weight=100.0)
+    assert [h.id for h in mostly_bi] == ["a", "b", "c", "d"]
+    assert [h.rerank_score for h in mostly_bi] == [1.0, 3.0, 2.0, 0.0]  # still kept
+    blip = {h.id: h for h in apply_scores(hits, rerank, bi_weight=1.0)}  # BLIP's ITM + ITC
+    assert blip["a"].score == pytest.approx(1.0 + 0.9)
+    assert blip["b"].score == pytest.approx(3.0 + 0.5)
+    assert [blip[c].bi_rank for c in "abcd"] == [1, 2, 3, 4]
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match=">= 0"):
+            apply_scores(hits, rerank, bi_weight=bad)
     with pytest.raises(ValueError, match="Expected 4"):
         apply_scores(hits, rerank[:3])
 
@@ -130,7 +131,7 @@ def test_client_takes_reranker_specs_and_bi_weight(model, indexed):
     plain = SearchClient(client.store, model=model, reranker="none")
     assert plain.reranker is None
     assert "rerank_ms" not in plain.search(QUERY, k=3).timings
-    bi_only = SearchClient(client.store, model=model, reranker="fused", bi_weight=1.0,
+    bi_only = SearchClient(client.store, model=model, reranker="fused", bi_weight=1e6,
                            rerank_top_k=12)
     blended = bi_only.search(QUERY, k=12)
     assert [h.id for h in blended] == [h.id for h in hits]
@@ -206,14 +207,14 @@ def test_search_command_takes_reranker_and_bi_weight(model, indexed, tmp_path):
     assert runner.invoke(app, ["ingest", str(root), "--store", str(store),
                               "--model", "twinrank-tiny"]).exit_code == 0
     bi = runner.invoke(app, ["search", "blocks", "--store", str(store), "--json", "-k", "5",
-                             "--reranker", "fused", "--bi-weight", "1"])
+                             "--reranker", "fused", "--bi-weight", "1000000"])
     rows = json.loads(bi.output)
     assert [r["bi_rank"] for r in rows] == [1, 2, 3, 4, 5]
     assert all(r["rerank_score"] is not None for r in rows)
     none = runner.invoke(app, ["search", "blocks", "--store", str(store), "--json",
                                "--reranker", "none"])
     assert all(r["rerank_rank"] is None for r in json.loads(none.output))
-    bad = runner.invoke(app, ["search", "blocks", "--store", str(store), "--bi-weight", "2"])
+    bad = runner.invoke(app, ["search", "blocks", "--store", str(store), "--bi-weight", "-1"])
     assert bad.exit_code != 0
 
 

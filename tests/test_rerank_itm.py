@@ -18,7 +18,8 @@ from twinrank.rerank.registry import clear_reranker_cache
 from twinrank.search.hits import Hit
 from twinrank.search.ranking import rerank_hits
 
-WORDS = "a red blue green circle square left right of the two".split()
+# BLIP's vocabulary ends with [DEC] and [ENC] (its code adds them to bert-base-uncased)
+WORDS = "a red blue green circle square left right of the two [DEC] [ENC]".split()
 
 
 def save_tiny_blip(folder):
@@ -32,9 +33,9 @@ def save_tiny_blip(folder):
     )
 
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab))
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    # transformers 5 takes the vocabulary itself (a vocab_file leaves only the specials)
+    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(words)})
     processor = BlipProcessor(BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer)
     ids = dict(bos_token_id=2, pad_token_id=0, sep_token_id=3, eos_token_id=3)
     config = BlipConfig(
@@ -75,13 +76,16 @@ def reranker(blip_folder):
 
 
 def full_forward_scores(reranker, texts, pil_images):
-    """What BlipForImageTextRetrieval's own forward gives, pair by pair, as log-odds."""
+    """What BlipForImageTextRetrieval's own forward gives, pair by pair, fed the ids BLIP's
+    authors feed it ([ENC] first): the match logit, logit[1]."""
     scores = []
+    enc = reranker.processor.tokenizer.convert_tokens_to_ids("[ENC]")
     for text, image in zip(texts, pil_images, strict=True):
         inputs = reranker.processor(images=image, text=text, return_tensors="pt")
+        inputs["input_ids"][:, 0] = enc
         with torch.no_grad():
             logits = reranker.model(**inputs, use_itm_head=True).itm_score[0]
-        scores.append(float(logits[1] - logits[0]))
+        scores.append(float(logits[1]))
     return np.array(scores)
 
 
