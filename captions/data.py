@@ -83,8 +83,9 @@ def read_captions_jsonl(path: Path, root: Path | None = None,
 
     Relative image paths resolve against ``root``, else against the file's own folder, so a
     dataset folder can move as a whole. A line may carry ``"caption"`` (one string) instead
-    of ``"captions"``, plus ``"language"``, ``"image_id"`` and ``"also_true"`` (image ids of
-    other images the captions are true of); other keys are ignored.
+    of ``"captions"``, plus ``"language"``, ``"image_id"``, ``"also_true"`` (image ids of
+    other images the captions are true of) and ``"lookalike_key"`` (shared by near-duplicates:
+    a scene's ``"scene"`` gives it too); other keys are ignored.
 
     >>> records = read_captions_jsonl(Path("data/scenes/test.de.jsonl"))  # doctest: +SKIP
     >>> records[0].captions[0]  # doctest: +SKIP
@@ -115,6 +116,8 @@ def read_captions_jsonl(path: Path, root: Path | None = None,
         merged.setdefault((image, language), (image_id, []))[1].extend(captions)
         if isinstance(row.get("scene"), dict):
             keys[(image, language)] = scene_lookalike_key(row["scene"])
+        elif isinstance(row.get("lookalike_key"), str):
+            keys[(image, language)] = row["lookalike_key"]
         others = row.get("also_true", [])
         if not isinstance(others, list) or not all(isinstance(o, str) for o in others):
             raise ValueError(f"{where}: 'also_true' must be a list of image id strings")
