@@ -3,6 +3,9 @@
 The collection's identity (``CollectionInfo``) is written beside the data in
 ``twinrank.json`` and checked on every open. The shard itself is held on a
 ``ShardLease``, so the UI and an ingest can share the folder (see ``search.lease``).
+Cached reranker tokens live beside the shard in ``tokens.bin`` (``store.tokens``: its
+layout and crash rules), each point naming its record in its payload; collections made
+before that file existed keep the ``tokens`` multivector in the shard.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,8 @@ from twinrank.store.schema import (
     CENTRED_VECTOR,
     IMAGE_VECTOR,
     PAYLOAD_GRAPH_LINKS,
+    TOKENS_IN_FILE,
+    TOKENS_VECTOR,
     CollectionInfo,
     PointRecord,
     SearchPlan,
@@ -36,6 +41,7 @@ from twinrank.store.schema import (
     planned_search,
     query_for_centred,
 )
+from twinrank.store.tokens import TOKEN_SLOT, TokenFile
 
 META_FILE = "twinrank.json"
 SHARD_DIR = "shard"
@@ -60,10 +66,12 @@ class EdgeStore(StoreBase):
         []
     """
 
-    def __init__(self, folder: Path, lease: ShardLease, info: CollectionInfo) -> None:
+    def __init__(self, folder: Path, lease: ShardLease, info: CollectionInfo,
+                 tokens: TokenFile | None = None) -> None:
         self.folder = folder
         self.info = info
         self._lease = lease
+        self._tokens = tokens  # the side file, when the collection keeps tokens in one
         self._count: tuple[int, int] | None = None  # (lease generation, points)
 
     @classmethod
@@ -99,8 +107,9 @@ class EdgeStore(StoreBase):
                                  f"({error.strerror or error}). Pass a folder you can write "
                                  f"with --store.") from None
             config = _edge_config(info)
-            store = cls(folder, ShardLease(folder, lambda: _create_or_load(shard_path, config),
-                                           wait_s), info)
+            tokens = _token_file(folder, info)
+            opener = _settling(lambda: _create_or_load(shard_path, config), tokens)
+            store = cls(folder, ShardLease(folder, opener, wait_s), info, tokens)
             store._create_indexes()
             (folder / META_FILE).write_text(json.dumps(asdict(info), indent=2))
             return store
@@ -113,8 +122,10 @@ class EdgeStore(StoreBase):
                                  f"another --store.")
             working = scratch = readable_copy(folder, SHARD_DIR)
             shard_path = str(working / SHARD_DIR)
-        lease = ShardLease(working, lambda: EdgeShard.load(shard_path), wait_s, scratch=scratch)
-        store = cls(folder, lease, found)
+        tokens = _token_file(folder, found, writable=scratch is None)
+        lease = ShardLease(working, _settling(lambda: EdgeShard.load(shard_path), tokens),
+                           wait_s, scratch=scratch)
+        store = cls(folder, lease, found, tokens)
         store.count()  # open now, so a busy or broken folder fails here, not mid-query
         return store
 
@@ -130,18 +141,32 @@ class EdgeStore(StoreBase):
 
         if not records:
             return
+        tokens = self._tokens
+        in_file = self.info.token_layout == TOKENS_IN_FILE
+        if in_file and tokens is None and any(r.image_tokens is not None for r in records):
+            raise ValueError(f"The collection at {self.folder} keeps no image tokens "
+                             f"(token_count {self.info.token_count}); upsert without them.")
         with self._lease.hold() as shard:
             centred = self._centred_for(records)
-            points = []
-            for i, record in enumerate(records):
-                vectors: dict[str, Any] = {
-                    IMAGE_VECTOR: record.image_vector.astype(np.float32).tolist()}
-                if centred is not None:
-                    vectors[CENTRED_VECTOR] = centred[i].tolist()
-                if record.image_tokens is not None:
-                    vectors["tokens"] = record.image_tokens.astype(np.float32).tolist()
-                points.append(Point(record.id, vectors, indexed_payload(record.payload)))
-            shard.update(UpdateOperation.upsert_points(points))
+            try:
+                slots: dict[str, int] = {}
+                if tokens is not None:  # records first: a point never names an unwritten one
+                    by_id = {r.id: r.image_tokens for r in records}
+                    slots = tokens.stage(by_id, _token_slots(shard, list(by_id)))
+                points = []
+                for i, record in enumerate(records):
+                    vectors: dict[str, Any] = {
+                        IMAGE_VECTOR: record.image_vector.astype(np.float32).tolist()}
+                    if centred is not None:
+                        vectors[CENTRED_VECTOR] = centred[i].tolist()
+                    if record.image_tokens is not None and not in_file:
+                        vectors[TOKENS_VECTOR] = record.image_tokens.astype(np.float32).tolist()
+                    payload = _written(record.payload, slots.get(record.id))
+                    points.append(Point(record.id, vectors, payload))
+                shard.update(UpdateOperation.upsert_points(points))
+            finally:
+                if tokens is not None:  # keep the records points now name, free the rest
+                    tokens.settle(lambda ids: _token_slots(shard, ids))
             self._count = None
             self.refresh_image_mean()
 
@@ -150,8 +175,11 @@ class EdgeStore(StoreBase):
         from qdrant_edge import UpdateOperation
 
         with self._lease.hold() as shard:
+            slot = None  # the point keeps naming its tokens' record, in the same write
+            if self._tokens is not None:
+                slot = _token_slots(shard, [point_id]).get(point_id)
             shard.update(UpdateOperation.overwrite_payload([point_id],
-                                                           indexed_payload(payload)))
+                                                           _written(payload, slot)))
 
     def _set_payload_fields(self, ids: Sequence[str], fields: dict[str, Any]) -> None:
         self._check_writable()
@@ -165,8 +193,15 @@ class EdgeStore(StoreBase):
         from qdrant_edge import UpdateOperation
 
         if ids:
+            tokens = self._tokens
             with self._lease.hold() as shard:
-                shard.update(UpdateOperation.delete_points(list(ids)))
+                if tokens is not None:  # their records are freed once the points are gone
+                    tokens.doubt(_token_slots(shard, list(ids)))
+                try:
+                    shard.update(UpdateOperation.delete_points(list(ids)))
+                finally:
+                    if tokens is not None:
+                        tokens.settle(lambda found: _token_slots(shard, found))
                 self._count = None
 
     def search(
@@ -209,12 +244,28 @@ class EdgeStore(StoreBase):
                     params=SearchParams(exact=chosen.exact, hnsw_ef=chosen.hnsw_ef,
                                         quantization=QuantizationSearchParams(ignore=True)
                                         if chosen.candidates else None))
-                return [StoredHit(str(p.id), float(p.score), dict(p.payload or {}))
+                return [StoredHit(str(p.id), float(p.score), _public(p.payload))
                         for p in shard.query(request)]
 
             return planned_search(run, self._points(shard), limit, plan, modality,
                                   crosses_gap(info), info,
                                   filtered=condition is not None)
+
+    def get_tokens(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The cached (T, W) tokens of those ``ids`` that have them: float16 copies out of
+        the side file (~1-2 ms for 20 BLIP-size sets), or, in a collection made before it,
+        float32 from the ``tokens`` multivector (seconds at that size).
+
+        Example:
+            >>> store.get_tokens([hit.id for hit in hits])[hits[0].id].shape
+            (16, 256)
+        """
+        if self.info.token_layout != TOKENS_IN_FILE:
+            return super().get_tokens(ids)
+        if self._tokens is None or not ids:
+            return {}
+        with self._lease.hold() as shard:  # no writer in any process while copying
+            return self._tokens.read(_token_slots(shard, list(ids)))
 
     def _named_vectors(self, ids: Sequence[str], name: str) -> dict[str, np.ndarray]:
         with self._lease.hold() as shard:
@@ -257,7 +308,7 @@ class EdgeStore(StoreBase):
     def get_payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         with self._lease.hold() as shard:
             records = shard.retrieve(list(ids), True, False)
-        return {str(r.id): dict(r.payload or {}) for r in records}
+        return {str(r.id): _public(r.payload) for r in records}
 
     def iter_payloads(self) -> Iterator[tuple[str, dict[str, Any]]]:
         from qdrant_edge import ScrollRequest
@@ -269,7 +320,7 @@ class EdgeStore(StoreBase):
                     ScrollRequest(offset=offset, limit=1000, with_payload=True, with_vector=False)
                 )
             for record in records:
-                yield str(record.id), dict(record.payload or {})
+                yield str(record.id), _public(record.payload)
             if offset is None:
                 return
 
@@ -313,7 +364,11 @@ class EdgeStore(StoreBase):
         return self._lease.release()
 
     def close(self) -> None:
-        self._lease.close()
+        try:
+            self._lease.close()
+        finally:
+            if self._tokens is not None:
+                self._tokens.close()
 
     def _index_field(self, name: str) -> None:
         self._check_writable()
@@ -343,6 +398,55 @@ class EdgeStore(StoreBase):
                 kind = INDEXED_FIELDS[name]
                 linked = links if isinstance(links, bool) else name in links
                 shard.update(UpdateOperation.create_field_index(name, params(kind, linked)))
+
+
+def _token_file(folder: Path, info: CollectionInfo, writable: bool = True) -> TokenFile | None:
+    """The collection's token side file, when it keeps tokens in one."""
+    if info.token_layout != TOKENS_IN_FILE or info.token_count <= 0 or info.token_width <= 0:
+        return None
+    return TokenFile(folder, (info.token_count, info.token_width), writable)
+
+
+def _settling(load: Callable[[], Any], tokens: TokenFile | None) -> Callable[[], Any]:
+    """A shard opener that first settles what a killed write left in the side file."""
+    if tokens is None:
+        return load
+
+    def opened() -> Any:
+        shard = load()
+        try:
+            tokens.settle(lambda ids: _token_slots(shard, ids))
+        except BaseException:
+            shard.close()
+            raise
+        return shard
+
+    return opened
+
+
+def _token_slots(shard: Any, ids: list[str]) -> dict[str, int]:
+    """The side-file slot each of these points names (points without one left out)."""
+    if not ids:
+        return {}
+    records = shard.retrieve(list(ids), [TOKEN_SLOT], False)
+    return {str(r.id): int(r.payload[TOKEN_SLOT]) for r in records
+            if r.payload and r.payload.get(TOKEN_SLOT) is not None}
+
+
+def _written(payload: Any, slot: int | None) -> dict[str, Any]:
+    """A payload as stored: indexed fields made, and the point's token slot, if any."""
+    written = indexed_payload(payload)
+    written.pop(TOKEN_SLOT, None)
+    if slot is not None:
+        written[TOKEN_SLOT] = slot
+    return written
+
+
+def _public(payload: dict[str, Any] | None) -> dict[str, Any]:
+    """A stored payload as callers see it: without the store's own token slot."""
+    found = dict(payload or {})
+    found.pop(TOKEN_SLOT, None)
+    return found
 
 
 def _create_or_load(shard_path: str, config: Any) -> Any:
@@ -381,8 +485,9 @@ def _edge_config(info: CollectionInfo) -> Any:
         hnsw_config=HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000),
         memory=Memory.Cold,  # on disk (mmap), read per rerank: BLIP's are 886 kB per image
     )
-    vectors = {IMAGE_VECTOR: EdgeVectorParams(size=info.vector_size, distance=Distance.Cosine),
-               "tokens": tokens}
+    vectors = {IMAGE_VECTOR: EdgeVectorParams(size=info.vector_size, distance=Distance.Cosine)}
+    if info.token_layout != TOKENS_IN_FILE:  # a collection made before the side file
+        vectors[TOKENS_VECTOR] = tokens
     if info.centred:  # only a prefetch reads it: half precision, searched through int8
         vectors[CENTRED_VECTOR] = EdgeVectorParams(
             size=info.vector_size, distance=Distance.Cosine,

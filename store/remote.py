@@ -1,7 +1,8 @@
 """A Qdrant server, cluster or Qdrant Cloud through qdrant-client: the back end by URL.
 
 Same schema as the embedded store: named vectors ``image`` (cosine, HNSW) and ``tokens``
-(float16 multivector, no index), the same payload indexes, and the collection's identity
+(float16 multivector, no index, on disk; an embedded collection keeps these tokens in a
+side file instead, ``store.tokens``), the same payload indexes, and the collection's identity
 stored *with the collection* (Qdrant collection metadata, server 1.16+), so a server
 collection is as self-describing as an embedded folder.
 
@@ -32,6 +33,7 @@ from twinrank.store.schema import (
     CENTRED_VECTOR,
     IMAGE_VECTOR,
     PAYLOAD_GRAPH_LINKS,
+    TOKENS_VECTOR,
     CollectionInfo,
     PointRecord,
     SearchPlan,
@@ -152,7 +154,7 @@ class RemoteStore(StoreBase):
                 vectors[CENTRED_VECTOR] = centred[i].astype(np.float16).astype(np.float32).tolist()
             if record.image_tokens is not None:  # rounded as a server stores them
                 tokens = record.image_tokens.astype(np.float16).astype(np.float32)
-                vectors["tokens"] = tokens.tolist()
+                vectors[TOKENS_VECTOR] = tokens.tolist()
             points.append(models.PointStruct(id=record.id, vector=vectors,
                                              payload=indexed_payload(record.payload)))
         self._call(lambda: self._client.upsert(self.collection, points=points, wait=True))
@@ -333,7 +335,7 @@ def _create_collection(
     )
     vectors = {IMAGE_VECTOR: models.VectorParams(size=info.vector_size,
                                                  distance=models.Distance.COSINE),
-               "tokens": tokens}
+               TOKENS_VECTOR: tokens}
     if info.centred:  # only a prefetch reads it: half precision, searched through int8
         vectors[CENTRED_VECTOR] = models.VectorParams(
             size=info.vector_size, distance=models.Distance.COSINE,

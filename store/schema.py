@@ -1,10 +1,12 @@
 """What every store back end shares: the collection's identity, records, errors, the seam.
 
 One collection per (corpus, model). Named vectors per point: ``image`` (dense, cosine,
-HNSW) and ``tokens`` (the reranker's cached image tokens: a float16 multivector with no
-index). Payload indexes on the fields users filter by (``search.filters.INDEXED_FIELDS``).
-Both back ends (``search.edge`` embedded, ``search.remote`` by URL) build exactly this
-schema and answer the same queries with the same points.
+HNSW) and, on a server, ``tokens`` (the reranker's cached image tokens: a float16
+multivector with no index, on disk). An embedded collection keeps those tokens in a
+memory-mapped side file instead (``store.tokens``; ``CollectionInfo.token_layout``).
+Payload indexes on the fields users filter by (``search.filters.INDEXED_FIELDS``).
+Both back ends (``search.edge`` embedded, ``search.remote`` by URL) build this schema and
+answer the same queries with the same points and tokens.
 """
 
 from __future__ import annotations
@@ -108,6 +110,9 @@ GAP_FRACTION = 0.75
 IMAGE_VECTOR = "image"
 CENTRED_VECTOR = "centred"
 TOKENS_VECTOR = "tokens"
+# Where an embedded collection keeps its cached tokens (``CollectionInfo.token_layout``).
+TOKENS_IN_FILE = "file"  # the side file of ``store.tokens``: new collections
+TOKENS_IN_QDRANT = "multivector"  # the ``tokens`` multivector: collections made before it
 
 
 class StoreError(RuntimeError):
@@ -150,6 +155,12 @@ class CollectionInfo:
     # and type filter is one keyword match (``SearchFilter.conditions``); older
     # collections keep the two conditions.
     folder_formats: bool = True
+    # Where an embedded (Qdrant Edge) collection keeps its cached tokens: TOKENS_IN_FILE
+    # (made since the side file exists: 20 BLIP-size sets read in milliseconds) or
+    # TOKENS_IN_QDRANT (older ones, still read and written that way). A field rather than
+    # a new SCHEMA_VERSION, which ``check_info`` would refuse for older collections. A
+    # server collection keeps the on-disk multivector whatever this says (``store.remote``).
+    token_layout: str = TOKENS_IN_FILE
 
     def __post_init__(self) -> None:
         for name in ("text_mean", "image_mean"):  # JSON gives lists; keep it hashable
@@ -172,6 +183,7 @@ class CollectionInfo:
         known = {f.name for f in fields(cls)}
         found = {k: v for k, v in data.items() if k in known}
         found.setdefault("folder_formats", False)  # stored before the field existed
+        found.setdefault("token_layout", TOKENS_IN_QDRANT)  # likewise
         return cls(**found)
 
 
@@ -218,7 +230,10 @@ class StoreBase:
     (``image``, ``tokens``) and use as a context manager that closes the store."""
 
     def get_tokens(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
-        return self._named_vectors(ids, "tokens")
+        """The cached (T, W) tokens of those ``ids`` that have them (float16 or float32
+        by back end: callers convert). The multivector's way; ``EdgeStore`` reads its
+        side file instead."""
+        return self._named_vectors(ids, TOKENS_VECTOR)
 
     def get_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         return self._named_vectors(ids, "image")

@@ -1,5 +1,7 @@
 """Crash safety: a real `twinrank ingest` process killed with SIGKILL mid-run, twice; the
-store must open, hold no duplicates, and the next run must finish the job exactly."""
+store must open, hold no duplicates, keep every point's cached tokens and no stray ones
+(``test_token_file`` kills a writer at each step of a token write), and the next run must
+finish the job exactly."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import threading
 from pathlib import Path
 
 from conftest import make_image
+from test_token_file import assert_tokens_consistent
 
 from twinrank.store import open_store
 
@@ -56,6 +59,7 @@ def _state(store_path: Path) -> dict[str, list[str]]:
     try:
         state = {pid: sorted(p["paths"]) for pid, p in store.iter_payloads()}
         assert store.count() == len(state)
+        assert_tokens_consistent(store)
     finally:
         store.close()
     return state
