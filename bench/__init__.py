@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, str] = {
     "preset_speed": "image-tower speed of each preset's architecture on this CPU",
     "ray_ingest_bench": "ingest on Ray vs the in-process ingest of the same photos",
     "ui_latency": "the app in headless Chromium: Enter to results, 1 and 5 sessions (issue 21)",
+    "token_read_bench": "20 BLIP-size token sets read: side file vs multivector, RAM (issue 34)",
 }
 
 

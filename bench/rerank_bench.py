@@ -124,7 +124,7 @@ def run(ks: list[int], repeats: int, heavy_repeats: int, threads: int | None) ->
             model.encode_text(model.tokenize([QUERY]))
 
     def head_only(top: list[Hit]) -> None:
-        tokens = torch.from_numpy(np.stack([t[h.id] for h in top]))  # (k, 16, 256)
+        tokens = torch.from_numpy(np.stack([t[h.id] for h in top]).astype(np.float32))  # (k,T,W)
         with torch.inference_mode():
             model.match_logit(text.text_tokens.expand(len(top), -1, -1),
                               text.text_mask.expand(len(top), -1), tokens)

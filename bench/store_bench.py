@@ -187,11 +187,12 @@ def ef_sweep(store: EdgeStore, corpus: Corpus, expected: dict[str, np.ndarray],
 
 
 def token_cache(where: Path, tokens: tuple[int, int] = (16, 256), n: int = 4000) -> dict[str, Any]:
-    """Bytes per image of the reranker's token multivector: as stored, and on disk.
+    """Bytes per image of the reranker's cached tokens: as stored, and on disk.
 
-    The segment stores float16 (``raw``); the write-ahead log also holds each upsert as
-    float32 until it rotates, and files grow in preallocated chunks, so the on-disk delta
-    at a few thousand points is an upper bound.
+    New embedded collections keep them in the side file of ``store.tokens`` (float16 plus a
+    64-byte tag per record); results recorded before it measured the shard's multivector,
+    whose write-ahead log also held each upsert as float32 until it rotated. Files grow in
+    preallocated chunks, so the on-disk delta at a few thousand points is an upper bound.
     """
     rng = np.random.default_rng(0)
     sizes = {}
