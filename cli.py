@@ -63,7 +63,7 @@ def set_threads(threads: int | None) -> None:
 # torch (the model errors) into commands that never need it: a no-op ingest, a fast search.
 USER_ERRORS = (("twinrank.models.factory", "ModelLoadError"),
                ("twinrank.store.schema", "StoreError"),
-               ("twinrank.search.client", "QueryError"))
+               ("twinrank.search.route", "QueryError"))
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
@@ -261,7 +261,7 @@ def search(
             from twinrank.search import fast
 
             request = fast.FastSearch(query, k, rerank, rerank_top_k, bi_weight, filters,
-                                      None if reranker == "auto" else reranker)
+                                      reranker)
             try:
                 hits, note = fast.run_fast_search(store.expanduser(), request, threads)
             except fast.NeedsTorch:  # e.g. --reranker blip-itm: expected, nothing to say

@@ -65,14 +65,15 @@ class Candidate:
 class RerankQuery:
     """A text query, optionally with its encoding by the model ``encoded_by`` names.
 
-    ``encoding`` holds one row (batch of 1), its padding trimmed.
+    ``encoding`` holds one row (batch of 1), its padding trimmed: a ``TextEncoding`` from
+    a torch model, or what an exported query side's cross-encoder reads (numpy arrays).
     """
 
     text: str
-    encoding: TextEncoding | None = None
+    encoding: TextEncoding | Any | None = None
     encoded_by: str = ""
 
-    def encoding_for(self, model_id: str) -> TextEncoding | None:
+    def encoding_for(self, model_id: str) -> Any | None:
         """The carried encoding when ``model_id`` made it, else None (encode again)."""
         return self.encoding if self.encoding is not None and self.encoded_by == model_id else None
 

@@ -8,7 +8,8 @@ A spec is ``name`` or ``name:argument``:
 
 Adding a reranker is one module that defines it and its ``KIND`` (a ``RerankerKind``),
 plus one line in ``_KINDS`` below. Which reranker a collection gets when none is named is
-``default_reranker``'s rule: its model's own, when that was trained, else none.
+``default_reranker``'s rule (``rerank.policy``): its model's own, when that was trained,
+else none.
 
 Example:
     >>> [kind.name for kind in available_rerankers()]
@@ -23,6 +24,10 @@ from typing import Any
 
 from twinrank.rerank import fused, itm
 from twinrank.rerank.base import Reranker, RerankerContext, RerankerKind, untrained_allowed
+from twinrank.rerank.policy import blend_weight, default_reranker
+
+__all__ = ["KINDS", "available_rerankers", "blend_weight", "clear_reranker_cache",
+           "default_reranker", "make_reranker", "parse_reranker_spec"]
 
 
 def _no_reranker(argument: str, context: RerankerContext) -> None:
@@ -72,38 +77,6 @@ def make_reranker(
     kind, argument = parse_reranker_spec(spec)
     context = RerankerContext(model, tokens, device, precision, untrained_allowed())
     return kind.build(argument, context)
-
-
-def default_reranker(model: Any) -> tuple[str, str | None]:
-    """The reranker a collection gets when none is named, and a note when it gets none.
-
-    The model's own cross-encoder when it was trained (or when the untrained-head switch
-    is on, for tests); otherwise no reranking, with one line saying why and what to do.
-
-    >>> from twinrank.models import create_model
-    >>> spec, note = default_reranker(create_model("twinrank-tiny"))  # random weights
-    >>> spec if not untrained_allowed() else "none"
-    'none'
-    """
-    if model is not None and (model.reranker_trained or untrained_allowed()):
-        return "fused", None
-    who = getattr(model, "model_id", "this collection's model")
-    return "none", (f"No reranking: {who} has no trained reranker. Use --reranker blip-itm, "
-                    f"a preset with a reranker (twinrank models), or twinrank train.")
-
-
-def blend_weight(reranker: Reranker | None, model: Any | None) -> float:
-    """The bi-encoder score's weight in a reranked score when the user names none.
-
-    A model's own cross-encoder comes with its model's recipe (``model.bi_weight``: BLIP
-    ranks by ITM logit + ITC cosine, so 1); any other reranker's scores stand alone (0).
-
-    >>> blend_weight(None, None)
-    0.0
-    """
-    if reranker is not None and model is not None and reranker.name == fused.KIND.name:
-        return float(model.bi_weight)
-    return 0.0
 
 
 def clear_reranker_cache() -> None:

@@ -14,12 +14,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twinrank.search.hits import Hit, SearchResults
+from twinrank.search.route import QueryError
 from twinrank.store import CollectionMismatchError, StoreBusyError, StoreError, read_info
 from twinrank.store.filters import SearchFilter, folder_key
 
 if TYPE_CHECKING:
     from twinrank.models.factory import ModelLoadError
-    from twinrank.search.client import QueryError, SearchClient
+    from twinrank.search.client import SearchClient
 
 __all__ = ["CollectionMismatchError", "Hit", "ModelLoadError", "QueryError", "SearchClient",
            "SearchFilter", "SearchResults", "StoreBusyError", "StoreError", "folder_key",
@@ -40,7 +41,7 @@ def reranker_names() -> list[str]:
 def __getattr__(name: str) -> Any:
     # The client and the model factory load torch; imported on first use (PEP 562), so
     # the fast query path (search.fast) and the result types come without it.
-    if name in ("QueryError", "SearchClient"):
+    if name == "SearchClient":
         from twinrank.search import client
 
         return getattr(client, name)

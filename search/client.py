@@ -32,7 +32,14 @@ from twinrank.models.images import ImageReadError, open_image
 from twinrank.rerank.base import Reranker, RerankQuery
 from twinrank.rerank.registry import blend_weight, default_reranker, make_reranker
 from twinrank.search.hits import Hit, SearchResults
-from twinrank.search.ranking import apply_scores, candidates
+from twinrank.search.route import (
+    QueryError,
+    RerankStep,
+    check_k,
+    clean_query,
+    ms_since,
+    run_query,
+)
 from twinrank.store import (
     CollectionInfo,
     CollectionMismatchError,
@@ -44,10 +51,6 @@ from twinrank.store.filters import SearchFilter
 from twinrank.store.schema import file_content_hash
 
 DEFAULT_RERANK_TOP_K = 20
-
-
-class QueryError(ValueError):
-    """The query itself is unusable (empty, say); the message says why."""
 
 
 def load_collection_model(info: CollectionInfo, device: str | None = None) -> TwinModel:
@@ -182,10 +185,10 @@ class SearchClient:
             >>> [len(results) for results in batch]
             [3, 3]
         """
-        _check_k(k)
+        check_k(k)
         started = time.perf_counter()
         vectors, texts, encodings = self._encode_queries(queries)
-        encode_ms = _ms_since(started) / max(len(queries), 1)
+        encode_ms = ms_since(started) / max(len(queries), 1)
         return [
             self._retrieve(vector, text, k, rerank, filters, rerank_top_k, {"encode_ms": encode_ms},
                            encoding)
@@ -205,14 +208,14 @@ class SearchClient:
             >>> len(client.similar(Path("photos/2021/a0.png"), k=5))  # any image file
             5
         """
-        _check_k(k)
+        check_k(k)
         started = time.perf_counter()
         point_id = self._point_for(point)
         if point_id is not None:
             vector = self.store.get_vectors([point_id])[point_id]
         else:
             vector = self.encode_images([Path(point)])[0]
-        timings = {"encode_ms": _ms_since(started)}
+        timings = {"encode_ms": ms_since(started)}
         results = self._retrieve(vector, None, k + 1, False, filters, None, timings)
         own = str(Path(point).expanduser().resolve()) if point_id is None else None
         kept = [h for h in results if h.id != point_id and own not in h.payload.get("paths", [])]
@@ -236,7 +239,7 @@ class SearchClient:
         """Query vectors, the texts (None for image queries) and each text's encoding (one
         row), which a reranker on the same model reuses, so no text is encoded twice."""
         texts: list[str | None] = [
-            _clean_query(q) if isinstance(q, str) else None for q in queries
+            clean_query(q) if isinstance(q, str) else None for q in queries
         ]
         vectors: list[np.ndarray | None] = [None] * len(queries)
         encodings: list[TextEncoding | None] = [None] * len(queries)
@@ -265,25 +268,12 @@ class SearchClient:
         timings: dict[str, float],
         encoding: TextEncoding | None = None,
     ) -> SearchResults:
-        timings = dict(timings)
-        do_rerank = rerank and text is not None and self.reranker is not None
-        depth = max(k, rerank_top_k or self.rerank_top_k) if do_rerank else k
-        started = time.perf_counter()
-        stored = self.store.search(vector, depth, filters,
-                                   modality="image" if text is None else "text")
-        timings["search_ms"] = _ms_since(started)
-        hits = [
-            Hit(id=s.id, path=_first_path(s.payload), score=s.score, bi_score=s.score,
-                bi_rank=rank, payload=s.payload)
-            for rank, s in enumerate(stored, start=1)
-        ]
-        if do_rerank and self.reranker is not None and text is not None:
-            started = time.perf_counter()
-            query = RerankQuery(text, encoding, self.model.model_id)
-            scores = self.reranker.score(query, candidates(hits))
-            hits = apply_scores(hits, scores, self.bi_weight)
-            timings["rerank_ms"] = _ms_since(started)
-        return SearchResults(hits[:k], timings)
+        step = None
+        if rerank and text is not None and self.reranker is not None:
+            step = RerankStep(self.reranker, RerankQuery(text, encoding, self.model.model_id),
+                              rerank_top_k or self.rerank_top_k, self.bi_weight)
+        return run_query(self.store, vector, k, filters=filters, rerank=step, timings=timings,
+                         modality="image" if text is None else "text")
 
     def compare(
         self, text: str, k: int = 10, filters: SearchFilter | None = None
@@ -329,18 +319,6 @@ class SearchClient:
         self.close()
 
 
-def _clean_query(text: str) -> str:
-    query = " ".join(str(text).split())
-    if not query:
-        raise QueryError("The query is empty; type what you are looking for.")
-    return query
-
-
-def _check_k(k: int) -> None:
-    if k < 1:
-        raise QueryError(f"k must be at least 1, got {k}.")
-
-
 def _as_rgb(image: Image.Image | Path) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB")
@@ -363,15 +341,6 @@ def _is_uuid(text: str) -> bool:
 
 def _renumber(hits: list[Hit]) -> list[Hit]:
     return [replace(h, bi_rank=rank) for rank, h in enumerate(hits, start=1)]
-
-
-def _first_path(payload: dict[str, Any]) -> str:
-    paths = payload.get("paths") or [""]
-    return str(paths[0])
-
-
-def _ms_since(started: float) -> float:
-    return (time.perf_counter() - started) * 1000.0
 
 
 def _encoding_row(encoded: TextEncoding, row: int) -> TextEncoding:

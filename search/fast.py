@@ -1,41 +1,42 @@
-"""A text search without torch: the query side in ONNX Runtime, the store as usual.
+"""A text search without torch: the exported query side, the store as usual.
 
-``twinrank search`` pays for what it runs. The torch path imports torch and open_clip and
-loads both towers (seconds, gigabytes) to encode one query; this path reads the
-collection's ``fast/`` export (``twinrank.models.export``: the text tower and the fusion
-head as ONNX graphs, the tokenizer's vocabulary, a manifest naming the model) and runs
-only those, with numpy and a tokenizer that needs no torch. Same top-k and the same
-scores to float rounding as the torch path (``tests/test_fast_path.py``).
+``twinrank search`` pays for what it runs. The torch path imports torch and loads the
+whole model (seconds, gigabytes) to encode one query; this path reads the collection's
+``fast/`` export, written at ingest, and runs only the query side: an open_clip
+TwinModel's text tower and fusion head as ONNX graphs (``models.export``), or BLIP's
+text encoder and ITM head in numpy (``models.blip_query``), with tokenizers that need no
+torch. The hits come from the one route every search takes (``search.route``): same
+top-k and the same scores to float rounding as the torch path (``tests/test_fast_path.py``,
+``tests/test_blip_query.py``).
 
-``FastQueryModel.open`` refuses an export that is missing, incomplete or made from
-another model than the collection's (``FastPathUnavailable``, one sentence); the CLI
-then says so in one line and searches with torch.
+``open_query_side`` refuses an export that is missing, incomplete or made from another
+model than the collection's (``FastPathUnavailable``, one phrase); the CLI then says so in
+one line and searches with torch.
 
 Example:
     >>> from twinrank.store import open_store
     >>> with open_store("~/.twinrank/store") as store:
-    ...     fast = FastQueryModel.open(Path("~/.twinrank/store").expanduser(), store.info)
-    ...     hits = fast_search(store, fast, FastSearch("a red circle", k=5))
+    ...     side = open_query_side(Path("~/.twinrank/store").expanduser(), store.info)
+    ...     hits = fast_search(store, side, FastSearch("a red circle", k=5))
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from twinrank.models.onnx_files import FAST_DIR, FORMAT_VERSION, read_manifest
-from twinrank.rerank.base import untrained_allowed
-from twinrank.search.hits import Hit, SearchResults
+from twinrank.rerank.base import Candidate, RerankQuery, TokenSource, as_query
+from twinrank.rerank.policy import default_reranker
+from twinrank.search.hits import SearchResults
+from twinrank.search.route import RerankStep, check_k, clean_query, ms_since, run_query
 from twinrank.store import CollectionInfo, VectorStore
 from twinrank.store.filters import SearchFilter
-
-UNTRAINED_NOTE = ("No reranking: this collection's model has no trained reranker. Use "
-                  "--reranker blip-itm, a preset with a reranker (twinrank models), or "
-                  "twinrank train.")
 
 
 class FastPathUnavailable(RuntimeError):
@@ -57,7 +58,26 @@ class FastSearch:
     rerank_top_k: int = 20
     bi_weight: float | None = None  # None: the export's recorded recipe
     filters: SearchFilter | None = None
-    reranker: str | None = None  # None: the collection's trained one, else none
+    reranker: str = "auto"  # the collection's trained one, else none (as SearchClient)
+
+
+class QuerySide(Protocol):
+    """What the fast path runs of a model: its text encoder and its cross-encoder, over
+    the collection's cached tokens. ``FastQueryModel`` (an open_clip TwinModel's ONNX
+    export) and ``models.blip_query.BlipQuery`` (BLIP in numpy) are the two."""
+
+    model_id: str
+    reranker_trained: bool
+    bi_weight: float
+
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Text vectors (B, D), what the cross-encoder reads of the text, and its mask."""
+        ...
+
+    def match_logits(self, text_tokens: np.ndarray, text_mask: np.ndarray,
+                     image_tokens: np.ndarray) -> np.ndarray:
+        """Rerank scores (k,) of one query against k cached token sets (k, T, W)."""
+        ...
 
 
 class FastQueryModel:
@@ -79,6 +99,7 @@ class FastQueryModel:
         self.folder = folder
         self.manifest = manifest
         self.pad_id = int(manifest["pad_id"])
+        self.model_id = str(manifest["model_id"])
         self.reranker_trained = bool(manifest.get("reranker_trained", False))
         self.bi_weight = float(manifest.get("bi_weight", 0.0))
         self.tokenizer = ClipBpe(folder / manifest["vocab"], int(manifest["context_length"]))
@@ -92,31 +113,6 @@ class FastQueryModel:
         self._head_file = folder / manifest["head_graph"]
         self._options, self._providers = options, providers
         self._head: Any = None  # loaded on the first rerank
-
-    @classmethod
-    def open(cls, collection: Path, info: CollectionInfo,
-             threads: int | None = None) -> FastQueryModel:
-        """The export in ``collection``'s ``fast/`` folder, checked against ``info``."""
-        folder = Path(collection) / FAST_DIR
-        manifest = read_manifest(folder)
-        if manifest is None:
-            raise FastPathUnavailable("this collection has no fast query export yet")
-        if manifest.get("unavailable"):
-            raise FastPathUnavailable(f"this model has none: {manifest['unavailable']}")
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise FastPathUnavailable("its fast query export is from another twinrank version")
-        if manifest.get("model_id") != info.model_id:
-            raise FastPathUnavailable(
-                f"its fast query export is of model {manifest.get('model_id')!r}, not the "
-                f"collection's {info.model_id!r}")
-        if manifest.get("tokenizer") != "clip-bpe":
-            raise FastPathUnavailable(f"tokenizer {manifest.get('tokenizer')!r} has no fast path")
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            raise FastPathUnavailable(
-                "onnxruntime is not installed (pip install onnxruntime)") from None
-        return cls(folder, manifest, threads)
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Text vectors (B, D), token states (B, L, width) and mask (B, L), L cut to the
@@ -143,55 +139,92 @@ class FastQueryModel:
         return logits
 
 
-def fast_search(store: VectorStore, fast: FastQueryModel, request: FastSearch) -> SearchResults:
-    """The best ``request.k`` images for a text query, reranked by the exported head.
+def open_query_side(collection: Path, info: CollectionInfo,
+                    threads: int | None = None) -> QuerySide:
+    """The query side exported into ``collection``'s ``fast/`` folder, checked against
+    ``info``; ``FastPathUnavailable`` (one phrase) when there is none it can run."""
+    folder = Path(collection) / FAST_DIR
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise FastPathUnavailable("this collection has no fast query export yet")
+    if manifest.get("unavailable"):
+        raise FastPathUnavailable(f"this model has none: {manifest['unavailable']}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise FastPathUnavailable("its fast query export is from another twinrank version")
+    if manifest.get("model_id") != info.model_id:
+        raise FastPathUnavailable(
+            f"its fast query export is of model {manifest.get('model_id')!r}, not the "
+            f"collection's {info.model_id!r}")
+    tokenizer = manifest.get("tokenizer")
+    if tokenizer == "bert-wordpiece":
+        from twinrank.models.blip_query import BlipQuery
 
-    The same stages, order and timings as ``SearchClient.search`` for a text query.
-    """
-    from twinrank.search.ranking import apply_scores
+        return BlipQuery(folder, manifest, threads)
+    if tokenizer != "clip-bpe":
+        raise FastPathUnavailable(f"tokenizer {tokenizer!r} has no fast path")
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise FastPathUnavailable(
+            "onnxruntime is not installed (pip install onnxruntime)") from None
+    return FastQueryModel(folder, manifest, threads)
 
-    rerank, _ = reranks(request, fast.reranker_trained)
-    query = " ".join(str(request.query).split())
-    if not query:
-        raise ValueError("The query is empty; type what you are looking for.")
-    if request.k < 1:
-        raise ValueError(f"k must be at least 1, got {request.k}.")
-    started = time.perf_counter()
-    vectors, tokens, mask = fast.encode([query])
-    timings = {"encode_ms": _ms_since(started)}
-    depth = max(request.k, request.rerank_top_k) if rerank else request.k
-    started = time.perf_counter()
-    stored = store.search(vectors[0], depth, request.filters, modality="text")
-    timings["search_ms"] = _ms_since(started)
-    hits = [Hit(id=s.id, path=_first_path(s.payload), score=s.score, bi_score=s.score,
-                bi_rank=rank, payload=s.payload) for rank, s in enumerate(stored, start=1)]
-    if rerank and hits:
-        started = time.perf_counter()
-        cached = store.get_tokens([h.id for h in hits])
-        if len(cached) < len(hits):
+
+class ExportedReranker:
+    """A query side's cross-encoder as a ``Reranker``: it scores the candidates' cached
+    tokens, reusing the query's encoding when the search already made it."""
+
+    name = "fused"
+
+    def __init__(self, side: QuerySide, tokens: TokenSource) -> None:
+        self.side, self.tokens = side, tokens
+
+    def score(self, query: str | RerankQuery, candidates: Sequence[Candidate]) -> np.ndarray:
+        query = as_query(query)
+        encoding = query.encoding_for(self.side.model_id)
+        if encoding is None:
+            _, text_tokens, text_mask = self.side.encode([query.text])
+        else:
+            text_tokens, text_mask = encoding
+        cached = self.tokens.get_tokens([c.id for c in candidates])
+        if len(cached) < len(candidates):
             raise FastPathUnavailable("some hits have no cached reranker tokens")
-        image_tokens = np.stack([cached[h.id] for h in hits]).astype(np.float32)
-        scores = fast.match_logits(tokens, mask, image_tokens)
-        weight = fast.bi_weight if request.bi_weight is None else request.bi_weight
-        hits = apply_scores(hits, scores, weight)
-        timings["rerank_ms"] = _ms_since(started)
-    return SearchResults(hits[: request.k], timings)
+        image_tokens = np.stack([cached[c.id] for c in candidates])  # (k, T, W)
+        return self.side.match_logits(text_tokens, text_mask, image_tokens)
 
 
-def reranks(request: FastSearch, trained: bool) -> tuple[bool, str | None]:
+def fast_search(store: VectorStore, side: QuerySide, request: FastSearch) -> SearchResults:
+    """The best ``request.k`` images for a text query, on the one route every search
+    takes (``search.route.run_query``), reranked by the exported cross-encoder."""
+    rerank, _ = reranks(request, side)
+    query = clean_query(request.query)
+    check_k(request.k)
+    started = time.perf_counter()
+    vectors, tokens, mask = side.encode([query])
+    timings = {"encode_ms": ms_since(started)}
+    step = None
+    if rerank:
+        weight = side.bi_weight if request.bi_weight is None else request.bi_weight
+        step = RerankStep(ExportedReranker(side, store),
+                          RerankQuery(query, (tokens, mask), side.model_id),
+                          request.rerank_top_k, weight)
+    return run_query(store, vectors[0], request.k, filters=request.filters, rerank=step,
+                     timings=timings)
+
+
+def reranks(request: FastSearch, side: QuerySide) -> tuple[bool, str | None]:
     """Whether the fast path reranks ``request`` (and a note when it does not), by the
-    rule the torch path follows (``rerank.registry``); raises ``FastPathUnavailable`` for
-    what only torch runs (another reranker, an untrained head asked for by name)."""
-    spec = (request.reranker or "").strip().lower()
+    rule every search follows (``rerank.registry.default_reranker``); raises ``NeedsTorch``
+    for what only torch runs (another reranker, an untrained head asked for by name)."""
+    spec = request.reranker.strip().lower()
     if not request.rerank or spec == "none":
         return False, None
-    if spec == "":
-        if trained or untrained_allowed():
-            return True, None
-        return False, UNTRAINED_NOTE
+    if spec == "auto":
+        spec, note = default_reranker(side)
+        return spec != "none", note
     if spec != "fused":
         raise NeedsTorch(f"the {spec.partition(':')[0]} reranker runs in torch")
-    if not trained and not untrained_allowed():
+    if default_reranker(side)[0] == "none":
         raise NeedsTorch("this collection's reranker is untrained")  # torch says so
     return True, None
 
@@ -202,24 +235,15 @@ def run_fast_search(collection: Path, request: FastSearch,
     a note when they were not reranked although reranking was on (an untrained head).
 
     Raises ``FastPathUnavailable`` before anything is searched when the export cannot
-    serve it (the caller falls back to the torch path).
+    serve it (the caller falls back to the torch path), and ``NeedsTorch`` when there is
+    no collection (the torch path says so in its own words).
     """
     from twinrank.store import open_store, read_info
 
     info = read_info(collection)
     if info is None:
-        raise FastPathUnavailable("there is no collection there")
-    fast = FastQueryModel.open(collection, info, threads)
-    _, note = reranks(request, fast.reranker_trained)  # refuses before the store opens
+        raise NeedsTorch("there is no collection there")
+    side = open_query_side(collection, info, threads)
+    _, note = reranks(request, side)  # refuses before the store opens
     with open_store(collection) as store:
-        return fast_search(store, fast, request), note
-
-
-
-def _first_path(payload: dict[str, Any]) -> str:
-    paths = payload.get("paths") or [""]
-    return str(paths[0])
-
-
-def _ms_since(started: float) -> float:
-    return (time.perf_counter() - started) * 1000.0
+        return fast_search(store, side, request), note

@@ -33,6 +33,7 @@ from twinrank.search.fast import (
     FastQueryModel,
     FastSearch,
     fast_search,
+    open_query_side,
     run_fast_search,
 )
 from twinrank.store import open_store, read_info
@@ -82,7 +83,7 @@ def test_ingest_writes_the_collections_export(fast_store: Path) -> None:
 def test_fast_search_equals_the_torch_search(fast_store: Path, rerank: bool) -> None:
     only_a = SearchFilter(folder=str(next((fast_store.parent / "photos").glob("a"))))
     with SearchClient(fast_store) as client:
-        fast = FastQueryModel.open(fast_store, client.store.info)
+        fast = open_query_side(fast_store, client.store.info)
         for query in QUERIES:
             for filters in (None, only_a):
                 want = client.search(query, k=8, rerank=rerank, filters=filters)
