@@ -348,7 +348,9 @@ def models_pull(
     name: Annotated[str, typer.Argument(help="A preset (blip-base, clip-b32, ...) or "
                                              "blip:HF-ID.")],
 ) -> None:
-    """Download a preset's weights into the Hugging Face cache (HF_HOME), nothing else.
+    """Download what loading a preset reads into the Hugging Face cache (HF_HOME), with
+    progress on stderr, whichever file holds its weights; then load it with the hub
+    disabled to prove nothing is missing.
 
     Run it on a connected machine; copy the cache to an offline one.
     """
@@ -356,7 +358,9 @@ def models_pull(
 
     with friendly_errors():
         fetched = pull(name)
-    typer.echo(f"In the cache: {', '.join(fetched)}." if fetched
+    for repo, files in fetched.items():
+        typer.echo(f"In the cache: {repo} ({len(files)} files: {', '.join(files)}).")
+    typer.echo(f"{name} loads with the hub disabled." if fetched
                else f"{name} needs no download.")
 
 

@@ -264,44 +264,62 @@ def load_blip_itm(source: str, pull_name: str | None = None) -> tuple[Any, Any]:
     """``BlipForImageTextRetrieval`` and ``BlipProcessor`` from a Hugging Face id or a
     folder, or one clear sentence (``ModelLoadError``) when they cannot be had.
 
-    Offline, ``from_pretrained`` would retry the hub for ~25 s and then fail; this checks
-    first and fails at once unless the model is already in the local hub cache.
+    A hub id whose weights are cached loads from the cache alone. Otherwise, with the hub
+    reachable, what loading needs is downloaded first (``hub_files.fetch_for_loading``,
+    download progress on stderr), the rest of an interrupted download included; offline,
+    one sentence names what is missing and the ``models pull`` command, at once (before
+    transformers is imported) instead of after ~25 s of retries.
     """
-    from transformers import BlipForImageTextRetrieval, BlipProcessor
+    import twinrank.models.hub_files as hub_files
 
     folder = Path(source).expanduser()
-    local_only = False
     if folder.is_dir():
         source = str(folder)
     elif source.startswith(("/", ".", "~")) or source.count("/") != 1:
         raise ModelLoadError(
             f"BLIP model {source!r} is neither a model folder nor a Hugging Face id; pass an "
             f"existing folder or an id like {DEFAULT_BLIP!r}.")
-    elif not in_hub_cache(source):
-        if not hub_reachable():
-            name = pull_name or f"{BLIP_PREFIX}{source}"
+    pull = f"twinrank models pull {pull_name or BLIP_PREFIX + source}"
+    fetch = not folder.is_dir() and not in_hub_cache(source)
+    for last_try in (False, True):
+        if fetch and not hub_reachable():
+            missing = hub_files.missing_from_cache(source) or "is not fully in the cache"
             raise ModelLoadError(
-                f"BLIP model {source!r} is not in the Hugging Face cache and the hub is "
-                f"unreachable: run `twinrank models pull {name}` on a connected machine and "
-                f"copy its HF_HOME here, or use --model demo for the offline demo.")
-    else:
-        local_only = True
-    try:
-        with _quiet_progress():
-            model = BlipForImageTextRetrieval.from_pretrained(source, local_files_only=local_only)
-            processor = BlipProcessor.from_pretrained(source, local_files_only=local_only)
-    except Exception as error:  # transformers raises many kinds; all mean "could not load"
-        raise ModelLoadError(
-            f"Could not load the BLIP model {source!r} ({type(error).__name__}: {error}); "
-            f"pass a BLIP ITM checkpoint such as {DEFAULT_BLIP!r} or its folder.") from error
-    return model.eval(), processor
+                f"BLIP model {source!r} {missing} and the hub is unreachable: run `{pull}` on "
+                f"a connected machine and copy its HF_HOME here, or use --model demo for the "
+                f"offline demo.")
+        try:
+            if fetch:
+                hub_files.fetch_for_loading(source)
+        except FileNotFoundError as error:  # the repo holds no weights we can read
+            raise ModelLoadError(str(error)) from error
+        except Exception as error:  # hub errors come in many classes; all mean "not fetched"
+            raise ModelLoadError(
+                f"Could not download BLIP model {source!r} ({type(error).__name__}: {error}); "
+                f"check the id, or run `{pull}` again later.") from error
+        from transformers import BlipForImageTextRetrieval, BlipProcessor
+
+        try:
+            with _quiet_progress():
+                model = BlipForImageTextRetrieval.from_pretrained(source, local_files_only=True)
+                processor = BlipProcessor.from_pretrained(source, local_files_only=True)
+            return model.eval(), processor
+        except Exception as error:  # transformers raises many kinds; all mean "could not load"
+            if last_try or fetch or folder.is_dir() or not hub_reachable():
+                raise ModelLoadError(
+                    f"Could not load the BLIP model {source!r} ({type(error).__name__}: "
+                    f"{error}); pass a BLIP ITM checkpoint such as {DEFAULT_BLIP!r} or its "
+                    f"folder.") from error
+            fetch = True  # weights cached but a small file not (an interrupted download)
+    raise AssertionError("unreachable: the second try returns or raises")
 
 
 def in_hub_cache(repo_id: str) -> bool:
-    """Whether ``repo_id``'s config is in the local Hugging Face cache."""
-    from huggingface_hub import try_to_load_from_cache
+    """Whether ``repo_id``'s weights are in the local Hugging Face cache (a ``config.json``
+    alone is what an interrupted download leaves)."""
+    from twinrank.models.hub_files import cached_weights
 
-    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    return cached_weights(repo_id) is not None
 
 
 class TorchvisionResize:
@@ -368,20 +386,26 @@ def _weights_digest(folder: Path) -> str:
 
 
 def _hub_revision(repo_id: str) -> str:
-    """The cached snapshot's commit (the folder name under ``snapshots/``), or "hub"."""
-    from huggingface_hub import try_to_load_from_cache
+    """The cached snapshot's commit (the folder name under ``snapshots/`` that holds the
+    weights), or "hub"."""
+    from twinrank.models.hub_files import cached_weights
 
-    found = try_to_load_from_cache(repo_id, "config.json")
-    return Path(found).parent.name[:12] if isinstance(found, str) else "hub"
+    found = cached_weights(repo_id)
+    return Path(found).parent.name[:12] if found is not None else "hub"
 
 
 @contextlib.contextmanager
 def _quiet_progress() -> Iterator[None]:
-    """No "Loading weights" progress bar in the CLI's output."""
+    """No "Loading weights" progress bar in the CLI's output, while a download still
+    shows huggingface_hub's (on stderr): transformers' switch turns off both."""
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
+    downloads_shown = not are_progress_bars_disabled()
     hf_logging.disable_progress_bar()
+    if downloads_shown:
+        enable_progress_bars()
     try:
         yield
     finally:

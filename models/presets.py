@@ -15,6 +15,10 @@ Example:
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +43,7 @@ class Preset:
     quality: str  # the published figure, and where it comes from
     hub_repos: tuple[str, ...] = ()  # what ``twinrank models pull`` fetches
     weights_repo: str = ""  # open_clip's hub repo for ``pretrained`` (its own table says so)
+    faster_on_cpu: str = ""  # the preset an ingest that would take long on a CPU suggests
 
     @property
     def bytes_per_image(self) -> int:
@@ -55,14 +60,14 @@ PRESETS: tuple[Preset, ...] = (
         "BLIP ITM head over cached image tokens", 384, 256, (577, 768), "~0.9 GB",
         "BSD-3-Clause", "COCO 5k t2i R@1 63.1-64.3, i2t R@1 80.6-81.9 (BLIP, Li et al. 2022, "
         "Table 5, ViT-B, ITC top-k reranked by ITM)",
-        ("Salesforce/blip-itm-base-coco",)),
+        ("Salesforce/blip-itm-base-coco",), faster_on_cpu="clip-b32"),
     Preset(
         "blip-large", "BLIP ITM large (COCO fine-tuned): as blip-base with a ViT-L/16 image "
         "tower; about 3x the image compute", "blip:Salesforce/blip-itm-large-coco", None,
         "BLIP ITC (ViT-L/16, 384 px)", "BLIP ITM head over cached image tokens", 384, 256,
         (577, 1024), "~1.8 GB", "BSD-3-Clause",
         "COCO 5k t2i R@1 65.1, i2t R@1 82.4 (BLIP, Li et al. 2022, Table 5, ViT-L)",
-        ("Salesforce/blip-itm-large-coco",)),
+        ("Salesforce/blip-itm-large-coco",), faster_on_cpu="clip-b32"),
     Preset(
         "clip-b32", "open_clip ViT-B-32 on LAION-2B: the CPU-friendly bi-encoder (15 GFLOPs "
         "an image, a third of ViT-B-16's)", "ViT-B-32", "laion2b_s34b_b79k",
@@ -118,24 +123,44 @@ def resolve(name: str, pretrained: str | None = None) -> tuple[str, str | None]:
     return name, pretrained
 
 
+def preset_for(source: str, pretrained: str | None) -> Preset | None:
+    """The preset whose loader is ``source`` / ``pretrained`` (what a collection records),
+    or None.
+
+    >>> preset_for("ViT-B-32", "laion2b_s34b_b79k").name
+    'clip-b32'
+    """
+    return next((p for p in PRESETS if (p.model, p.pretrained) == (source, pretrained)), None)
+
+
 def missing_weights(name: str) -> str | None:
     """Why preset ``name`` cannot load here (its weights are neither in the Hugging Face
     cache nor downloadable), in one sentence; None when they can load.
 
     Checked before torch or transformers is imported, so an offline machine hears it in
-    about a second instead of after a minute of retries.
+    about a second instead of after a minute of retries. The weights decide: a cache
+    holding a ``config.json`` alone is an interrupted download, and is said to be one.
     """
+    import twinrank.models.hub_files as hub_files
+
     chosen = preset(name)
-    repos = list(chosen.hub_repos) if chosen.model.startswith("blip:") else []
-    files = ["config.json"]
     if chosen.weights_repo:  # importing open_clip to look it up would cost seconds
-        repos = [chosen.weights_repo]
-        files = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-    if not repos or all(_cached(repo, files) for repo in repos) or _hub_reachable():
+        needed = [(chosen.weights_repo, hub_files.OPEN_CLIP_WEIGHTS)]
+    elif chosen.model.startswith("blip:"):
+        needed = [(repo, hub_files.TRANSFORMERS_WEIGHTS) for repo in chosen.hub_repos]
+    else:
+        needed = []
+    absent = [(repo, names) for repo, names in needed
+              if hub_files.cached_weights(repo, names) is None]
+    if not absent or _hub_reachable():
         return None
-    return (f"The {name} preset's weights are not in the Hugging Face cache (HF_HOME) and "
-            f"the hub is unreachable: run `twinrank models pull {name}` on a connected "
-            f"machine and copy its HF_HOME here, or use --model demo for the offline demo.")
+    repo, names = absent[0]
+    partial = (", only its config, from an interrupted download"
+               if _cached(repo, ["config.json", *hub_files.OPEN_CLIP_SUPPORT]) else "")
+    return (f"The {name} preset's weights ({' or '.join(names)} of {repo}) are not in the "
+            f"Hugging Face cache (HF_HOME{partial}) and the hub is unreachable: run "
+            f"`twinrank models pull {name}` on a connected machine and copy its HF_HOME "
+            f"here, or use --model demo for the offline demo.")
 
 
 def _cached(repo: str, files: list[str]) -> bool:
@@ -145,7 +170,6 @@ def _cached(repo: str, files: list[str]) -> bool:
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    import os
     import socket
 
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
@@ -181,37 +205,99 @@ def presets_table() -> str:
     return "\n".join(lines)
 
 
-def pull(name: str) -> list[str]:
-    """Download a preset's weights into the Hugging Face cache (``HF_HOME``) and nothing
-    else, so a machine without internet can use them (copy the cache over).
+PROVE_SCRIPT = """\
+import sys
+from twinrank.models import create_model
+from twinrank.models.factory import ModelLoadError
+try:
+    create_model(sys.argv[1], device="cpu")
+except (ModelLoadError, OSError, ValueError) as error:
+    print(" ".join(str(error).split()), file=sys.stderr)
+    sys.exit(3)
+"""
 
-    Returns the repositories fetched. Offline, one ``ConnectionError`` sentence.
+
+def pull(name: str) -> dict[str, list[str]]:
+    """Download what loading preset ``name`` (or ``blip:HF_ID``) reads into the Hugging
+    Face cache (``HF_HOME``), whichever file holds its weights, then prove it loads with
+    the hub disabled, so a machine without internet can use it (copy the cache over).
+
+    Returns the files fetched per repository (empty for a preset with nothing to fetch).
+    Offline, one ``ConnectionError`` sentence; files missing after the download, or a
+    checkpoint that does not load offline, one ``FileNotFoundError`` sentence.
     """
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import HfApi
 
-    weights = ["*.json", "*.txt", "model.safetensors"]
-    if name.startswith("blip:"):  # any BLIP ITM checkpoint by its Hugging Face id
-        chosen = Preset(name, "", name, None, "", None, 0, 0, (0, 0), "", "", "",
-                        (name.removeprefix("blip:"),))
-    else:
-        chosen = preset(name)
-    jobs: list[tuple[str, list[str]]] = []
-    if chosen.weights_repo:  # open_clip: its hub repo for this tag, weights + config only
-        jobs.append((chosen.weights_repo,
-                     ["open_clip_model.safetensors", "open_clip_config.json"]))
-    for repo in chosen.hub_repos:
-        tokenizer_only = chosen.pretrained is not None  # the text model's tokenizer files
-        jobs.append((repo, ["*.json", "*.txt", "*.model"] if tokenizer_only else weights))
-    if not jobs:
-        return []
-    fetched = []
-    for repo, patterns in jobs:
+    import twinrank.models.hub_files as hub_files
+
+    fetched: dict[str, list[str]] = {}
+    for repo, choose, wanted in _pull_jobs(name):
         try:
-            snapshot_download(repo, allow_patterns=patterns)
+            files = choose(HfApi().list_repo_files(repo))
+            if files:
+                hub_files.fetch(repo, files)
         except Exception as error:  # hub errors come in many classes; all mean "not fetched"
             raise ConnectionError(
-                f"Could not download {repo} for preset {name!r} ({type(error).__name__}); "
-                f"run this on a machine that reaches huggingface.co, then copy its HF_HOME "
-                f"cache here.") from error
-        fetched.append(repo)
+                f"Could not download {repo} for {name!r} ({type(error).__name__}); run this "
+                f"on a machine that reaches huggingface.co, then copy its HF_HOME cache "
+                f"here.") from error
+        if not files:
+            raise FileNotFoundError(f"{repo} holds no {wanted}, so {name!r} cannot load from "
+                                    f"it; nothing was downloaded.")
+        lost = [f for f in files if not _cached(repo, [f])]
+        if lost:
+            raise FileNotFoundError(
+                f"{', '.join(lost)} of {repo} did not arrive in the Hugging Face cache "
+                f"(HF_HOME); run `twinrank models pull {name}` again (it fetches only what "
+                f"is missing).")
+        fetched[repo] = files
+    if fetched:
+        weights = [f for files in fetched.values() for f in files
+                   if f.endswith((".safetensors", ".bin"))]
+        prove_loads_offline(name, weights)
     return fetched
+
+
+def _pull_jobs(name: str) -> list[tuple[str, Callable[[Sequence[str]], list[str]], str]]:
+    """(repository, which of its files loading reads, what those are in words) per repo."""
+    import twinrank.models.hub_files as hub_files
+
+    weights_words = f"weights twinrank can load ({hub_files.WEIGHTS_WORDS}, whole or sharded)"
+    if name.startswith("blip:"):  # any BLIP ITM checkpoint by its Hugging Face id
+        repo = name.removeprefix("blip:")
+        if repo.startswith(("/", ".", "~")) or repo.count("/") != 1:
+            raise ValueError(f"`models pull` takes a preset or blip:HF-ID, and {repo!r} is not "
+                             f"a Hugging Face id (like {preset('blip-base').hub_repos[0]!r}).")
+        return [(repo, hub_files.files_to_load, weights_words)]
+    chosen = preset(name)
+    jobs: list[tuple[str, Callable[[Sequence[str]], list[str]], str]] = []
+    if chosen.weights_repo:  # open_clip: its hub repo for this tag, its weights + config only
+        jobs.append((chosen.weights_repo,
+                     lambda listing: hub_files.files_to_load(
+                         listing, hub_files.OPEN_CLIP_WEIGHTS, hub_files.OPEN_CLIP_SUPPORT),
+                     f"open_clip weights ({' or '.join(hub_files.OPEN_CLIP_WEIGHTS)})"))
+    for repo in chosen.hub_repos:
+        if chosen.pretrained is not None:  # the text model's config and tokenizer files
+            jobs.append((repo, hub_files.tokenizer_files, "config or tokenizer files"))
+        else:
+            jobs.append((repo, hub_files.files_to_load, weights_words))
+    return jobs
+
+
+def prove_loads_offline(name: str, weights: Sequence[str] = (), timeout: float = 900.0) -> None:
+    """Load ``name`` as ``create_model`` does, in a fresh process with the hub disabled
+    (``HF_HUB_OFFLINE=1``, the cache this process downloaded into): what ``pull``
+    fetched is all loading needs, or one ``FileNotFoundError`` sentence names the
+    ``weights`` files and says what failed.
+    """
+    from huggingface_hub import constants
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": constants.HF_HUB_CACHE}
+    done = subprocess.run([sys.executable, "-c", PROVE_SCRIPT, name], capture_output=True,
+                          text=True, env=env, timeout=timeout, check=False)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        why = lines[-1] if lines else f"exit code {done.returncode}"
+        files = f" ({', '.join(weights)} and the rest)" if weights else ""
+        raise FileNotFoundError(f"{name}'s files{files} are in the Hugging Face cache, but it "
+                                f"does not load with the hub disabled: {why.rstrip('.')}.")

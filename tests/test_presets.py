@@ -13,8 +13,9 @@ from streamlit.testing.v1 import AppTest
 from typer.testing import CliRunner
 
 from tests.conftest import make_image
+from tests.hub_fake import install as install_fake_hub
 from twinrank.cli import app
-from twinrank.models import create_model
+from twinrank.models import create_model, presets
 from twinrank.models.config import twin_config
 from twinrank.models.presets import DEFAULT_PRESET, PRESETS, preset, pull, resolve
 from twinrank.rerank import UntrainedRerankerError
@@ -73,19 +74,22 @@ def test_models_lists_every_preset_with_its_default():
     assert "not re-measured here" in result.output
 
 
-def test_models_pull_fetches_into_the_hub_cache_only(monkeypatch):
-    """The hub call itself cannot run here: a recorder stands in for snapshot_download."""
-    import huggingface_hub
-
-    calls: list[tuple[str, list[str]]] = []
-    monkeypatch.setattr(huggingface_hub, "snapshot_download",
-                        lambda repo, allow_patterns: calls.append((repo, allow_patterns)))
-    assert pull("blip-base") == ["Salesforce/blip-itm-base-coco"]
-    assert "model.safetensors" in calls[-1][1]
-    assert pull("clip-multilingual") == [
-        "laion/CLIP-ViT-B-32-xlm-roberta-base-laion5B-s13B-b90k", "xlm-roberta-base"]
-    assert "model.safetensors" not in calls[-1][1]  # the text model: tokenizer files only
-    assert pull("demo") == []
+def test_models_pull_fetches_what_loading_reads_into_the_hub_cache(monkeypatch, tmp_path):
+    """The hub cannot be reached here: ``tests.hub_fake`` stands in for its listing and
+    download, and the offline proof is recorded (tests/test_day_one.py runs it for real)."""
+    hub = install_fake_hub(monkeypatch, tmp_path / "hf-cache")
+    repo = tmp_path / "blip-base"
+    for name in ("config.json", "vocab.txt", "model.safetensors", "pytorch_model.bin",
+                 "tf_model.h5"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text("{}")
+    hub.add("Salesforce/blip-itm-base-coco", repo)
+    proved: list[str] = []
+    monkeypatch.setattr(presets, "prove_loads_offline", lambda name, weights: proved.append(name))
+    assert pull("blip-base") == {
+        "Salesforce/blip-itm-base-coco": ["config.json", "vocab.txt", "model.safetensors"]}
+    assert proved == ["blip-base"]
+    assert pull("demo") == {} and proved == ["blip-base"]
     with pytest.raises(ValueError, match="No preset 'nope'"):
         pull("nope")
 
