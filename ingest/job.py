@@ -112,13 +112,27 @@ def ingest_folder(job: IngestJob) -> IngestReport:
 
         store = open_store(job.store, collection_info(load_model(), source, pretrained,
                                                       job.config.cache_tokens))
+    config, tokens_note = settle_token_cache(job.config, existing)
     with recorded_run(store, job.report_path) as report:
-        run_ingest(job.config,
+        report.notes.extend(tokens_note)
+        run_ingest(config,
                    _embedder_factory(job, store, load_model, source, pretrained, loaded),
                    store, report)
     if _export_wanted(job.store, store.info.model_id):
         _export_query_side(load_model, job.store, report)
     return report
+
+
+def settle_token_cache(config: IngestConfig, existing: CollectionInfo | None,
+                       ) -> tuple[IngestConfig, list[str]]:
+    """The run's ``config`` with the collection's own choice of caching reranker tokens,
+    and the note that says so when ``--no-cache-tokens`` asked otherwise: the choice is
+    made when a store is created, and a caching store's every point keeps its tokens."""
+    if existing is None or existing.token_count == 0 or config.cache_tokens:
+        return config, []
+    return replace(config, cache_tokens=True), [
+        "This collection caches reranker tokens; --no-cache-tokens applies only to a new "
+        "store (use a new --store)."]
 
 
 def _same_model(existing: CollectionInfo, source: str, pretrained: str | None) -> bool:

@@ -42,7 +42,7 @@ from typing import Any, cast
 import numpy as np
 from tqdm import tqdm
 
-from twinrank.ingest.job import IngestJob, recorded_run
+from twinrank.ingest.job import IngestJob, recorded_run, settle_token_cache
 from twinrank.ingest.plan import Candidate, Plan, StoreIndex, plan_run, prune_gone
 from twinrank.ingest.ray_stages import (
     EmbedActor,
@@ -304,7 +304,8 @@ def ingest_on_ray(
     pretrained = job.pretrained if job.model else (existing.model_pretrained if existing else None)
     source, pretrained = resolve_preset(source, pretrained)  # a preset name -> its loader
     model = create_model(source, pretrained=pretrained, device="cpu")
-    info = collection_info(model, source, pretrained)
+    config, tokens_note = settle_token_cache(job.config, existing)
+    info = collection_info(model, source, pretrained, config.cache_tokens)
     if server is None:
         store = open_store(job.store, info)
     else:
@@ -313,7 +314,8 @@ def ingest_on_ray(
     spec = ModelSpec(source, pretrained, model.model_id, info.vector_size,
                      (info.token_count, info.token_width), job.device, job.config.precision)
     with recorded_run(store, job.report_path) as report:
-        run_ray_ingest(job.config, spec, ImageEmbedder(model, job.config.precision), store,
+        report.notes.extend(tokens_note)
+        run_ray_ingest(config, spec, ImageEmbedder(model, job.config.precision), store,
                        options, report)
     return report
 

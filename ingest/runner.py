@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from twinrank.ingest.plan import Candidate, StoreIndex, plan_run, prune_gone
 from twinrank.ingest.pool import ReadAheadPool
+from twinrank.ingest.progress import IngestProgress
 from twinrank.ingest.report import IngestReport
 from twinrank.ingest.walk import WalkOptions
 from twinrank.ingest.write import (
@@ -126,8 +127,8 @@ def run_ingest(
     if not plan.seen and not config.prune:  # (--prune says why it prunes nothing)
         report.notes.append(f"No image files found under {root}.")
     report.add_time("walk", time.perf_counter() - started)
-    bar = tqdm(total=len(plan.candidates), unit="img", desc="ingest", disable=not config.progress,
-               smoothing=0.1)
+    progress = IngestProgress.for_collection(len(plan.candidates), config.progress,
+                                             store.info.model_source, store.info.model_pretrained)
     read_ahead = config.read_ahead or 2 * config.batch_size
     try:
         if plan.candidates:
@@ -136,6 +137,7 @@ def run_ingest(
                 embedder = embedder()  # the model loads now, when something needs it
                 report.add_time("model", time.perf_counter() - began)
             report.precision = str(embedder.dtype).removeprefix("torch.")
+            progress.model_ready(on_cpu=embedder.device.type == "cpu")
             load = _loader(embedder, index, config.max_pixels, config.max_file_bytes)
             writer = _Writer(config, embedder, store, index, report, load)
             with ReadAheadPool(load, config.workers, config.decode_timeout,
@@ -146,13 +148,13 @@ def run_ingest(
                 for candidate, result in pool.map(plan.candidates, read_ahead):
                     report.add_time("wait", time.perf_counter() - waited)
                     writer.handle(candidate, result)
-                    bar.update(1)
+                    progress.advance(report.embedded)
                     waited = time.perf_counter()
                 writer.write_batch()
         if config.prune:
             prune_gone(root, plan, index, store, report)
     finally:
-        bar.close()
+        progress.close()
         store.flush()
         report.seconds = time.perf_counter() - started
     pair_folders_and_types(store, report)
