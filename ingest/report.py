@@ -24,6 +24,11 @@ class IngestReport:
     - ``pruned``: paths whose files are gone, forgotten (``--prune``); a point with no
       path left is deleted.
     - ``failed``: files skipped, each with the reason (never fatal; retried next run).
+    - ``skipped_folders``: folders not looked into, each with the reason: unreadable ones
+      (their stored images are kept, even by ``--prune``), pseudo-filesystems, link
+      loops, twinrank stores.
+    - ``gone``: stored files under the folder that no longer exist, left searchable
+      because the run had no ``--prune``.
     """
 
     added: int = 0
@@ -33,6 +38,8 @@ class IngestReport:
     duplicates: int = 0
     pruned: int = 0
     failed: list[dict[str, str]] = field(default_factory=list)
+    skipped_folders: list[dict[str, str]] = field(default_factory=list)
+    gone: int = 0
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)  # walk, wait, embed, write
@@ -48,6 +55,9 @@ class IngestReport:
     def fail(self, path: str, reason: str) -> None:
         self.failed.append({"path": path, "reason": reason})
 
+    def skip_folder(self, path: str, reason: str) -> None:
+        self.skipped_folders.append({"path": path, "reason": reason})
+
     def add_time(self, stage: str, seconds: float) -> None:
         self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
 
@@ -56,12 +66,19 @@ class IngestReport:
         return (
             f"added {self.added}, updated {self.updated}, unchanged {self.unchanged}, "
             f"moved {self.moved}, duplicates {self.duplicates}, pruned {self.pruned}, "
-            f"failed {len(self.failed)} in {self.seconds:.1f} s ({rate:.1f} images/s)"
+            f"failed {len(self.failed)}"
+            + (f", folders skipped {len(self.skipped_folders)}" if self.skipped_folders else "")
+            + f" in {self.seconds:.1f} s ({rate:.1f} images/s)"
         )
 
     def lines(self, limit: int = 20) -> list[str]:
-        """The summary, then notes and skipped files (at most ``limit`` of them)."""
+        """The summary, then notes, skipped folders and files (at most ``limit`` of each)."""
         out = [self.summary(), *self.notes]
+        for folder in self.skipped_folders[:limit]:
+            out.append(f"  skipped folder {printable(folder['path'])}: {folder['reason']}")
+        if len(self.skipped_folders) > limit:
+            out.append(f"  ... and {len(self.skipped_folders) - limit} more folders (write "
+                       f"them all with --report)")
         for failure in self.failed[:limit]:
             out.append(f"  skipped {printable(failure['path'])}: {failure['reason']}")
         if len(self.failed) > limit:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from twinrank.ingest.plan import Candidate, StoreIndex, plan_run, prune_gone
+from twinrank.ingest.plan import Candidate, StoreIndex, note_gone, plan_run, prune_gone
 from twinrank.ingest.pool import ReadAheadPool
 from twinrank.ingest.progress import IngestProgress
 from twinrank.ingest.report import IngestReport
@@ -153,6 +153,8 @@ def run_ingest(
                 writer.write_batch()
         if config.prune:
             prune_gone(root, plan, index, store, report)
+        else:
+            note_gone(root, plan, index, store, report)
     finally:
         progress.close()
         store.flush()
