@@ -62,13 +62,15 @@ def wait_for(predicate, seconds: float, what: str) -> None:
 
 
 @contextlib.contextmanager
-def ui_process(tmp_path: Path, port: int) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """``twinrank ui`` on ``port`` (own process group, for clean-up); yields it and the
-    pid of the Streamlit server it started, once that answers."""
+def ui_process(tmp_path: Path, port: int,
+               *extra: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``twinrank ui`` on ``port`` (own process group, for clean-up), with ``extra``
+    options; yields it and the pid of the Streamlit server it started, once that answers."""
     log = (tmp_path / "ui.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "twinrank.cli", "ui", "--store", str(tmp_path / "store"),
-         "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+         "--port", str(port), *extra], stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
     try:
         wait_for(lambda: b"running at" in (tmp_path / "ui.log").read_bytes()
                  or process.poll() is not None, START_S, "the app to start")

@@ -49,7 +49,7 @@ from twinrank.ui.thumbs import (
     collection_paths,
     open_image,
 )
-from twinrank.ui.views import path_name
+from twinrank.ui.views import markdown_safe, path_name
 
 log = logging.getLogger("twinrank.ui")
 FRAGMENT_ENV = "TWINRANK_UI_FRAGMENT"
@@ -97,16 +97,17 @@ def get_facets(store: str, images: int) -> Facets:
 def open_collection(store: str) -> SearchClient:
     """The collection's client, or a friendly page saying why there is none (then stop)."""
     if not store or read_info(Path(store)) is None:
-        st.info(f"No collection yet at `{store or '(none given)'}`. {HOW_TO_INGEST}")
+        st.info(f"No collection yet at {markdown_safe(store) or '(none given)'}. "
+                f"{HOW_TO_INGEST}")
         st.stop()
     try:
         return get_client(store)
     except StoreBusyError as error:
-        st.warning(f"The collection is busy. {error}")
+        st.warning(f"The collection is busy. {markdown_safe(str(error))}")
     except ModelLoadError as error:
-        st.error(f"The collection's model could not be loaded. {error}")
+        st.error(f"The collection's model could not be loaded. {markdown_safe(str(error))}")
     except StoreError as error:
-        st.error(str(error))
+        st.error(markdown_safe(str(error)))
     st.stop()
     raise AssertionError("unreachable")  # st.stop() raises
 
@@ -114,12 +115,12 @@ def open_collection(store: str) -> SearchClient:
 def sidebar(client: SearchClient, store: str) -> Settings:
     stats = client.stats()
     st.metric("Images", f"{stats['images']:,}")
-    st.caption(f"Model: `{stats['model_id']}`  \n"
+    st.caption(f"Model: {markdown_safe(str(stats['model_id']))}  \n"
                f"Reranker cache: {stats['token_bytes_per_image'] / 1000:.1f} kB per image")
     k = st.slider("Results", min_value=1, max_value=50, value=8, key="k")
     own = getattr(client.reranker, "name", None)  # the collection's trained one, or None
     if client.reranker_note:  # no trained reranker: say so, never rerank with noise
-        st.info(client.reranker_note)
+        st.info(markdown_safe(client.reranker_note))
     rerank = st.toggle("Rerank", value=own is not None, key="rerank",
                        help="Reorder the bi-encoder's top candidates with the cross-encoder.")
     names = [n for n in reranker_names()
@@ -166,7 +167,8 @@ def example_buttons(examples: list[Example]) -> None:
     with st.container(horizontal=True, gap="small", key="examples"):
         st.caption("Try:")
         for index, example in enumerate(examples):
-            st.button(example.query, key=f"example-{index}", on_click=use_example,
+            st.button(markdown_safe(example.query), key=f"example-{index}",
+                      on_click=use_example,
                       args=(example.query,), type="tertiary",
                       help=f"The bi-encoder ranks the image it describes "
                            f"{'#' + str(example.bi_rank) if example.bi_rank else 'nowhere'}, "
@@ -257,17 +259,18 @@ def main() -> None:
 
 @contextlib.contextmanager
 def friendly_errors() -> Iterator[None]:
-    """Errors as one readable message on the page, never a stack trace."""
+    """Errors as one readable message on the page, never a stack trace. A message is
+    shown as text, never as Markdown: it may name an uploaded file, a path or a query."""
     try:
         yield
     except StoreBusyError as error:
-        st.warning(f"The collection is busy. {error}")
+        st.warning(f"The collection is busy. {markdown_safe(str(error))}")
     except (QueryError, StoreError, ModelLoadError, UnknownImageError, ImageReadError) as error:
-        st.error(str(error))
+        st.error(markdown_safe(str(error)))
     except Exception as error:  # the last line of defence: never a stack trace on the page
         log.exception("twinrank ui: unexpected error")
-        st.error(f"Something went wrong ({type(error).__name__}: {error}). The details are "
-                 f"in the terminal running `twinrank ui`.")
+        st.error(markdown_safe(f"Something went wrong ({type(error).__name__}: {error}).")
+                 + " The details are in the terminal running `twinrank ui`.")
 
 
 main()

@@ -22,6 +22,7 @@ import os
 import secrets
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -56,8 +57,10 @@ def is_loopback(host: str) -> bool:
 
 def allowed_hosts(host: str) -> list[str]:
     """The host names the app answers to: loopback names for a loopback address; for
-    another address also it, this machine's names and their addresses; plus
-    ``$TWINRANK_UI_ALLOWED_HOSTS``. Anything else is refused (DNS rebinding)."""
+    another address also it, this machine's names and their addresses, and every address
+    of its network interfaces (``interface_addresses``: a LAN address is often not what
+    the host name resolves to); plus ``$TWINRANK_UI_ALLOWED_HOSTS``. Anything else is
+    refused (DNS rebinding)."""
     names = ["127.0.0.1", "localhost", "::1"]
     if not is_loopback(host):
         if host not in ("0.0.0.0", "::", ""):
@@ -66,8 +69,52 @@ def allowed_hosts(host: str) -> list[str]:
             names.append(name)
             with contextlib.suppress(OSError):
                 names += [str(info[4][0]) for info in socket.getaddrinfo(name, None)]
+        names += interface_addresses()
     names += [h.strip() for h in os.environ.get(HOSTS_EXTRA_ENV, "").split(",") if h.strip()]
-    return list(dict.fromkeys(n.lower() for n in names))
+    return list(dict.fromkeys(_canonical(n) for n in names))
+
+
+def interface_addresses() -> list[str]:
+    """This machine's own addresses, as a browser on the network reaches it: every IPv4
+    address of every interface (Linux: ``SIOCGIFCONF``) and every IPv6 one
+    (``/proc/net/if_inet6``), plus, on any system, the address of the default route.
+
+    Example:
+        >>> interface_addresses()  # doctest: +SKIP
+        ['127.0.0.1', '192.168.1.20', '::1', 'fe80::1c2b:3ff:fe4d:5e6f']
+    """
+    found: list[str] = []
+    with contextlib.suppress(OSError, ImportError, struct.error):
+        found += _ipv4_interface_addresses()
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/net/if_inet6").read_text().splitlines():
+            found.append(str(ipaddress.IPv6Address(bytes.fromhex(line.split()[0]))))
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.connect(("192.0.2.1", 9))  # TEST-NET-1: picks the route, sends nothing
+        found.append(str(udp.getsockname()[0]))
+    return list(dict.fromkeys(a for a in found if a != "0.0.0.0"))
+
+
+def _ipv4_interface_addresses() -> list[str]:
+    import array
+    import fcntl
+
+    record = 40 if struct.calcsize("P") == 8 else 32  # sizeof(struct ifreq)
+    buffer = array.array("B", bytes(record * 256))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        answer = fcntl.ioctl(probe.fileno(), 0x8912,  # SIOCGIFCONF
+                             struct.pack("iP", len(buffer), buffer.buffer_info()[0]))
+    used = struct.unpack("iP", answer)[0]
+    data = buffer.tobytes()[:used]
+    return [socket.inet_ntoa(data[at + 20:at + 24]) for at in range(0, used, record)]
+
+
+def _canonical(name: str) -> str:
+    """A host name in lower case; an IPv6 address in its short form, as browsers send it."""
+    name = name.strip().lower()
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(name.split("%", 1)[0]).compressed
+    return name
 
 
 def streamlit_command(host: str, port: int) -> list[str]:

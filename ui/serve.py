@@ -8,6 +8,9 @@ middleware in front of every route (HTTP and WebSocket alike):
   the user visits can make ``evil.example`` resolve to 127.0.0.1, but its requests still
   say ``Host: evil.example``. Streamlit's ``server.allowedHosts`` (set too) only guards the
   WebSocket, not the page, the media files (thumbnails) or the uploads.
+- **Nothing from elsewhere.** Every HTTP answer carries a Content-Security-Policy
+  (``CONTENT_POLICY``): the page loads scripts, styles, images and fonts from the app
+  alone (and the data: URIs it makes), and talks to no other server.
 - **Identity.** ``GET /_twinrank/instance`` answers ``$TWINRANK_UI_TOKEN``, a random value
   the launcher chose, so the launcher knows the server answering on the port is the one it
   started, not another program that already had the port.
@@ -21,6 +24,7 @@ launcher falls back to its port check (see ``launch``).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -41,8 +45,12 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 def host_name(header: str) -> str:
     """The host of a ``Host`` header, lower case, without port or brackets."""
     header = header.strip().lower()
-    if header.startswith("["):  # [::1]:8501
-        return header[1:].split("]", 1)[0]
+    if header.startswith("["):  # [::1]:8501, in the short form the allowed list uses
+        address = header[1:].split("]", 1)[0]
+        try:
+            return ipaddress.IPv6Address(address).compressed
+        except ValueError:
+            return address
     if header.count(":") == 1:
         return header.split(":", 1)[0]
     return header.rstrip(".")
@@ -71,7 +79,43 @@ class GuardMiddleware:
         if scope["type"] == "http" and scope.get("path") == INSTANCE_PATH and self.token:
             await _plain(send, 200, self.token)
             return
+        if scope["type"] == "http":
+            send = _with_policy(send)
         await self.app(scope, receive, send)
+
+
+# What the page may load: only the app's own files, and the data: / blob: images and
+# fonts it makes itself. Should any text reach the page as markup, a browser still fetches
+# nothing from elsewhere (an image link in a query, a font, a tracker).
+CONTENT_POLICY = "; ".join([
+    "default-src 'self'",
+    "script-src 'self' 'unsafe-inline' 'unsafe-eval' blob:",  # Streamlit's inline bootstrap
+    "style-src 'self' 'unsafe-inline'",  # styles its components inject
+    "img-src 'self' data: blob:",
+    "font-src 'self' data:",
+    "media-src 'self' data: blob:",
+    "connect-src 'self'",  # the app's own HTTP and WebSocket
+    "worker-src 'self' blob:",
+    "frame-src 'self'",
+    "object-src 'none'",
+    "base-uri 'self'",
+    "form-action 'self'",
+    "frame-ancestors 'self'",
+])
+
+
+def _with_policy(send: Send) -> Send:
+    """``send`` that adds ``CONTENT_POLICY`` to a response's headers."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", [])
+                       if k.lower() != b"content-security-policy"]
+            message["headers"] = [*headers,
+                                  (b"content-security-policy", CONTENT_POLICY.encode())]
+        await send(message)
+
+    return sending
 
 
 async def _plain(send: Send, status: int, text: str) -> None:

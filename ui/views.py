@@ -8,7 +8,10 @@ from typing import Any
 
 from twinrank.search.hits import Hit
 
-_MARKUP = re.compile(r"([\\`*_\[\]<>$:~|&])")
+_MARKUP = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation character
+# Bare URLs and e-mail addresses are linked after escapes are read (GFM's autolink
+# literals work on the parsed text), so a word joiner (U+2060, invisible) breaks them
+_AUTOLINK = re.compile(r"(?i)(https?(?=:/)|www(?=\.)|(?=@))")
 TIMING_LABELS = {
     "encode_ms": "text encoding",
     "image_encode_ms": "image encoding",
@@ -32,20 +35,28 @@ def movement(hit: Hit, k: int) -> str:
 
 
 def markdown_safe(text: str) -> str:
-    r"""``text`` for a place Streamlit renders as Markdown (image captions, headers, alerts):
-    every character that could start markup, a link, an image, a colour directive, LaTeX
-    or HTML is backslash-escaped, so a file name shows exactly as it is spelled.
+    r"""``text`` for a place Streamlit renders as Markdown (alerts, button labels, image
+    captions): every ASCII punctuation character is backslash-escaped (CommonMark shows an
+    escaped one as itself), so no link, image, emphasis, code, colour directive, icon,
+    LaTeX or HTML can start, and a file name or a query shows as it is spelled. A bare
+    URL or e-mail address gets an invisible word joiner, so it is not made a link; line
+    breaks become spaces, so a name cannot start a heading or a list.
 
     Example:
-        >>> print(markdown_safe("a`[x](y)`$z$.png"))
-        a\`\[x\](y)\`\$z\$.png
+        >>> print(markdown_safe("a`![x](y)`$z$.png"))
+        a\`\!\[x\]\(y\)\`\$z\$\.png
+        >>> markdown_safe("https://e.example") == "https\u2060\\:\\/\\/e\\.example"
+        True
     """
+    text = _AUTOLINK.sub(r"\1" + "\u2060", " ".join(text.splitlines()))
     return _MARKUP.sub(r"\\\1", text)
 
 
 def path_name(path: str) -> str:
-    """The file name at the end of ``path``, whatever the separator."""
-    return path.replace("\\", "/").rsplit("/", 1)[-1]
+    """The file name at the end of ``path``. Stored paths use ``/`` on every system
+    (``Path.as_posix``), so a backslash is part of a name (``a\\b.png`` is a legal
+    Linux file name), never a separator."""
+    return path.rsplit("/", 1)[-1]
 
 
 def file_name(hit: Hit) -> str:
