@@ -26,7 +26,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "search": frozenset({"rerank", "models", "store"}),
     # evaluation times the path search uses, so it may call search
     "evaluation": frozenset({"models", "rerank", "store", "captions", "search"}),
-    "train": frozenset({"models", "captions"}),
+    # training measures itself on its validation split with the evaluation harness
+    "train": frozenset({"models", "captions", "evaluation"}),
     "ui": frozenset({"search"}),
     "cli": EVERYTHING,
 }

@@ -7,6 +7,11 @@ One optimiser step = ``accum_steps`` micro-batches, each scored by ``compute_los
 dict of named losses), summed, scaled and backpropagated. Warmup then cosine decay;
 mixed precision on CUDA; seeded and deterministic on CPU; a checkpoint every N steps that
 ``resume=True`` continues from exactly; one JSON line of metrics every ``log_every`` steps.
+
+A share of the training pictures is held out by group (``train.validation``), or a split
+is given; every ``validate_every`` steps and at the end the run measures bi-encoder and
+COOP@k recall there (``evaluation.validation``), ends on the weights that did best, and
+writes what it found beside them (``validation.json``, read by ``train.evidence``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from twinrank.captions.data import load_dataset
+from twinrank.captions.data import CaptionedImage, load_dataset
+from twinrank.evaluation.validation import ValidationConfig, ValidationFigures, measure_validation
 from twinrank.models import (
     TwinModel,
     create_model,
@@ -34,7 +40,14 @@ from twinrank.models import (
     with_image_size,
 )
 from twinrank.train.batches import TrainingSet
-from twinrank.train.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from twinrank.train.checkpoints import (
+    latest_checkpoint,
+    load_best,
+    load_checkpoint,
+    save_best,
+    save_checkpoint,
+)
+from twinrank.train.evidence import remove_evidence, write_evidence
 from twinrank.train.losses import total_loss
 from twinrank.train.objectives import (
     LossWeights,
@@ -44,6 +57,7 @@ from twinrank.train.objectives import (
     twins,
 )
 from twinrank.train.objectives import freeze_layers as freeze_tower_layers
+from twinrank.train.validation import ValidationLog, ValidationSplit, given_split, hold_out
 
 METRICS_FILE = "metrics.jsonl"
 RECORD_FILE = "train.json"
@@ -84,6 +98,12 @@ class TrainConfig:
     resume: bool = False
     log_every: int = 10
     save_dtype: str = "fp32"
+    validation_fraction: float = 0.1  # of the training pictures, by group; 0: no validation
+    validation_data: tuple[str, ...] = ()  # or a split given by specs (then nothing is held out)
+    validation_max_images: int = 1000
+    validate_every: int | None = None  # None: a tenth of the run, 100 steps at least; 0: at the end
+    validation_ks: tuple[int, ...] = (5, 20)  # COOP@k measured on the validation split
+    keep_best: bool = True  # end on the validated weights that did best
     progress: bool = True
     command: str = ""  # the command line that started the run, for the record
 
@@ -94,6 +114,11 @@ class TrainConfig:
             raise ValueError("batch_size must be >= 2 and accum_steps >= 1")
         if self.save_dtype not in SAVE_DTYPES:
             raise ValueError(f"save_dtype must be one of {sorted(SAVE_DTYPES)}")
+        if not 0.0 <= self.validation_fraction < 1.0 or self.validation_max_images < 1:
+            raise ValueError("validation_fraction must be in [0, 1) and validation_max_images "
+                             ">= 1")
+        if self.validate_every is not None and self.validate_every < 0:
+            raise ValueError(f"validate_every must be >= 0, got {self.validate_every}")
 
 
 @dataclass
@@ -103,6 +128,7 @@ class TrainResult:
     seconds: float
     last_losses: dict[str, float] = field(default_factory=dict)
     resumed_from: int = 0  # the checkpoint step a resumed run started at
+    chosen_step: int | None = None  # the validated step whose weights were saved
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -124,22 +150,36 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
     models = build_models(config.mode, base).train()
     for model in twins(models).values():
         freeze_tower_layers(model, config.freeze_layers)
-    records = [record for spec in config.data for record in load_dataset(spec)]
+    records, validation = _split(config)
     data = TrainingSet(records, base.preprocess, config.seed, config.group_lookalikes,
                        config.also_true)
     total_steps = config.steps or max(1, math.ceil(
         config.epochs * data.batches_per_epoch(config.batch_size) / config.accum_steps))
-    loop = _Loop(config, models, data, device, total_steps)
+    loop = _Loop(config, models, data, device, total_steps, validation)
     return loop.run(base)
+
+
+def _split(config: TrainConfig) -> tuple[list[CaptionedImage], ValidationSplit | None]:
+    """The training records and the validation split: given, held out, or none."""
+    records = [record for spec in config.data for record in load_dataset(spec)]
+    if config.validation_data:
+        given = [record for spec in config.validation_data for record in load_dataset(spec)]
+        return records, given_split(config.validation_data, given, records)
+    return hold_out(records, config.validation_fraction, config.validation_max_images)
 
 
 class _Loop:
     """The state of one run: models, optimiser, schedule, scaler and the step reached."""
 
     def __init__(self, config: TrainConfig, models: nn.ModuleDict, data: TrainingSet,
-                 device: torch.device, total_steps: int) -> None:
+                 device: torch.device, total_steps: int,
+                 validation: ValidationSplit | None = None) -> None:
         self.config, self.models, self.data, self.device = config, models, data, device
         self.total_steps = total_steps
+        self.validation = validation
+        self.log = ValidationLog()
+        every = config.validate_every
+        self.validate_every = max(100, total_steps // 10) if every is None else every
         self.weights = LossWeights(config.contrastive_weight, config.match_weight,
                                    config.easy_negatives, config.rank_weight,
                                    config.rank_negatives)
@@ -175,18 +215,63 @@ class _Loop:
                 if self.step % self.config.log_every == 0 or self.step == self.total_steps:
                     log.write(json.dumps(self._metrics(losses, samples_per_s, started)) + "\n")
                     log.flush()
+                if self._validates_now():
+                    self._validate(out, bar)
                 every = self.config.checkpoint_every
                 if every and self.step % every == 0 and self.step < self.total_steps:
                     save_checkpoint(out, self.step, self._state())
         bar.close()
+        chosen = self._end_on_best(out)
         model = exported_model(self.config.mode, self.models).eval()
         save_model(model, out, SAVE_DTYPES[self.config.save_dtype],
                    reranker_trained=self.trains_reranker)
+        self._write_evidence(out)
         record = {"config": asdict(self.config) | {"out": str(self.config.out)},
-                  "steps": self.total_steps, "images": len(self.data), "final_losses": losses}
+                  "steps": self.total_steps, "images": len(self.data), "final_losses": losses,
+                  "chosen_step": chosen}
         (out / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
         return TrainResult(out, self.total_steps, time.perf_counter() - started, losses,
-                           resumed_from)
+                           resumed_from, chosen)
+
+    def _validates_now(self) -> bool:
+        every = self.validate_every
+        return self.validation is not None and (
+            self.step == self.total_steps or bool(every and self.step % every == 0))
+
+    def _validate(self, out: Path, bar: tqdm) -> None:
+        """Measure the model as it would be saved now; keep its weights if best so far."""
+        assert self.validation is not None
+        model = exported_model(self.config.mode, self.models).eval()
+        try:
+            with torch.random.fork_rng(devices=[]):  # training draws the same numbers
+                found = measure_validation(model, self.validation.records, ValidationConfig(
+                    ks=self.config.validation_ks, rerank=self.trains_reranker))
+        finally:
+            self.models.train()
+        if self.log.add(self.step, found) and self.config.keep_best:
+            save_best(out, self.step, self.models.state_dict())
+        if self.config.progress:
+            bar.write(_validation_line(self.step, found))
+
+    def _end_on_best(self, out: Path) -> int | None:
+        """Load the best validated weights (when they are not the last); their step."""
+        best = self.log.best
+        if best is None:
+            return None
+        if not self.config.keep_best:
+            return self.step
+        if best["step"] != self.step:
+            self.models.load_state_dict(load_best(out, best["step"]))
+        return int(best["step"])
+
+    def _write_evidence(self, out: Path) -> None:
+        """validation.json for the saved weights; none (not a stale one) when unmeasured."""
+        if self.validation is None or self.log.best is None:
+            remove_evidence(out)
+            return
+        evidence, details = self.log.evidence(self.validation.measured_on,
+                                              last=not self.config.keep_best)
+        write_evidence(out, evidence, **details)
 
     @property
     def trains_reranker(self) -> bool:
@@ -238,7 +323,7 @@ class _Loop:
         return {"step": self.step, "models": self.models.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
                 "scaler": self.scaler.state_dict(), "total_steps": self.total_steps,
-                "mode": self.config.mode}
+                "mode": self.config.mode, "validation": self.log.state()}
 
     def _resume(self, out: Path) -> None:
         path = latest_checkpoint(out)
@@ -254,6 +339,18 @@ class _Loop:
         self.schedule.load_state_dict(state["schedule"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
+        self.log = ValidationLog(state.get("validation"))
+
+
+def _validation_line(step: int, found: ValidationFigures) -> str:
+    """One line per validation: what the bi-encoder and the reranker reach, and the gain."""
+    line = f"step {step} validation: bi t2i R@1 {found.figures['bi']['t2i_recall@1']:.1f}"
+    coop = [name for name in found.figures if name.startswith("coop@")]
+    if coop and found.reranker_gain is not None:
+        line += (", " + ", ".join(f"{name} {found.figures[name]['t2i_recall@1']:.1f}"
+                                  for name in coop)
+                 + f" (bi_weight {found.bi_weight:g}; gain {found.reranker_gain:+.1f})")
+    return line
 
 
 def _param_groups(models: nn.ModuleDict, weight_decay: float) -> list[dict[str, Any]]:
