@@ -5,7 +5,7 @@ on a validation split, then chooses the bi-encoder score's weight ``w`` in the r
 score ``match + w * bi`` (the search path's formula: BLIP ranks by ITM logit + ITC cosine
 the same way) on a small grid, and reports the gain of the best COOP@k over the
 bi-encoder at that weight. ``twinrank train`` calls it during and after training and keeps
-what it finds with the model (``train.evidence``), so search can rerank only where it
+what it finds with the model (``models.evidence``), so search can rerank only where it
 helps.
 
 The grid is computed here on score arrays: the match scores of each caption's top-k

@@ -282,6 +282,7 @@ class SearchClient:
 
         Both lists carry both stages' ranks, so a view can say how far each image moved.
         """
+        check_k(k)
         depth = max(k, self.rerank_top_k)
         results = self.search(text, k=depth, rerank=True, filters=filters, rerank_top_k=depth)
         before = sorted(results, key=lambda h: h.bi_rank)[:k]

@@ -9,7 +9,7 @@ imports no torch.
 
 Example:
     >>> results = run_query(store, vector, k=5)  # doctest: +SKIP
-    >>> step = RerankStep(reranker, RerankQuery("a red circle"), top_k=20, bi_weight=1.0)
+    >>> step = RerankStep(reranker, RerankQuery("a red circle"), 20, 1.0)  # doctest: +SKIP
     >>> reranked = run_query(store, vector, k=5, rerank=step)  # doctest: +SKIP
 """
 

@@ -161,8 +161,14 @@ def _one_of(key: str, values: Sequence[str]) -> Condition:
 
 
 def folder_key(folder: str) -> str:
-    """The canonical form of a folder used in the ``folders`` payload field."""
-    text = str(PurePosixPath(folder.replace("\\", "/"))).rstrip("/")
+    r"""The canonical form of a folder used in the ``folders`` payload field. A backslash is
+    part of a name on the systems twinrank runs on, never a separator.
+
+    Example:
+        >>> folder_key("/photos/a\\b/")
+        '/photos/a\\b'
+    """
+    text = str(PurePosixPath(folder)).rstrip("/")
     return text or "/"
 
 
@@ -173,7 +179,7 @@ def ancestor_folders(path: str) -> list[str]:
         >>> ancestor_folders("/photos/2021/beach/a.jpg")
         ['/', '/photos', '/photos/2021', '/photos/2021/beach']
     """
-    parents = PurePosixPath(path.replace("\\", "/")).parents
+    parents = PurePosixPath(path).parents
     return [folder_key(str(p)) for p in reversed(list(parents)) if str(p) != "."]
 
 

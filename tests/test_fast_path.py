@@ -172,3 +172,14 @@ def test_cli_search_answers_without_importing_torch(fast_store: Path) -> None:
         want = client.search("a red circle", k=5)
     assert [row["id"] for row in rows] == [h.id for h in want]
     assert np.allclose([row["score"] for row in rows], [h.score for h in want], atol=TOLERANCE)
+
+
+def test_no_collection_is_said_once_without_a_fast_path_line(tmp_path: Path) -> None:
+    """A store folder with no collection: the one sentence that says so, not first a line
+    about the fast path being unavailable there."""
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(app, ["search", "a red circle", "--store",
+                                      str(tmp_path / "empty")])
+    assert result.exit_code == 1, result.output
+    assert "Fast search unavailable" not in result.output
+    assert "No twinrank collection" in result.output and "Traceback" not in result.output

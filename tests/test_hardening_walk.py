@@ -171,3 +171,13 @@ def test_deleted_files_are_named_without_prune_and_forgotten_with_it(tmp_path):
     code, output, report = ingest(root, store, "--prune")
     assert code == 0 and report["pruned"] == 1 and report["gone"] == 0, output
     assert "gone from disk" not in output and len(stored_paths(store)) == 2
+
+
+def test_a_backslash_in_a_folder_name_is_part_of_the_name(tmp_path: Path) -> None:
+    """Linux allows a backslash in a name: ``--folder`` and the folder labels keep it whole
+    instead of splitting there (which put those photos under a folder that does not exist)."""
+    from twinrank.store.filters import ancestor_folders, folder_key
+
+    assert ancestor_folders("/photos/a\\b/x.jpg") == ["/", "/photos", "/photos/a\\b"]
+    assert folder_key("/photos/a\\b/") == "/photos/a\\b"
+    assert "/photos/a" not in ancestor_folders("/photos/a\\b/x.jpg")

@@ -28,7 +28,7 @@ from twinrank.evaluation.validation import (
 from twinrank.models import create_model
 from twinrank.train import trainer
 from twinrank.train.checkpoints import BEST_FILE, CHECKPOINT_DIR
-from twinrank.train.evidence import (
+from twinrank.models.evidence import (
     EVIDENCE_FILE,
     Evidence,
     read_evidence,
@@ -134,7 +134,7 @@ def test_evidence_reads_back_and_costs_no_torch(tmp_path: Path) -> None:
     (tmp_path / EVIDENCE_FILE).write_text("{\"format\": 1}")
     with pytest.raises(ValueError, match="not readable validation evidence .no 'bi_weight'"):
         read_evidence(tmp_path)
-    code = ("import sys, twinrank.train.evidence as e; e.read_evidence('elsewhere'); "
+    code = ("import sys, twinrank.models.evidence as e; e.read_evidence('elsewhere'); "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=tmp_path).returncode == 0
 

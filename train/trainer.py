@@ -11,7 +11,7 @@ mixed precision on CUDA; seeded and deterministic on CPU; a checkpoint every N s
 A share of the training pictures is held out by group (``train.validation``), or a split
 is given; every ``validate_every`` steps and at the end the run measures bi-encoder and
 COOP@k recall there (``evaluation.validation``), ends on the weights that did best, and
-writes what it found beside them (``validation.json``, read by ``train.evidence``).
+writes what it found beside them (``validation.json``, read by ``models.evidence``).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from twinrank.train.checkpoints import (
     save_best,
     save_checkpoint,
 )
-from twinrank.train.evidence import remove_evidence, write_evidence
+from twinrank.models.evidence import remove_evidence, write_evidence
 from twinrank.train.losses import total_loss
 from twinrank.train.objectives import (
     LossWeights,

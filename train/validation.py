@@ -5,7 +5,7 @@ a look-alike key (the scenes' swapped bindings, Open Clip Art's near-duplicates)
 one picture in several languages stay together, and the hash of the group's name decides
 (``captions.splits``), so the split does not depend on the seed or the order of the data.
 ``ValidationLog`` keeps every measurement and the best one, and turns the best into the
-model folder's evidence (``train.evidence``).
+model folder's evidence (``models.evidence``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from twinrank.captions.data import CaptionedImage
 from twinrank.captions.splits import connected_groups, stable_unit
 from twinrank.evaluation.validation import ValidationFigures
-from twinrank.train.evidence import Evidence
+from twinrank.models.evidence import Evidence
 
 SALT = "validation"
 SELECTION = ("mean t2i R@1/5/10 of the order search would show: the best COOP@k at "
