@@ -83,7 +83,7 @@ def bare_forward_rate(
     """Images/s of the image tower alone on preprocessed tensors (same dtype as ingest),
     per wall-clock second and per CPU second of this process."""
     tower = embedder._tower  # the model ingest runs (a bf16 copy when bf16 is chosen)
-    size = embedder.target_size
+    size = int(embedder.model.image_size)
     pixels = torch.randn(batch_size, 3, size, size).to(embedder.device)
     if embedder._cast_inputs:
         pixels = pixels.to(embedder.dtype)

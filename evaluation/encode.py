@@ -89,7 +89,7 @@ def limit_captions(
     return [replace(r, captions=r.captions[:max_captions]) for r in records]
 
 
-def _open_image(path: Path, target_size: int) -> Image.Image:
+def _open_image(path: Path, target_size: int | None) -> Image.Image:
     if not path.is_file():
         raise FileNotFoundError(
             f"evaluation image not found: {path}; check the dataset's image root"
@@ -109,7 +109,7 @@ def encode_images(
     embedder = ImageEmbedder(model, precision)
     vectors: list[np.ndarray] = []
     tokens: list[np.ndarray] = []
-    size = model.image_size  # every model family has it (BLIP: no open_clip config)
+    size = embedder.target_size  # as ingest decodes them (models.encode.decode_size)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for start in range(0, len(paths), batch_size):
             batch = list(pool.map(lambda p: _open_image(Path(p), size),

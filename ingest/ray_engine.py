@@ -229,7 +229,7 @@ def _ray_batches(
     context.execution_options.preserve_order = True  # the writer decides in plan order
     context.enable_progress_bars = False
     context.print_on_execution_start = False
-    sample = embedder.prepare(Image.new("RGB", (embedder.target_size,) * 2))
+    sample = embedder.prepare(Image.new("RGB", (int(embedder.model.image_size),) * 2))
     stage = ReadStage(embedder.preparer, tuple(sample.shape), str(sample.dtype),
                        config.max_pixels, config.max_file_bytes, config.decode_timeout,
                        config.decode_nice, max(1, config.workers))

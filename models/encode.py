@@ -25,6 +25,13 @@ from twinrank.models.device import autocast, inference_dtype
 from twinrank.models.encoder import ImageEncoder
 
 BF16_MIN_PARAMS = 10_000_000  # image towers below this are overhead-bound: bf16 gains nothing
+# Families whose JPEGs ingest decodes at full size, never drafted (``models.images``):
+# their stored vectors and tokens are then those of the reference preprocessing of the
+# file (BlipProcessor), as a reranker reading the file computes them (blip-itm), up to the
+# fp16 of the tokens. Drafting to 2x moved a random BLIP-base's vectors by up to 7e-3 and
+# its match logits by 8e-3 (bench/decode_bench.py), to save a decode that costs a few
+# percent of a BLIP forward on a CPU. Other families draft to DRAFT_MARGIN x their input.
+FULL_DECODE_FAMILIES = frozenset({"blip"})
 
 
 @functools.cache
@@ -36,6 +43,20 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def decode_size(model: ImageEncoder) -> int | None:
+    """The ``target_size`` ingest decodes ``model``'s images with (``models.images``: a
+    JPEG is drafted to at least ``DRAFT_MARGIN`` times it), or None for a full decode.
+
+    A reader whose pixels must equal ingest's (a reranker re-reading a file, evaluation)
+    opens images with ``open_image(path, target_size=decode_size(model))``.
+
+    Example:
+        >>> decode_size(model)  # the tiny model reads 32 px: JPEGs kept at >= 64 px
+        32
+    """
+    return None if model.family in FULL_DECODE_FAMILIES else int(model.image_size)
 
 
 def choose_dtype(model: ImageEncoder, precision: str = "auto") -> torch.dtype:
@@ -71,7 +92,7 @@ class ImageEmbedder:
         self.text_model: Callable[[], Any] = text_model or (lambda: model)
         self.device = model.device
         self.dtype = choose_dtype(model, precision)
-        self.preparer = ImagePreparer(model.preprocess, int(model.image_size))
+        self.preparer = ImagePreparer(model.preprocess, decode_size(model))
         mean, std = self.preparer.mean, self.preparer.std
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -83,8 +104,9 @@ class ImageEmbedder:
             self._cast_inputs = True
 
     @property
-    def target_size(self) -> int:
-        """The model's input size: JPEGs are decoded at the smallest scale that covers it."""
+    def target_size(self) -> int | None:
+        """What ingest's decoders pass ``decode_image`` (``decode_size``): JPEGs are
+        decoded at a scale that keeps twice the model's input; None: at full size."""
         return self.preparer.target_size
 
     def prepare(self, image: Image.Image) -> np.ndarray:
@@ -127,12 +149,14 @@ class ImagePreparer:
     processes (Ray tasks) prepare images exactly as ``ImageEmbedder.prepare`` does.
 
     Example:
-        >>> preparer = ImagePreparer(model.preprocess, model.config.image_size)
+        >>> preparer = ImagePreparer(model.preprocess, decode_size(model))
         >>> preparer.prepare(image).shape
         (32, 32, 3)
+
+    ``target_size`` is what the decoders pass ``decode_image`` (None: a full decode).
     """
 
-    def __init__(self, preprocess: Any, target_size: int) -> None:
+    def __init__(self, preprocess: Any, target_size: int | None) -> None:
         self.preprocess = preprocess
         self.target_size = target_size
         split = _split_transform(preprocess)
