@@ -32,6 +32,12 @@ SIZES: dict[str, dict[str, Any]] = {
              "text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                           num_attention_heads=2, max_position_embeddings=64),
              "projection": 16},
+    # tiny widths at the published checkpoints' input size: pictures resized as theirs are
+    "tiny-384": {"vision": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=2, image_size=384, patch_size=32),
+                 "text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, max_position_embeddings=64),
+                 "projection": 16},
     "base": {"vision": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                             num_attention_heads=12, image_size=384, patch_size=16),
              "text": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
