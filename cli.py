@@ -412,6 +412,35 @@ def upgrade(
         typer.echo(upgrade_collection(opened, progress))
 
 
+@app.command("check")
+def check_command(
+    store: Annotated[Path, typer.Argument(help="The collection folder to check.",
+                                          envvar="TWINRANK_STORE")] = DEFAULT_HOME / "store",
+    repair: Annotated[bool, typer.Option(
+        help="Rebuild what is damaged: intact images are kept, damaged and lost ones "
+             "re-embedded from their files (dropped when the files are gone), a damaged "
+             "twinrank.json restored from its backup.")] = False,
+    device: DeviceOption = None,
+) -> None:
+    """Verify a collection against what twinrank recorded (like git fsck): its point count,
+    every image's vector, cached tokens and payload against their checksums, and its
+    twinrank.json. One line says what is wrong, in which file, and how to repair it; the
+    exit code is 1 while it is damaged.
+    """
+    with friendly_errors():
+        if repair:
+            from twinrank.ingest.repair import RepairJob, repair_store
+
+            lines, intact = repair_store(RepairJob(store.expanduser(), device))
+        else:
+            from twinrank.store.check import check_store
+
+            found = check_store(store.expanduser())
+            lines, intact = [found.line()], found.ok
+    typer.echo("\n".join(lines))
+    raise typer.Exit(0 if intact else 1)
+
+
 @app.command("make-scenes")
 def make_scenes_command(
     out: Annotated[Path, typer.Argument(help="Folder to write images and captions to.")],
@@ -605,6 +634,11 @@ def evaluate(
     k_sweep: Annotated[str, typer.Option(help="COOP candidate counts, comma list.")] =
         "5,10,20,50,100",
     bi_weight: BiWeightOption = None,
+    record: Annotated[bool, typer.Option(
+        help="Also measure whether the model folder's reranker beats its bi-encoder on the "
+             "first --data (held-out captions, never its training data) and write it into "
+             "the folder (validation.json): search reranks by default only where it "
+             "helps.")] = False,
     split_protocol: Annotated[str, typer.Option(
         help="full, coco5k, coco1k (mean of 5 folds), f30k or multi30k.")] = "full",
     positives: Annotated[str, typer.Option(
@@ -655,6 +689,10 @@ def evaluate(
                           protocol=split_protocol, pretrained=pretrained, device=device,
                           out_dir=out.expanduser() if out else None)
         text, _ = run_evaluation(job)
+        if record:
+            from twinrank.evaluation.run import record_job_evidence
+
+            text += "\n" + record_job_evidence(job)
     typer.echo(text)
 
 

@@ -231,5 +231,24 @@ def run_evaluation(job: EvaluateJob) -> tuple[str, dict[str, Any]]:
     return text, payload
 
 
+def record_job_evidence(job: EvaluateJob) -> str:
+    """Measure the job's model folder on its first dataset and record the evidence in it
+    (``evaluation.validation.record_evidence``); one line saying what was found."""
+    from twinrank.captions.data import load_dataset
+    from twinrank.evaluation.validation import ValidationConfig, record_evidence
+    from twinrank.models.evidence import rerank_doubt
+
+    folder = Path(job.model.removeprefix("blip:")).expanduser()
+    if not folder.is_dir():
+        raise ValueError(f"--record writes into a model folder; {job.model!r} is not one.")
+    _, spec = split_label(job.datasets[0])
+    model = create_model(job.model, pretrained=job.pretrained, device=job.device)
+    evidence = record_evidence(model, folder, load_dataset(spec), spec,
+                               ValidationConfig(precision=job.harness.precision))
+    verdict = rerank_doubt(model.model_id, evidence) or (
+        f"Reranking by default: {evidence.summary()}, blend weight {evidence.bi_weight:g}.")
+    return f"Recorded in {folder / 'validation.json'}. {verdict}"
+
+
 __all__ = ["PROTOCOLS", "EvaluateJob", "Protocol", "evaluate_dataset", "format_report",
            "get_protocol", "plot_inputs", "run_evaluation", "split_label", "write_outputs"]

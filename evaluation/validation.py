@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -35,6 +36,7 @@ from twinrank.evaluation.scoring import (
     t2i_positive,
 )
 from twinrank.models import TwinModel
+from twinrank.models.evidence import Evidence, write_evidence
 from twinrank.rerank.fused import FusedReranker
 
 WEIGHT_STEPS = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -215,5 +217,22 @@ def _blend(corpus: EncodedCorpus, scorer: _RememberingScorer,
         images=corpus.n_images, captions=corpus.n_texts)
 
 
+def record_evidence(model: TwinModel, folder: Path, records: Sequence[CaptionedImage],
+                    measured_on: str, config: ValidationConfig | None = None) -> Evidence:
+    """Measure ``model`` (loaded from ``folder``) on held-out ``records`` and write the
+    evidence into the folder (``twinrank evaluate --record``): how a model trained before
+    evidence existed earns its place as a default reranker.
+
+    >>> record_evidence(model, Path("models/demo"), load_dataset(spec), spec)  # doctest: +SKIP
+    """
+    found = measure_validation(model, records, config)
+    evidence = Evidence(found.bi_weight or 0.0, found.reranker_gain, found.figures,
+                        measured_on)
+    write_evidence(folder, evidence, selection="twinrank evaluate --record",
+                   score=found.score, images=found.images, captions=found.captions,
+                   weight_grid=found.weight_grid, match_only=found.match_only)
+    return evidence
+
+
 __all__ = ["ValidationConfig", "ValidationFigures", "WEIGHT_STEPS", "measure_validation",
-           "scaled_weights", "weight_grid"]
+           "record_evidence", "scaled_weights", "weight_grid"]

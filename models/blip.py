@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from twinrank.models.evidence import BLIP_PUBLISHED, Evidence, read_evidence
 from twinrank.models.factory import BLIP_MARKER_FILE, ModelLoadError, hub_reachable
 from twinrank.models.twin import ImageEncoding, TextEncoding
 
@@ -67,6 +68,9 @@ class BlipTwinModel(nn.Module):
         self.preprocess = blip_transform(processor.image_processor)
         self.enc_token_id = enc_token_id(processor.tokenizer,
                                          int(retrieval.config.text_config.vocab_size))
+        # A folder measured here (twinrank train / evaluate --record) carries its own
+        # evidence; otherwise BLIP's authors' published evaluation of the reranked recipe.
+        self.reranker_evidence: Evidence | None = BLIP_PUBLISHED
 
     @property
     def model_id(self) -> str:
@@ -86,8 +90,11 @@ class BlipTwinModel(nn.Module):
 
     @property
     def bi_weight(self) -> float:
-        """The weight of the ITC cosine in the rerank score (BLIP's own recipe: 1)."""
-        return ITC_WEIGHT
+        """The weight of the ITC cosine in the rerank score (BLIP's own recipe: 1, unless
+        a validation split measured here chose another)."""
+        evidence = self.reranker_evidence
+        return evidence.bi_weight if evidence is not None and not evidence.published \
+            else ITC_WEIGHT
 
     @property
     def device(self) -> torch.device:
@@ -253,6 +260,7 @@ def load_blip(source: str, device: torch.device | str | None = None) -> BlipTwin
         model = BlipTwinModel(retrieval, processor, f"{BLIP_PREFIX}{folder.resolve()}",
                               model_id, bool(marker.get("reranker_trained", True)),
                               marker.get("logit_scale"))
+        model.reranker_evidence = read_evidence(folder) or BLIP_PUBLISHED
     else:
         retrieval, processor = load_blip_itm(name)
         model = BlipTwinModel(retrieval, processor, f"{BLIP_PREFIX}{name}",

@@ -42,11 +42,49 @@ class Evidence:
     figures: dict[str, dict[str, float]]
     measured_on: str
     step: int | None = None  # the training step of the checkpoint the folder holds
+    published: bool = False  # the authors' published evaluation, not a split measured here
 
     @property
     def reranker_helps(self) -> bool:
-        """Whether reranking beat the bi-encoder on the validation split."""
-        return self.reranker_gain is not None and self.reranker_gain > 0
+        """Whether reranking beat the bi-encoder on the validation split (or the model's
+        authors published their retrieval figures for the reranked recipe)."""
+        return self.published or (self.reranker_gain is not None and self.reranker_gain > 0)
+
+    def summary(self) -> str:
+        """The figures behind the verdict in a few words, for the line a search prints."""
+        if self.published:
+            return self.measured_on
+        coop = max((name for name in self.figures if name.startswith("coop@")),
+                   key=lambda name: self.figures[name].get("t2i_recall@1", -1.0), default="")
+        bi = self.figures.get("bi", {}).get("t2i_recall@1", math.nan)
+        best = self.figures.get(coop, {}).get("t2i_recall@1", math.nan)
+        gain = "not measured" if self.reranker_gain is None else f"{self.reranker_gain:+.1f}"
+        return (f"t2i R@1 {bi:.1f} for the bi-encoder against {best:.1f} for {coop or 'COOP'} "
+                f"(gain {gain}) on {self.measured_on}")
+
+
+# BLIP's authors evaluate retrieval as its ITC top k reranked by ITM + ITC cosine (k = 256
+# on COCO, 128 on Flickr30k): their published figures are of the reranked order.
+BLIP_PUBLISHED = Evidence(
+    1.0, None, {}, "BLIP's published COCO and Flickr30k retrieval figures (Li et al., ICML "
+    "2022, Table 5) rank the ITC top k by ITM logit + ITC cosine", published=True)
+
+
+def rerank_doubt(model_id: str, evidence: Evidence | None) -> str | None:
+    """Why a trained reranker is not used by default (its evidence is missing or says it
+    does not help), as one line naming the figures; None when the evidence says it helps.
+
+    >>> rerank_doubt("m", None).startswith("No reranking by default: m's reranker is unproven")
+    True
+    """
+    if evidence is None:
+        return (f"No reranking by default: {model_id}'s reranker is unproven (no held-out "
+                f"evidence recorded); measure it with twinrank evaluate --record --data "
+                f"VALIDATION.jsonl, or force it with --reranker fused.")
+    if evidence.reranker_helps:
+        return None
+    return (f"No reranking by default: {model_id}'s reranker did not beat the bi-encoder on "
+            f"held-out data ({evidence.summary()}); --reranker fused forces it.")
 
 
 def read_evidence(folder: str | Path) -> Evidence | None:
@@ -85,7 +123,8 @@ def evidence_from_dict(data: Mapping[str, Any]) -> Evidence:
                for name, metrics in data["figures"].items()}
     step = data.get("chosen_step")
     return Evidence(weight, None if gain is None else float(gain), figures,
-                    str(data["measured_on"]), None if step is None else int(step))
+                    str(data["measured_on"]), None if step is None else int(step),
+                    bool(data.get("published", False)))
 
 
 def evidence_payload(evidence: Evidence, **details: Any) -> dict[str, Any]:
@@ -96,7 +135,7 @@ def evidence_payload(evidence: Evidence, **details: Any) -> dict[str, Any]:
     >>> evidence_from_dict(payload).figures["bi"]
     {'t2i_recall@1': 4.0}
     """
-    return {"format": FORMAT, "measured_on": evidence.measured_on,
+    return {"format": FORMAT, "measured_on": evidence.measured_on, "published": evidence.published,
             "chosen_step": evidence.step, "bi_weight": evidence.bi_weight,
             "reranker_gain": evidence.reranker_gain, "figures": evidence.figures, **details}
 

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from twinrank.models.evidence import Evidence, evidence_payload
 from twinrank.models.onnx_files import (
     BPE_VOCAB,
     FORMAT_VERSION,
@@ -183,6 +184,7 @@ def export_query_side(model: TwinModel, folder: Path) -> Path:
             "token_shape": [model.config.image_token_count, model.config.fusion.width],
             "reranker_trained": bool(getattr(model, "reranker_trained", False)),
             "bi_weight": model.bi_weight,
+            "reranker_evidence": evidence_json(model.reranker_evidence),
             "text_graph": TEXT_GRAPH,
             "head_graph": HEAD_GRAPH,
             "vocab": BPE_VOCAB,
@@ -194,6 +196,11 @@ def export_query_side(model: TwinModel, folder: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def evidence_json(evidence: Evidence | None) -> dict[str, Any] | None:
+    """What an export records of the model's reranker evidence (None: unproven)."""
+    return None if evidence is None else evidence_payload(evidence)
 
 
 def record_no_export(model: Any, folder: Path, reason: str) -> None:

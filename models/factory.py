@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from twinrank.models import presets
 from twinrank.models.config import TwinConfig, twin_config
 from twinrank.models.device import pick_device
+from twinrank.models.evidence import read_evidence
 from twinrank.models.fusion import FusionHead
 from twinrank.models.pair import SEP_LAYOUT, SepTwinModel
 from twinrank.models.twin import TwinModel, build_clip
@@ -85,6 +86,7 @@ def create_model(
             clip = _pretrained_clip(config) if pretrained else build_clip(config)
             model = TwinModel(config, clip, f"{config.name}:{pretrained or 'random'}:{seed}")
     model._source = str(Path(name_or_path).resolve()) if path.is_dir() else str(name_or_path)
+    model.reranker_evidence = read_evidence(path) if path.is_dir() else None
     return model.to(target).eval()
 
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from twinrank.display import warn_query_cut
 from twinrank.models.config import TwinConfig
+from twinrank.models.evidence import Evidence
 from twinrank.models.fusion import FusionHead
 
 
@@ -91,6 +92,9 @@ class TwinModel(nn.Module):
         self.head = FusionHead(config.fusion, self.text_width, self.vision_width)
         self._tokenizer: Any = None  # built on first use (see ``tokenizer``)
         self._preprocess: Any = None
+        # What held-out validation found of the reranker (its folder's validation.json,
+        # read by the factory); None: never measured, so search does not trust it.
+        self.reranker_evidence: Evidence | None = None
 
     @property
     def model_id(self) -> str:
@@ -236,8 +240,9 @@ class TwinModel(nn.Module):
 
     @property
     def bi_weight(self) -> float:
-        """The bi-encoder score's weight in a reranked score (``rerank + w * bi``)."""
-        return 0.0
+        """The bi-encoder score's weight in a reranked score (``rerank + w * bi``): the one
+        its validation split chose, else 0 (the reranker's order alone)."""
+        return self.reranker_evidence.bi_weight if self.reranker_evidence else 0.0
 
     def _text_forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return text_forward(self.clip.text, ids)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from twinrank.models.evidence import Evidence, rerank_doubt
 from twinrank.rerank.base import untrained_allowed
 
 FUSED = "fused"  # the model's own cross-encoder (``rerank.fused``)
@@ -31,19 +32,37 @@ class RerankerOwner(Protocol):
     def reranker_trained(self) -> bool: ...
     @property
     def bi_weight(self) -> float: ...
+    @property
+    def reranker_evidence(self) -> Evidence | None: ...
 
 
 def default_reranker(model: RerankerOwner | None) -> tuple[str, str | None]:
     """The reranker a collection gets when none is named, and a note when it gets none.
 
-    The model's own cross-encoder when it was trained (or when the untrained-head switch
-    is on, for tests); otherwise no reranking, with one line saying why and what to do.
+    The model's own cross-encoder only when it was trained *and* its recorded held-out
+    evidence says it beats the bi-encoder (BLIP: its authors' published evaluation);
+    otherwise no reranking, with one line saying why, with the figures, and what to do.
+    The untrained-head switch (tests) turns it on regardless.
     """
-    if model is not None and (model.reranker_trained or untrained_allowed()):
+    if model is not None and untrained_allowed():
         return FUSED, None
-    who = model.model_id if model is not None else "this collection's model"
-    return "none", (f"No reranking: {who} has no trained reranker. Use --reranker blip-itm, "
-                    f"a preset with a reranker (twinrank models), or twinrank train.")
+    if model is None or not model.reranker_trained:
+        who = model.model_id if model is not None else "this collection's model"
+        return "none", (f"No reranking: {who} has no trained reranker. Use --reranker "
+                        f"blip-itm, a preset with a reranker (twinrank models), or twinrank "
+                        f"train.")
+    doubt = rerank_doubt(model.model_id, model.reranker_evidence)
+    return ("none", doubt) if doubt else (FUSED, None)
+
+
+def forced_note(model: RerankerOwner | None) -> str | None:
+    """The line a search prints when ``--reranker fused`` is asked for although the model's
+    evidence does not back it: the same figures as the default's refusal."""
+    if model is None or not model.reranker_trained or untrained_allowed():
+        return None
+    doubt = rerank_doubt(model.model_id, model.reranker_evidence)
+    return None if doubt is None else doubt.replace("No reranking by default: ",
+                                                    "Reranking as asked, although ", 1)
 
 
 def blend_weight(reranker: Any | None, model: RerankerOwner | None) -> float:

@@ -30,7 +30,8 @@ from twinrank.models import TextEncoding, TwinModel, create_model, model_id
 from twinrank.models.device import autocast, inference_dtype
 from twinrank.models.images import ImageReadError, open_image
 from twinrank.rerank.base import Reranker, RerankQuery
-from twinrank.rerank.registry import blend_weight, default_reranker, make_reranker
+from twinrank.rerank.policy import FUSED, blend_weight, default_reranker, forced_note
+from twinrank.rerank.registry import make_reranker
 from twinrank.search.hits import Hit, SearchResults
 from twinrank.search.route import (
     QueryError,
@@ -125,6 +126,8 @@ class SearchClient:
             return reranker
         if reranker == "auto":
             reranker, self.reranker_note = default_reranker(self.model)
+        elif reranker.strip().lower() == FUSED:
+            self.reranker_note = forced_note(self.model)
         return make_reranker(reranker, self.model, self.store, device=str(self.model.device))
 
     @torch.inference_mode()

@@ -30,9 +30,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from twinrank.models.evidence import Evidence, evidence_from_dict, read_evidence
 from twinrank.models.onnx_files import FAST_DIR, FORMAT_VERSION, read_manifest
-from twinrank.rerank.base import Candidate, RerankQuery, TokenSource, as_query
-from twinrank.rerank.policy import default_reranker
+from twinrank.rerank.base import Candidate, RerankQuery, TokenSource, as_query, untrained_allowed
+from twinrank.rerank.policy import default_reranker, forced_note
 from twinrank.search.hits import SearchResults
 from twinrank.search.route import RerankStep, check_k, clean_query, ms_since, run_query
 from twinrank.store import CollectionInfo, VectorStore
@@ -69,6 +70,7 @@ class QuerySide(Protocol):
     model_id: str
     reranker_trained: bool
     bi_weight: float
+    reranker_evidence: Evidence | None
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Text vectors (B, D), what the cross-encoder reads of the text, and its mask."""
@@ -102,6 +104,7 @@ class FastQueryModel:
         self.model_id = str(manifest["model_id"])
         self.reranker_trained = bool(manifest.get("reranker_trained", False))
         self.bi_weight = float(manifest.get("bi_weight", 0.0))
+        self.reranker_evidence = manifest_evidence(manifest)
         self.tokenizer = ClipBpe(folder / manifest["vocab"], int(manifest["context_length"]))
         try:
             self._text = ort.InferenceSession(str(folder / manifest["text_graph"]), options,
@@ -155,6 +158,7 @@ def open_query_side(collection: Path, info: CollectionInfo,
         raise FastPathUnavailable(
             f"its fast query export is of model {manifest.get('model_id')!r}, not the "
             f"collection's {info.model_id!r}")
+    manifest = with_fresh_evidence(manifest, info.model_source)
     tokenizer = manifest.get("tokenizer")
     if tokenizer == "bert-wordpiece":
         from twinrank.models.blip_query import BlipQuery
@@ -168,6 +172,25 @@ def open_query_side(collection: Path, info: CollectionInfo,
         raise FastPathUnavailable(
             "onnxruntime is not installed (pip install onnxruntime)") from None
     return FastQueryModel(folder, manifest, threads)
+
+
+def manifest_evidence(manifest: dict[str, Any]) -> Evidence | None:
+    """The reranker evidence an export recorded (``models.evidence``), or None."""
+    recorded = manifest.get("reranker_evidence")
+    return evidence_from_dict(recorded) if isinstance(recorded, dict) else None
+
+
+def with_fresh_evidence(manifest: dict[str, Any], model_source: str) -> dict[str, Any]:
+    """``manifest`` with the evidence its model folder holds now: ``twinrank evaluate
+    --record`` may have measured the model after the export was written."""
+    folder = Path(model_source.removeprefix("blip:"))
+    found = read_evidence(folder) if folder.is_dir() else None
+    if found is None:
+        return manifest
+    from twinrank.models.evidence import evidence_payload
+
+    return manifest | {"reranker_evidence": evidence_payload(found),
+                       "bi_weight": found.bi_weight}
 
 
 class ExportedReranker:
@@ -224,9 +247,9 @@ def reranks(request: FastSearch, side: QuerySide) -> tuple[bool, str | None]:
         return spec != "none", note
     if spec != "fused":
         raise NeedsTorch(f"the {spec.partition(':')[0]} reranker runs in torch")
-    if default_reranker(side)[0] == "none":
+    if not side.reranker_trained and not untrained_allowed():
         raise NeedsTorch("this collection's reranker is untrained")  # torch says so
-    return True, None
+    return True, forced_note(side)
 
 
 def run_fast_search(collection: Path, request: FastSearch,
