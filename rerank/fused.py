@@ -25,7 +25,9 @@ from PIL import Image
 
 from twinrank.models import TextEncoding
 from twinrank.models.device import autocast, inference_dtype
+from twinrank.models.encode import decode_size
 from twinrank.models.encoder import Encoder
+from twinrank.models.images import open_image
 from twinrank.rerank.base import (
     Candidate,
     RerankerContext,
@@ -34,7 +36,6 @@ from twinrank.rerank.base import (
     TokenSource,
     UntrainedRerankerError,
     as_query,
-    open_rgb,
     untrained_allowed,
 )
 from twinrank.rerank.one_query import one_query_logits, supports_one_query
@@ -153,8 +154,11 @@ class FusedReranker:
         return torch.from_numpy(np.stack([cached[i] for i in ids]).astype(np.float32))
 
     def tokens_from_files(self, candidates: Sequence[Candidate]) -> dict[str, np.ndarray]:
-        """Recompute image tokens from the files (the slow path a cache avoids)."""
-        tokens = self.encode_tokens([open_rgb(c.path) for c in candidates]).numpy()
+        """Recompute image tokens from the files (the slow path a cache avoids), decoded
+        as ingest decodes them, so the scores equal the cached ones."""
+        size = decode_size(self.model)
+        tokens = self.encode_tokens([open_image(c.path, target_size=size)
+                                     for c in candidates]).numpy()
         return {c.id: t for c, t in zip(candidates, tokens, strict=True)}
 
     @torch.inference_mode()

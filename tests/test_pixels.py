@@ -223,9 +223,6 @@ def test_open_clip_ingest_stores_near_the_reference_and_readers_as_ingest_agree(
     store.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "rerank/fused.py's tokens_from_files opens files at full size; ingest drafts an "
-    "open_clip model's JPEGs: it should open them with models.encode.decode_size(model)"))
 def test_fused_file_fallback_reads_an_open_clip_jpeg_as_ingest_does(clip, photos, tmp_path):
     store, stored = ingested(clip, "pixels-tiny-224", photos, tmp_path / "store")
     candidate = [Candidate(stored["camera.jpg"][0], str(photos / "camera.jpg"))]
