@@ -30,9 +30,11 @@ from twinrank.models.encode import ImageEmbedder
 
 # Tolerances. Model-level equalities are the same float32 arithmetic in another order:
 # 1e-5. Scores over cached tokens went through the store's float16 (relative rounding
-# 2^-11 of every token feature): 2e-2 on logits of spread ~1-10.
+# 2^-11 of every token feature): measured up to 5e-4 on this tiny model's logits (its
+# weights drawn wide, std 0.3, so pictures matter), hence 1e-3. Camera-size JPEGs are
+# tests/test_pixels.py's.
 EXACT = 1e-5
-CACHED = 2e-2
+CACHED = 1e-3
 QUERIES = ["a red circle left of a blue square", "dog", "a big green triangle on the beach"]
 
 
