@@ -32,6 +32,8 @@ BENCHMARKS: dict[str, str] = {
     "ray_ingest_bench": "ingest on Ray vs the in-process ingest of the same photos",
     "ui_latency": "the app in headless Chromium: Enter to results, 1 and 5 sessions (issue 21)",
     "token_read_bench": "20 BLIP-size token sets read: side file vs multivector, RAM (issue 34)",
+    "decode_bench": "camera-size JPEG decode: draft sizes vs the reference pixels (issue 34)",
+    "blip_rerank_bench": "BLIP-base rerank of 20 and a cold query: numpy query side vs torch",
 }
 
 
