@@ -59,14 +59,16 @@ PRESETS: tuple[Preset, ...] = (
         "blip:Salesforce/blip-itm-base-coco", None, "BLIP ITC (ViT-B/16, 384 px)",
         "BLIP ITM head over cached image tokens", 384, 256, (577, 768), "~0.9 GB",
         "BSD-3-Clause", "COCO 5k t2i R@1 63.1-64.3, i2t R@1 80.6-81.9 (BLIP, Li et al. 2022, "
-        "Table 5, ViT-B, ITC top-k reranked by ITM)",
+        "Table 5, ViT-B: ITC top 256 reranked by ITM logit + ITC cosine with [ENC] first, "
+        "as twinrank scores; twinrank reranks the top 20 by default)",
         ("Salesforce/blip-itm-base-coco",), faster_on_cpu="clip-b32"),
     Preset(
         "blip-large", "BLIP ITM large (COCO fine-tuned): as blip-base with a ViT-L/16 image "
         "tower; about 3x the image compute", "blip:Salesforce/blip-itm-large-coco", None,
         "BLIP ITC (ViT-L/16, 384 px)", "BLIP ITM head over cached image tokens", 384, 256,
         (577, 1024), "~1.8 GB", "BSD-3-Clause",
-        "COCO 5k t2i R@1 65.1, i2t R@1 82.4 (BLIP, Li et al. 2022, Table 5, ViT-L)",
+        "COCO 5k t2i R@1 65.1, i2t R@1 82.4 (BLIP, Li et al. 2022, Table 5, ViT-L; same "
+        "recipe and k as blip-base)",
         ("Salesforce/blip-itm-large-coco",), faster_on_cpu="clip-b32"),
     Preset(
         "clip-b32", "open_clip ViT-B-32 on LAION-2B: the CPU-friendly bi-encoder (15 GFLOPs "
