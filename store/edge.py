@@ -2,7 +2,8 @@
 
 The collection's identity (``CollectionInfo``) is written beside the data in
 ``twinrank.json`` and checked on every open. The shard itself is held on a
-``ShardLease``, so the UI and an ingest can share the folder (see ``search.lease``).
+``ShardLease``, so the UI and an ingest can share the folder (``store.lease``), and
+other processes' reads go through the process holding it (``store.serve``).
 Cached reranker tokens live beside the shard in ``tokens.bin`` (``store.tokens``: its
 layout and crash rules), each point naming its record in its payload; collections made
 before that file existed keep the ``tokens`` multivector in the shard.
@@ -41,6 +42,7 @@ from twinrank.store.schema import (
     planned_search,
     query_for_centred,
 )
+from twinrank.store.serve import through_holder
 from twinrank.store.tokens import TOKEN_SLOT, TokenFile
 
 META_FILE = "twinrank.json"
@@ -71,6 +73,7 @@ class EdgeStore(StoreBase):
         self.folder = folder
         self.info = info
         self._lease = lease
+        lease.serve(self)  # others' reads, whenever this process holds the folder
         self._tokens = tokens  # the side file, when the collection keeps tokens in one
         self._count: tuple[int, int] | None = None  # (lease generation, points)
 
@@ -204,6 +207,7 @@ class EdgeStore(StoreBase):
                         tokens.settle(lambda found: _token_slots(shard, found))
                 self._count = None
 
+    @through_holder
     def search(
         self,
         vector: np.ndarray,
@@ -251,6 +255,7 @@ class EdgeStore(StoreBase):
                                   crosses_gap(info), info,
                                   filtered=condition is not None)
 
+    @through_holder
     def get_tokens(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """The cached (T, W) tokens of those ``ids`` that have them: float16 copies out of
         the side file (~1-2 ms for 20 BLIP-size sets), or, in a collection made before it,
@@ -267,6 +272,7 @@ class EdgeStore(StoreBase):
         with self._lease.hold() as shard:  # no writer in any process while copying
             return self._tokens.read(_token_slots(shard, list(ids)))
 
+    @through_holder
     def _named_vectors(self, ids: Sequence[str], name: str) -> dict[str, np.ndarray]:
         with self._lease.hold() as shard:
             records = shard.retrieve(list(ids), False, [name])
@@ -274,19 +280,25 @@ class EdgeStore(StoreBase):
                 for r in records if r.vector and name in r.vector}
 
     def _image_pages(self) -> Iterator[tuple[list[str], np.ndarray]]:
-        from qdrant_edge import ScrollRequest
-
         offset = None
         while True:
-            with self._lease.hold() as shard:
-                records, offset = shard.scroll(ScrollRequest(
-                    offset=offset, limit=1000, with_payload=False, with_vector=[IMAGE_VECTOR]))
-            kept = [r for r in records if r.vector and IMAGE_VECTOR in r.vector]
-            if kept:
-                yield ([str(r.id) for r in kept],
-                       np.asarray([r.vector[IMAGE_VECTOR] for r in kept], dtype=np.float32))
+            ids, vectors, offset = self._vector_page(offset)
+            if ids:
+                yield ids, vectors
             if offset is None:
                 return
+
+    @through_holder
+    def _vector_page(self, offset: str | None) -> tuple[list[str], np.ndarray, str | None]:
+        """One page of ``image`` vectors from ``offset``, and where the next one starts."""
+        from qdrant_edge import ScrollRequest
+
+        with self._lease.hold() as shard:
+            records, after = shard.scroll(ScrollRequest(
+                offset=offset, limit=1000, with_payload=False, with_vector=[IMAGE_VECTOR]))
+        kept = [r for r in records if r.vector and IMAGE_VECTOR in r.vector]
+        vectors = np.asarray([r.vector[IMAGE_VECTOR] for r in kept], dtype=np.float32)
+        return [str(r.id) for r in kept], vectors, None if after is None else str(after)
 
     def _write_centred(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         self._check_writable()
@@ -305,25 +317,33 @@ class EdgeStore(StoreBase):
         os.replace(staged, meta)
         self.info = info
 
+    @through_holder
     def get_payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         with self._lease.hold() as shard:
             records = shard.retrieve(list(ids), True, False)
         return {str(r.id): _public(r.payload) for r in records}
 
     def iter_payloads(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        from qdrant_edge import ScrollRequest
-
         offset = None
         while True:
-            with self._lease.hold() as shard:
-                records, offset = shard.scroll(
-                    ScrollRequest(offset=offset, limit=1000, with_payload=True, with_vector=False)
-                )
-            for record in records:
-                yield str(record.id), _public(record.payload)
+            page, offset = self._payload_page(offset)
+            yield from page
             if offset is None:
                 return
 
+    @through_holder
+    def _payload_page(self, offset: str | None
+                      ) -> tuple[list[tuple[str, dict[str, Any]]], str | None]:
+        """One page of (id, payload) from ``offset``, and where the next one starts."""
+        from qdrant_edge import ScrollRequest
+
+        with self._lease.hold() as shard:
+            records, after = shard.scroll(
+                ScrollRequest(offset=offset, limit=1000, with_payload=True, with_vector=False))
+        return ([(str(point.id), _public(point.payload)) for point in records],
+                None if after is None else str(after))
+
+    @through_holder
     def count(self) -> int:
         with self._lease.hold() as shard:
             return self._points(shard, fresh=True)
@@ -356,7 +376,7 @@ class EdgeStore(StoreBase):
             >>> store.count()
             4
         """
-        with self._lease.hold():
+        with self._lease.hold(exclusive=True):
             yield self
 
     def release(self) -> bool:

@@ -1,8 +1,10 @@
-"""Sharing one embedded Qdrant Edge folder between processes: ask, and the holder hands over.
+"""Sharing one embedded Qdrant Edge folder between processes: writers take turns, readers
+ask the holder.
 
 Qdrant Edge lets one process at a time open a shard folder (a second open fails with
 ``WouldBlock``). The UI keeps its store open for hours while ``twinrank ingest`` writes to
-the same folder, so each ``EdgeStore`` holds its shard on a *lease*:
+the same folder, and many ``twinrank search`` processes may read it meanwhile, so each
+``EdgeStore`` holds its shard on a *lease*:
 
 - only the process holding an exclusive ``flock`` on ``FOLDER/.lock`` may open the shard.
   This matters: a failed ``EdgeShard.load`` of a folder another process has open is not
@@ -10,15 +12,24 @@ the same folder, so each ``EdgeStore`` holds its shard on a *lease*:
   qdrant-edge-py 0.9: the holder's next flush fails with "Tracker journal ... is shorter
   than expected"). So a process never even tries to open a shard it does not hold the
   lock for;
-- an operation that finds the shard closed opens it; if another process holds it, it drops
-  a request file in ``FOLDER/.requests/`` and retries until ``wait_s`` passes, then raises
-  ``StoreBusyError`` (a clear message, never a hang);
-- a holder's watcher thread sees other processes' requests and, between operations,
-  flushes and closes the shard so the requester can open it; its next operation queues
-  for it again. Requests are served oldest first, so neither side starves.
+- the holder answers other processes' *reads* (``store.serve``: search, count, tokens,
+  payloads) on ``FOLDER/.serve.sock`` while it holds the shard. A read (``read``) runs
+  here when this process holds the shard or the folder is free (then this process opens
+  it and becomes the holder); otherwise it goes to the holder. No hand-over, so twenty
+  searches during an ingest cost the ingest a few milliseconds each, not a reopen each;
+- a *write* (``hold``) that finds the shard held elsewhere drops a request file in
+  ``FOLDER/.requests/`` and retries until ``wait_s`` passes, then raises
+  ``StoreBusyError`` (a clear message, never a hang). The holder's watcher thread sees the
+  request and, between operations, stops answering reads, flushes and closes the shard so
+  the requester can open it; its next write queues for it again, its reads go to the new
+  holder. Requests are served oldest first, and no reader takes a free folder while a
+  writer waits for it, so neither side starves;
+- a step in ``hold(exclusive=True)`` (``EdgeStore.exclusive``: a multi-step change, a long
+  optimise) keeps the folder *and* holds other processes' reads until it ends;
+- a process that waits longer than ``NOTICE_AFTER_S`` says once, on stderr, what it
+  waits for (the folder, and the process holding it, from ``FOLDER/.holder``).
 
-Every operation therefore sees everything flushed before it; a UI query during an ingest
-costs one reopen (~0.1-0.2 s) and sees the images written so far.
+Every operation therefore sees everything written before it, by any process.
 
 A folder this process cannot write (a read-only mount, a shared NAS, a backup) can still be
 searched: nobody can be writing it, so no lock is needed, but Qdrant Edge opens its segments
@@ -31,27 +42,38 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import shutil
 import stat
+import sys
 import tempfile
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import numpy as np
 
 from twinrank.store.schema import StoreBusyError, StoreError
+from twinrank.store.serve import HolderGone, HolderLink, NotServed, ReadServer, answer, encode
 
 REQUESTS_DIR = ".requests"
 LOCK_FILE = ".lock"
+HOLDER_FILE = ".holder"  # JSON: pid, program and whether it answers reads, of the holder
+NOTICE_AFTER_S = 0.5  # a wait this long is said, once per process and folder
+HELD_REPLY_S = 0.25  # a read kept waiting by a step this long is answered "held"
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+_noticed: set[str] = set()  # folders this process has said it waits for
 
 
 class ShardLease:
-    """One process's claim on a shard folder: opened on demand, handed over when asked.
+    """One process's claim on a shard folder: opened on demand, handed over when asked,
+    and, while held, answering other processes' reads of it.
 
     Example:
         >>> from qdrant_edge import CountRequest, EdgeShard
@@ -76,8 +98,15 @@ class ShardLease:
         self._lock_fd: int | None = None
         self.generation = 0  # counts opens: another process may have written in between
         self._users = 0
+        self._answering = 0  # of the users: other processes' reads being answered
+        self._exclusive = 0  # of the users: steps no other process may read half of
+        self._yielding = False  # a writer elsewhere waits: answer no more reads, hand over
         self._closed = False
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # a use ended
+        self._store: object | None = None  # whose reads this process answers (``serve``)
+        self._server: ReadServer | None = None
+        self._link = HolderLink(folder)
         self._requests = folder / REQUESTS_DIR
         self._requests.mkdir(parents=True, exist_ok=True)
         self._token = f"{os.getpid()}-{id(self)}"
@@ -87,22 +116,62 @@ class ShardLease:
                          if scratch is not None else None)
         self.read_only = scratch is not None  # the shard is a copy: writes would be lost
 
+    def serve(self, store: object) -> None:
+        """Answer other processes' reads (``store.serve.SERVED`` methods of ``store``)
+        whenever this process holds the shard."""
+        self._store = store
+
     @contextlib.contextmanager
-    def hold(self) -> Iterator[Any]:
-        """The open shard, kept open (not handed over) until the block ends."""
+    def hold(self, exclusive: bool = False) -> Iterator[Any]:
+        """The open shard, kept open (not handed over) until the block ends; ``exclusive``
+        also keeps other processes' reads waiting until then."""
         with self._lock:
             if self._closed:
                 raise StoreError(f"The store at {self.folder} is closed; open it again.")
             if self._shard is None:
-                self._shard = self._acquire()
-                self.generation += 1
+                self._opened(self._acquire())
             self._users += 1
+            self._exclusive += exclusive
             shard = self._shard
         try:
             yield shard
         finally:
             with self._lock:
                 self._users -= 1
+                self._exclusive -= exclusive
+                self._changed.notify_all()
+
+    def read(self, local: Callable[[], T], remote: Callable[[HolderLink], T]) -> T:
+        """``local()`` with the shard open here, when this process holds it or the folder is
+        free; else ``remote(link)``, the holder running the same read. Waits (saying so
+        once) while the folder changes hands; ``StoreBusyError`` after ``wait_s``."""
+        started = time.monotonic()
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise StoreError(f"The store at {self.folder} is closed; open it again.")
+                if self._shard is None and not self._other_requests():
+                    shard = self._try_open()  # a free folder: this process holds it now
+                    if shard is not None:
+                        self._opened(shard)
+                here = self._shard is not None
+                self._users += here
+            if here:
+                try:
+                    return local()
+                finally:
+                    self._done(answering=False)
+            self._link.timeout_s = max(self.wait_s - (time.monotonic() - started), 0.0)
+            try:
+                return remote(self._link)
+            except HolderGone:
+                asks = self._holder_serves_none(time.monotonic() - started)
+            except NotServed:  # a holder of another twinrank version
+                asks = True
+            if asks:
+                with self.hold():  # an older twinrank, or no socket there: ask for the folder
+                    return local()
+            self._waited(started)
 
     def release(self) -> bool:
         """Flush and close the shard if no operation is using it; True when it did."""
@@ -110,6 +179,7 @@ class ShardLease:
             if self._shard is None or self._users:
                 return False
             shard, self._shard = self._shard, None
+            self._stop_serving()
             self._close_shard(shard)
             return True
 
@@ -117,11 +187,17 @@ class ShardLease:
         """Hand the shard back for good; later operations raise ``StoreError``."""
         with self._lock:
             self._closed = True
+            if self._shard is not None:
+                self._stop_serving()
+            deadline = time.monotonic() + self.wait_s
+            while self._answering and time.monotonic() < deadline:  # let them finish
+                self._changed.wait(self.poll_s)
             shard, self._shard = self._shard, None
             try:
                 if shard is not None:
                     self._close_shard(shard)
             finally:
+                self._link.close()
                 if self._scratch is not None:
                     self._scratch()  # the private copy of a read-only store goes
 
@@ -136,8 +212,71 @@ class ShardLease:
     def is_open(self) -> bool:
         return self._shard is not None
 
+    def _opened(self, shard: Any) -> None:
+        """This process holds the shard now: answer others' reads, and say who holds it."""
+        self._shard = shard
+        self.generation += 1
+        self._yielding = False
+        serves = False
+        if self._store is not None and not self.read_only:
+            try:
+                self._server = ReadServer(self.folder, self._answer)
+                serves = True
+            except OSError as error:  # a file system without sockets: readers ask instead
+                log.warning("Other processes cannot read %s through this one (%s); they "
+                            "will ask for it.", self.folder, error.strerror or error)
+        record = {"pid": os.getpid(), "program": _program(), "serves": serves}
+        with contextlib.suppress(OSError):
+            staged = self.folder / f"{HOLDER_FILE}.{os.getpid()}"
+            staged.write_text(json.dumps(record))
+            os.replace(staged, self.folder / HOLDER_FILE)
+
+    def _stop_serving(self) -> None:
+        """Before the shard closes: no more answers, and no more claim to hold it."""
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            holder = self.folder / HOLDER_FILE
+            if int(json.loads(holder.read_text())["pid"]) == os.getpid():
+                holder.unlink()
+
+    def _answer(self, meta: dict[str, Any], arrays: list[np.ndarray]
+                ) -> tuple[dict[str, Any], list[np.ndarray]]:
+        """One read another process asked for (``ReadServer``'s thread): its reply."""
+        deadline = time.monotonic() + min(float(meta.get("wait_s", 0.0)), HELD_REPLY_S)
+        with self._lock:
+            while self._exclusive and self._shard is not None and not self._yielding:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return {"status": "held"}, []  # the caller waits, says so, asks again
+                self._changed.wait(left)
+            if self._shard is None or self._yielding or self._closed:
+                return {"status": "moving"}, []  # handing over: the caller finds the next
+            self._users += 1
+            self._answering += 1
+        try:
+            reply, out = encode(answer(self._store, meta, arrays))
+            return reply | {"status": "ok"}, out
+        except NotServed:
+            return {"status": "not served"}, []
+        except StoreError as error:
+            return {"status": "error", "kind": type(error).__name__, "message": str(error)}, []
+        except Exception as error:
+            log.exception("Could not answer a read of %s", self.folder)
+            return {"status": "error", "message": f"The process holding the store at "
+                    f"{self.folder} could not answer ({type(error).__name__}: {error})."}, []
+        finally:
+            self._done(answering=True)
+
+    def _done(self, answering: bool) -> None:
+        with self._lock:
+            self._users -= 1
+            self._answering -= answering
+            self._changed.notify_all()
+
     def _acquire(self) -> Any:
-        deadline = time.monotonic() + self.wait_s
+        started = time.monotonic()
         mine: Path | None = None
         try:
             while True:
@@ -148,16 +287,49 @@ class ShardLease:
                 if mine is None:
                     mine = self._requests / f"{time.time_ns():020d}-{self._token}"
                     mine.touch()
-                if time.monotonic() > deadline:
-                    raise StoreBusyError(
-                        f"The store at {self.folder} is in use by another process (an "
-                        f"ingest, the UI or a long optimise) and was not handed over within "
-                        f"{self.wait_s:.0f} s. Try again when it finishes."
-                    )
-                time.sleep(self.poll_s)
+                self._waited(started)
         finally:
             if mine is not None:
                 mine.unlink(missing_ok=True)
+
+    def _waited(self, started: float) -> None:
+        """One pause of a wait that began at ``started``: said once past
+        ``NOTICE_AFTER_S``, ``StoreBusyError`` past ``wait_s``."""
+        waited = time.monotonic() - started
+        if waited > self.wait_s:
+            holder = self._holder_record()
+            who = ("an ingest, the UI or a long optimise" if holder is None else
+                   f"{holder['program']}, process {holder['pid']}")
+            raise StoreBusyError(
+                f"The store at {self.folder} is in use by another process ({who}) and was "
+                f"not handed over within {self.wait_s:.0f} s. Try again when it finishes.")
+        if waited > NOTICE_AFTER_S and str(self.folder) not in _noticed:
+            _noticed.add(str(self.folder))
+            holder = self._holder_record()
+            who = ("another process" if holder is None else
+                   f"process {holder['pid']} ({holder['program']})")
+            print(f"Waiting for the store at {self.folder}: {who} is using it (at most "
+                  f"{self.wait_s:.0f} s; TWINRANK_STORE_WAIT_S sets it).", file=sys.stderr,
+                  flush=True)
+        time.sleep(self.poll_s)
+
+    def _holder_record(self) -> dict[str, Any] | None:
+        """What ``FOLDER/.holder`` says of the process that holds the shard, if it runs."""
+        try:
+            record = json.loads((self.folder / HOLDER_FILE).read_text())
+            pid = int(record["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return record if _runs(pid) else None
+
+    def _holder_serves_none(self, waited: float) -> bool:
+        """Whether reads must ask for the folder: its holder answers none (no socket on
+        that file system), or, past half the wait, no holder of ours is known (an older
+        twinrank holds it)."""
+        record = self._holder_record()
+        if record is not None:
+            return not record.get("serves", False)
+        return waited > self.wait_s / 2
 
     def _try_open(self) -> Any:
         """The opened shard, or None when another process holds the folder's lock."""
@@ -205,8 +377,10 @@ class ShardLease:
         while not self._closed:
             time.sleep(self.poll_s)
             try:
-                if self._shard is not None and self._other_requests():
-                    self.release()
+                if self._shard is not None:
+                    self._yielding = bool(self._other_requests())  # a writer waits
+                    if self._yielding:
+                        self.release()
             except Exception:  # a failed hand-over must not kill the watcher
                 log.exception("Could not hand the store at %s over", self.folder)
 
@@ -244,10 +418,25 @@ def readable_copy(folder: Path, shard_dir: str = "shard") -> Path:
 def _alive(request_name: str) -> bool:
     """Whether the process that wrote this request file still runs."""
     try:
-        pid = int(request_name.split("-")[1])
+        return _runs(int(request_name.split("-")[1]))
+    except (IndexError, ValueError):
+        return False
+
+
+def _runs(pid: int) -> bool:
+    try:
         os.kill(pid, 0)
-    except (IndexError, ValueError, ProcessLookupError):
+    except ProcessLookupError:
         return False
     except PermissionError:
         return True
     return True
+
+
+def _program() -> str:
+    """What this process is, in a user's words: "twinrank ingest", "streamlit run"."""
+    argv = sys.argv or [""]
+    name = Path(argv[0]).name or "python"
+    name = {"cli.py": "twinrank", "__main__.py": "twinrank", "-c": "python -c"}.get(name, name)
+    verb = argv[1] if len(argv) > 1 and argv[1].isalpha() else ""
+    return f"{name} {verb}".strip()
