@@ -28,12 +28,15 @@ from __future__ import annotations
 
 import json
 import mmap
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from twinrank.models.evidence import Evidence
 
 MANIFEST = "blip_query.json"  # written last: its presence means the export is complete
 WEIGHTS = "blip_query.safetensors"
@@ -121,15 +124,22 @@ class BlipQuery:
     """
 
     def __init__(self, folder: Path, manifest: BlipQueryManifest,
-                 weights: dict[str, np.ndarray], tokenizer: Any) -> None:
+                 weights: dict[str, np.ndarray], tokenizer: Any,
+                 threads: int | None = None) -> None:
         self.folder = folder
         self.manifest = manifest
         self.tokenizer = tokenizer
         self._w = weights
         self._head_size = manifest.hidden_size // manifest.heads
+        self.threads = threads or os.cpu_count() or 1
+        # What search's rule reads (``rerank.policy``); the fast path sets the evidence
+        # from the collection's export manifest.
+        self.reranker_trained = manifest.reranker_trained
+        self.bi_weight = manifest.bi_weight
+        self.reranker_evidence: Evidence | None = None
 
     @classmethod
-    def load(cls, folder: Path) -> BlipQuery:
+    def load(cls, folder: Path, threads: int | None = None) -> BlipQuery:
         """The export in ``folder``, or ``BlipQueryError`` when it is missing or partial."""
         from tokenizers import Tokenizer
 
@@ -143,7 +153,7 @@ class BlipQuery:
             tokenizer = Tokenizer.from_file(str(folder / TOKENIZER))
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise BlipQueryError(f"unreadable BLIP query export in {folder}: {error}") from error
-        return cls(folder, manifest, weights, tokenizer)
+        return cls(folder, manifest, weights, tokenizer, threads)
 
     @property
     def model_id(self) -> str:
@@ -193,11 +203,27 @@ class BlipQuery:
                              f"not {tokens.shape}")
         if tokens.shape[0] == 0:
             return np.zeros(0, dtype=np.float32)
-        tokens = np.ascontiguousarray(tokens, dtype=np.float32)
         # Masked positions are masked keys: no row reads them, so dropping them is exact.
         kept = ids[:, mask[0]].copy()  # (1, L')
         kept[:, 0] = self.manifest.enc_token_id
-        states = self._encoder(kept, np.ones_like(kept, dtype=bool), tokens)  # (k, L', hidden)
+        parts = np.array_split(np.arange(tokens.shape[0]), min(self.threads, len(tokens)))
+        if len(parts) == 1:
+            return self._match(kept, tokens)
+        # One BLAS thread per worker, the candidates split between the workers (numpy
+        # releases the GIL in its products): steadier than OpenBLAS's own threads on a
+        # busy machine (bench/results/blip_rerank_bench.json).
+        from concurrent.futures import ThreadPoolExecutor
+
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1), ThreadPoolExecutor(len(parts)) as pool:
+            found = list(pool.map(lambda rows: self._match(kept, tokens[rows]), parts))
+        return np.concatenate(found)
+
+    def _match(self, ids: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """ITM logit[1] (k,) of ids (1, L') already ``[ENC]``-first against (k, T, W)."""
+        tokens = np.ascontiguousarray(tokens, dtype=np.float32)
+        states = self._encoder(ids, np.ones_like(ids, dtype=bool), tokens)  # (k, L', hidden)
         logits = self._linear(states[:, 0, :], "itm_head")  # (k, 2)
         return np.ascontiguousarray(logits[:, 1], dtype=np.float32)
 

@@ -132,6 +132,8 @@ def _plain_attention(module: nn.Module) -> Iterator[None]:
 
 def exportable(model: Any) -> str | None:
     """None when ``model``'s query side can be exported, else why not (one phrase)."""
+    if model.family == "blip":
+        return None
     if type(model) is not TwinModel:
         return f"{type(model).__name__} models have no fast path yet"
     text = model.clip.text
@@ -160,6 +162,8 @@ def export_query_side(model: TwinModel, folder: Path) -> Path:
     manifest goes last, so a crash never leaves a half export that looks complete.
     Raises ``ExportError`` when the model cannot be exported (see ``exportable``).
     """
+    if model.family == "blip":
+        return _export_blip(model, Path(folder))
     reason = exportable(model)
     if reason:
         raise ExportError(reason)
@@ -195,6 +199,23 @@ def export_query_side(model: TwinModel, folder: Path) -> Path:
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def _export_blip(model: Any, folder: Path) -> Path:
+    """BLIP's query side for numpy (``models.blip_export``), then the fast path's manifest
+    naming it, written last like every export's."""
+    from twinrank.models.blip_export import export_blip_query
+
+    export_blip_query(model, folder)
+    manifest = {"format_version": FORMAT_VERSION, "model_id": model.model_id,
+                "family": "blip", "tokenizer": "bert-wordpiece",
+                "reranker_trained": bool(model.reranker_trained),
+                "bi_weight": model.bi_weight,
+                "reranker_evidence": evidence_json(model.reranker_evidence)}
+    partial = folder / (MANIFEST + ".tmp")
+    partial.write_text(json.dumps(manifest, indent=2))
+    os.replace(partial, folder / MANIFEST)
     return folder
 
 

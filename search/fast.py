@@ -161,9 +161,17 @@ def open_query_side(collection: Path, info: CollectionInfo,
     manifest = with_fresh_evidence(manifest, info.model_source)
     tokenizer = manifest.get("tokenizer")
     if tokenizer == "bert-wordpiece":
-        from twinrank.models.blip_query import BlipQuery
+        from twinrank.models.blip_query import BlipQuery, BlipQueryError
 
-        return BlipQuery(folder, manifest, threads)
+        try:
+            blip = BlipQuery.load(folder, threads)
+        except BlipQueryError as error:
+            raise FastPathUnavailable(
+                f"its fast query export cannot be read ({error}); delete {folder} and run "
+                f"`twinrank ingest` to write it again") from None
+        blip.bi_weight = float(manifest.get("bi_weight", blip.bi_weight))
+        blip.reranker_evidence = manifest_evidence(manifest)
+        return blip
     if tokenizer != "clip-bpe":
         raise FastPathUnavailable(f"tokenizer {tokenizer!r} has no fast path")
     try:

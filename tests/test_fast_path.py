@@ -183,3 +183,37 @@ def test_no_collection_is_said_once_without_a_fast_path_line(tmp_path: Path) -> 
     assert result.exit_code == 1, result.output
     assert "Fast search unavailable" not in result.output
     assert "No twinrank collection" in result.output and "Traceback" not in result.output
+
+
+def test_a_blip_collection_searches_without_torch_as_the_torch_path_does(tmp_path: Path) -> None:
+    """BLIP's query side in numpy (models.blip_query), written into fast/ at ingest: the
+    whole `twinrank search` process loads no torch and gives the torch client's hits and
+    scores (ITM logit + ITC cosine, the authors' recipe)."""
+    from twinrank.models.blip_random import save_random_blip
+
+    blip = save_random_blip(tmp_path / "blip", "tiny", init_std=0.3)
+    photos = tmp_path / "photos"
+    for i in range(8):
+        make_image(photos / f"b{i}.png", seed=900 + i)
+    store = tmp_path / "store"
+    done = CliRunner().invoke(app, ["ingest", str(photos), "--store", str(store), "--model",
+                                    f"blip:{blip}", "--precision", "fp32", "--no-progress"])
+    assert done.exit_code == 0, done.output
+    manifest = read_manifest(store / FAST_DIR) or {}
+    assert manifest.get("tokenizer") == "bert-wordpiece" and manifest.get("bi_weight") == 1.0
+    script = ("import sys, json\n"
+              "from twinrank.cli import app\n"
+              f"app(['search', 'a red dog on the beach', '--store', {str(store)!r}, '-k', '5', "
+              "'--json'], standalone_mode=False)\n"
+              "print('TORCH', 'torch' in sys.modules, 'transformers' in sys.modules)\n")
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=240, check=True)
+    assert "TORCH False False" in ran.stdout, ran.stdout + ran.stderr
+    assert "Fast search unavailable" not in ran.stderr, ran.stderr
+    rows = json.loads(ran.stdout[: ran.stdout.rindex("]") + 1])
+    with SearchClient(store, device="cpu") as client:
+        want = client.search("a red dog on the beach", k=5)
+    assert [row["id"] for row in rows] == [h.id for h in want]
+    for row, hit in zip(rows, want, strict=True):
+        assert row["rerank_score"] == pytest.approx(hit.rerank_score, abs=TOLERANCE)
+        assert row["score"] == pytest.approx(hit.rerank_score + hit.bi_score, abs=TOLERANCE)
