@@ -34,6 +34,7 @@ from twinrank.ingest.walk import WalkOptions
 from twinrank.ingest.write import (
     FileFacts,
     ImageFacts,
+    IngestDiskFull,
     add_path,
     build_payload,
     make_record,
@@ -49,6 +50,7 @@ from twinrank.models.images import (
     read_hashed,
 )
 from twinrank.store import PointRecord, VectorStore, point_id_for
+from twinrank.store.space import DiskFullError
 
 if TYPE_CHECKING:
     from twinrank.models.encode import ImageEmbedder
@@ -139,7 +141,9 @@ def run_ingest(
             report.precision = str(embedder.dtype).removeprefix("torch.")
             progress.model_ready(on_cpu=embedder.device.type == "cpu")
             load = _loader(embedder, index, config.max_pixels, config.max_file_bytes)
-            writer = _Writer(config, embedder, store, index, report, load)
+            writer = _Writer(config, embedder, store, index, report, load,
+                             planned=len(plan.candidates))
+            writer.check_room()  # before anything is read: one batch must fit
             with ReadAheadPool(load, config.workers, config.decode_timeout,
                                nice=config.decode_nice) as pool:
                 if _share_cores(embedder, config.workers):
@@ -307,12 +311,15 @@ class _Writer:
     # would share too few cores (``_share_cores``), else nothing
     model_running: Callable[[], contextlib.AbstractContextManager[None]] = \
         contextlib.nullcontext
+    planned: int = 0  # candidates in the plan, and how many were handled: what is left
+    handled: int = 0
 
     @property
     def root(self) -> str:
         return os.path.abspath(self.config.root.expanduser())
 
     def handle(self, candidate: Candidate, result: Loaded | BaseException) -> None:
+        self.handled += 1
         path = candidate.path.as_posix()
         if isinstance(result, BaseException):
             self.report.fail(path, _reason(result))
@@ -353,12 +360,14 @@ class _Writer:
     def write_batch(self) -> None:
         if not self.batch:
             return
+        self.check_room(len(self.batch))  # before the forward: a full disk wastes none
         began = time.perf_counter()
         with self.model_running():
             vectors, tokens = self.embedder.embed_arrays(
                 [item.pixels for item in self.batch if item.pixels is not None])
         embedded = time.perf_counter()
         records: list[PointRecord] = []
+        known = []
         for item, vector, token in zip(self.batch, vectors, tokens, strict=True):
             point_id = point_id_for(item.facts.content_hash)
             assert item.image is not None
@@ -367,9 +376,13 @@ class _Writer:
                 payload = add_path(payload, other)
             keep = self.config.cache_tokens and self.store.info.token_count > 0
             records.append(make_record(point_id, vector, token if keep else None, payload))
-            known = self.index.files.get(item.facts.path.as_posix())
-            self._count(known, "added")
-        self.store.upsert(records)
+            known.append(self.index.files.get(item.facts.path.as_posix()))
+        try:
+            self.store.upsert(records)
+        except DiskFullError as full:  # checked by the store itself, with these payloads
+            raise IngestDiskFull(full, self.report, self.left()) from None
+        for previous in known:
+            self._count(previous, "added")
         if time.monotonic() - self.flushed_at > self.config.flush_every_s:
             self.store.flush()
             self.flushed_at = time.monotonic()
@@ -378,6 +391,20 @@ class _Writer:
         self.batch, self.batch_ids = [], {}
         self.report.add_time("embed", embedded - began)
         self.report.add_time("write", time.perf_counter() - embedded)
+
+    def check_room(self, images: int | None = None) -> None:
+        """Stop the run (``IngestDiskFull``: one sentence, then the report) unless the
+        store's disk has room for ``images`` more (default: one batch of what is left)."""
+        if images is None:
+            images = min(self.config.batch_size, max(1, self.planned))
+        try:
+            self.store.ensure_room(images)
+        except DiskFullError as full:
+            raise IngestDiskFull(full, self.report, self.left()) from None
+
+    def left(self) -> int:
+        """Images still to be written: the batch, and the candidates not handled yet."""
+        return len(self.batch) + max(0, self.planned - self.handled)
 
     def _count(self, previous: object | None, outcome: str) -> None:
         """``outcome`` for a new path; a path the store knew with other content is updated."""

@@ -9,8 +9,46 @@ from typing import Protocol
 
 import numpy as np
 
+from twinrank.ingest.report import IngestReport
 from twinrank.store import PointRecord
 from twinrank.store.filters import ImagePayload, ancestor_folders, orientation_of
+from twinrank.store.space import DiskFullError, human
+
+
+class IngestDiskFull(DiskFullError):
+    """An ingest stopped before a write its store's disk had no room for.
+
+    Its text is one sentence (what the images left need, what is free, that nothing is
+    lost, to re-run), then the run's report; the sentence is also the report's last note.
+
+    Example:
+        >>> full = DiskFullError("...", 5_000_000, 1_000_000, 20_000, Path("photos.twinrank"))
+        >>> print(IngestDiskFull(full, IngestReport(added=96), left=504))  # doctest: +ELLIPSIS
+        The disk holding the store photos.twinrank has 1.0 MB free; the 504 images left
+        need about 10.1 MB (20.0 kB each). Nothing is lost: the 96 images written so far
+        are kept. Free some space, then run the same command again to continue.
+        added 96, ...
+    """
+
+    def __init__(self, full: DiskFullError, report: IngestReport, left: int) -> None:
+        needed, sentence = full.needed, str(full.args[0])
+        if full.per_image and left > 0:  # what the rest needs, not only the next batch
+            needed = max(full.needed, full.per_image * left)
+            where = f"the store {full.folder}" if full.folder else "the store"
+            written = report.added + report.updated
+            sentence = (f"The disk holding {where} has {human(full.free)} free; the {left:,} "
+                        f"images left need about {human(needed)} ({human(full.per_image)} "
+                        f"each). Nothing is lost: the {written:,} images written so far are "
+                        f"kept. Free some space, then run the same command again to "
+                        f"continue.")
+        super().__init__(sentence, needed, full.free, full.per_image)
+        report.notes.append(sentence)
+        self.sentence = sentence
+        self.report = report
+
+    def __str__(self) -> str:
+        return "\n".join([self.sentence, *(line for line in self.report.lines()
+                                            if line != self.sentence)])
 
 
 @dataclass(frozen=True)

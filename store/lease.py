@@ -58,9 +58,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from twinrank.store import space
 from twinrank.store.schema import StoreBusyError, StoreError
 from twinrank.store.serve import HolderGone, HolderLink, NotServed, ReadServer, answer, encode
 
+COPY_BLOCK = 64 * 1024  # bytes: the grain of holes in a private copy
 REQUESTS_DIR = ".requests"
 LOCK_FILE = ".lock"
 HOLDER_FILE = ".holder"  # JSON: pid, program and whether it answers reads, of the holder
@@ -398,9 +400,14 @@ def readable_copy(folder: Path, shard_dir: str = "shard") -> Path:
     ``ShardLease(scratch=...)``, which deletes it on close. Raises ``StoreError`` with the
     reason when the copy cannot be made (no space, an unreadable file).
     """
+    needed = space.copy_need(folder / shard_dir, Path(tempfile.gettempdir()))
+    fits, free = space.needs_space(Path(tempfile.gettempdir()), needed)
+    if not fits:
+        raise StoreError(f"the temporary folder {tempfile.gettempdir()} has "
+                         f"{space.human(free)} free, a copy needs about {space.human(needed)}")
     scratch = Path(tempfile.mkdtemp(prefix="twinrank-readonly-"))
     try:
-        shutil.copytree(folder / shard_dir, scratch / shard_dir, copy_function=shutil.copyfile)
+        shutil.copytree(folder / shard_dir, scratch / shard_dir, copy_function=sparse_copy)
         for place, folders, files in os.walk(scratch):
             for name in folders + files:
                 path = os.path.join(place, name)
@@ -413,6 +420,21 @@ def readable_copy(folder: Path, shard_dir: str = "shard") -> Path:
             f"and pass that with --store."
         ) from None
     return scratch
+
+
+def sparse_copy(source: str, target: str) -> str:
+    """Copy a file, leaving its zero blocks out (holes): Qdrant's files are mostly
+    preallocated zeros (a 32 MB chunk file holding a few kB), so a copy takes about what
+    they hold, not their size."""
+    zeros = bytes(COPY_BLOCK)
+    with open(source, "rb") as reader, open(target, "wb") as writer:
+        while block := reader.read(COPY_BLOCK):
+            if block == zeros[:len(block)]:
+                writer.seek(len(block), os.SEEK_CUR)
+            else:
+                writer.write(block)
+        writer.truncate()
+    return target
 
 
 def _alive(request_name: str) -> bool:

@@ -223,6 +223,7 @@ class VectorStore(Protocol):
     def count(self) -> int: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
+    def ensure_room(self, images: int) -> None: ...
 
 
 class StoreBase:
@@ -243,6 +244,11 @@ class StoreBase:
 
     def close(self) -> None:
         raise NotImplementedError
+
+    def ensure_room(self, images: int) -> None:
+        """Raise ``DiskFullError`` (``store.space``) unless ``images`` more images fit on
+        the store's disk. A server watches its own disk: nothing to check from here."""
+        return None
 
     # The modality gap: both back ends keep ``centred`` and the image mean the same way.
     info: CollectionInfo

@@ -8,8 +8,10 @@ shard, and reads them in milliseconds (``bench/token_read_bench.py``).
 
 Layout of ``FOLDER/tokens.bin``: a ``HEADER_BYTES`` header (magic, layout version, T, W,
 bytes per record), then fixed-size records, one per *slot*: a ``TAG_BYTES`` tag (the 16
-bytes of the owning point's UUID, all zero when the slot is free), then the (T, W) float16
-tokens, row-major. A point names its slot in its payload (``TOKEN_SLOT``), written in the
+bytes of the owning point's UUID, all zero when the slot is free; then ``CRC_MARK`` and the
+CRC-32 of the record's tokens, which ``twinrank check`` verifies: records written before the
+checksum existed have zeros there and are not verified), then the (T, W) float16 tokens,
+row-major. A point names its slot in its payload (``TOKEN_SLOT``), written in the
 same Qdrant upsert as the point itself, so the point and the name of its record appear
 together. A record belongs to a point when the point's payload names the slot *and* the
 slot's tag is the point's id; anything else is stale and reads as missing.
@@ -46,6 +48,7 @@ import os
 import struct
 import threading
 import uuid
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -64,6 +67,8 @@ HEADER_BYTES = 64
 TAG_BYTES = 64  # 16 bytes of UUID, the rest reserved; keeps the tokens 64-byte aligned
 DTYPE = np.dtype(np.float16)
 FREE_TAG = bytes(16)
+CRC_MARK = b"crc1"  # after the UUID: the next 4 bytes are the tokens' CRC-32 (little-endian)
+TAG_CHECKED = 16 + len(CRC_MARK) + 4
 
 # Given the ids in doubt, the slot each one's point names (an id without a point, or whose
 # point names no slot, is left out).
@@ -112,7 +117,8 @@ class TokenFile:
 
     def read(self, slots: Mapping[str, int]) -> dict[str, np.ndarray]:
         """Copies of the (T, W) float16 tokens of ``slots`` (id -> slot); a record that is
-        not tagged with its id (stale, or beyond the file) is left out."""
+        not tagged with its id (stale, or beyond the file) or does not match its checksum
+        (damaged) is left out."""
         out: dict[str, np.ndarray] = {}
         with self._lock:
             view = self._mapped()
@@ -123,10 +129,14 @@ class TokenFile:
                 start = self._offset(slot)
                 if slot < 0 or start + self.record > len(view):
                     continue
-                if view[start:start + 16] != tag_of(point_id):
+                tag = view[start:start + TAG_CHECKED]
+                if tag[:16] != tag_of(point_id):
                     continue
-                tokens = np.frombuffer(view, DTYPE, count, start + TAG_BYTES)
-                out[point_id] = tokens.reshape(self.shape).copy()
+                data = view[start + TAG_BYTES:start + TAG_BYTES + count * DTYPE.itemsize]
+                if tag[16:20] == CRC_MARK and \
+                        zlib.crc32(data) != int.from_bytes(tag[20:24], "little"):
+                    continue
+                out[point_id] = np.frombuffer(data, DTYPE).reshape(self.shape).copy()
         return out
 
     def tags(self) -> dict[int, str]:
@@ -141,6 +151,38 @@ class TokenFile:
                 tag = os.pread(fd, 16, self._offset(slot))
                 if tag != FREE_TAG:
                     found[slot] = str(uuid.UUID(bytes=tag))
+        return found
+
+    def verify(self, slots: Mapping[str, int]) -> dict[str, str]:
+        """What is wrong with each of these records (id -> slot), checked against the
+        checksum written with it: "missing" (beyond the end of the file, or not tagged with
+        its id), "damaged" (its tokens do not match their checksum); ids whose record is
+        intact, or was written before checksums existed, are left out. Reads with
+        ``pread``, record by record, mapping nothing.
+
+        Example:
+            >>> tokens = TokenFile(folder, (2, 4))
+            >>> point_id = "00000000-0000-0000-0000-000000000001"
+            >>> slots = tokens.stage({point_id: np.ones((2, 4))}, previous={})
+            >>> tokens.verify(slots), tokens.verify({point_id: 7})
+            ({}, {'00000000-0000-0000-0000-000000000001': 'missing'})
+        """
+        found: dict[str, str] = {}
+        with self._lock:
+            fd = self._open()
+            data_bytes = self.shape[0] * self.shape[1] * DTYPE.itemsize
+            end = os.fstat(fd).st_size if fd is not None else 0
+            for point_id, slot in slots.items():
+                start = self._offset(slot)
+                if fd is None or slot < 0 or start + TAG_BYTES + data_bytes > end:
+                    found[point_id] = "missing"
+                    continue
+                tag = os.pread(fd, TAG_CHECKED, start)
+                if tag[:16] != tag_of(point_id):
+                    found[point_id] = "missing"
+                elif tag[16:20] == CRC_MARK and int.from_bytes(tag[20:24], "little") != \
+                        zlib.crc32(os.pread(fd, data_bytes, start + TAG_BYTES)):
+                    found[point_id] = "damaged"
         return found
 
     def free_slots(self) -> list[int]:
@@ -194,8 +236,10 @@ class TokenFile:
             for point_id, slot in chosen.items():
                 value = np.ascontiguousarray(tokens[point_id], dtype=DTYPE)
                 start = self._offset(slot)
-                _write_all(fd, value.tobytes(), start + TAG_BYTES)  # the tokens, then
-                _write_all(fd, tag_of(point_id), start)  # the tag: a tag means complete
+                data = value.tobytes()
+                _write_all(fd, data, start + TAG_BYTES)  # the tokens, then the tag (and
+                _write_all(fd, tag_of(point_id) + CRC_MARK  # their checksum): a tag means
+                           + zlib.crc32(data).to_bytes(4, "little"), start)  # complete
             return chosen
 
     def doubt(self, slots: Mapping[str, int]) -> None:
