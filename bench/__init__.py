@@ -34,6 +34,7 @@ BENCHMARKS: dict[str, str] = {
     "token_read_bench": "20 BLIP-size token sets read: side file vs multivector, RAM (issue 34)",
     "decode_bench": "camera-size JPEG decode: draft sizes vs the reference pixels (issue 34)",
     "blip_rerank_bench": "BLIP-base rerank of 20 and a cold query: numpy query side vs torch",
+    "blip_search_bench": "whole twinrank search on a BLIP-base collection: fast path vs torch",
 }
 
 

@@ -136,8 +136,8 @@ def encode_texts(
         with autocast(model.device, dtype):
             encoded = model.encode_text(model.tokenize(list(texts[start : start + batch_size])))
         vectors.append(encoded.text_vector.float().cpu().numpy())
-        tokens = encoded.text_tokens
-        token_batches.append((tokens.float() if tokens.is_floating_point() else tokens)
+        states = encoded.text_tokens
+        token_batches.append((states.float() if states.is_floating_point() else states)
                              .cpu().numpy())
         mask_batches.append(encoded.text_mask.cpu().numpy())
     length = max(batch.shape[1] for batch in token_batches)

@@ -17,6 +17,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +69,9 @@ def create_model(
     if str(name_or_path).startswith("blip:") or (path / BLIP_MARKER_FILE).is_file():
         from twinrank.models.blip import load_blip  # transformers loads only for BLIP
 
-        return load_blip(str(name_or_path), target)
+        # BLIP offers the surface every caller uses (``models.encoder.Encoder``), not the
+        # TwinModel class: callers that reach TwinModel internals check the family first.
+        return cast(TwinModel, load_blip(str(name_or_path), target))
     if (path / CONFIG_FILE).is_file():
         model = load_model(path)
     elif path.suffix in (".json", ".safetensors") or os.sep in str(name_or_path):
@@ -152,9 +155,10 @@ def save_model(model: TwinModel, folder: str | Path, dtype: torch.dtype | None =
     records whether a match objective trained the fusion head (``twinrank train`` says so);
     None keeps the model's own record.
     """
-    if getattr(model, "family", "") == "blip":  # a Hugging Face folder + twinrank's marker
-        saved: Path = model.save(folder, dtype, reranker_trained)
-        return saved
+    from twinrank.models.blip import BlipTwinModel
+
+    if isinstance(model, BlipTwinModel):  # a Hugging Face folder + twinrank's marker
+        return model.save(folder, dtype, reranker_trained)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -89,6 +89,7 @@ class TwinModel(nn.Module):
         self.config = config
         self.clip: Any = clip if clip is not None else build_clip(config)
         self._model_id = model_id or f"{config.name}:unknown"
+        self._source: str = config.name  # a folder when loaded from one (the factory's)
         self.head = FusionHead(config.fusion, self.text_width, self.vision_width)
         self._tokenizer: Any = None  # built on first use (see ``tokenizer``)
         self._preprocess: Any = None
@@ -129,7 +130,7 @@ class TwinModel(nn.Module):
     @property
     def source(self) -> str:
         """How to load this model again: a name or a model folder (set by the factory)."""
-        return getattr(self, "_source", self.config.name)
+        return self._source
 
     @property
     def pretrained(self) -> str | None:

@@ -67,10 +67,14 @@ class QuerySide(Protocol):
     the collection's cached tokens. ``FastQueryModel`` (an open_clip TwinModel's ONNX
     export) and ``models.blip_query.BlipQuery`` (BLIP in numpy) are the two."""
 
-    model_id: str
-    reranker_trained: bool
-    bi_weight: float
-    reranker_evidence: Evidence | None
+    @property
+    def model_id(self) -> str: ...
+    @property
+    def reranker_trained(self) -> bool: ...
+    @property
+    def bi_weight(self) -> float: ...
+    @property
+    def reranker_evidence(self) -> Evidence | None: ...
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Text vectors (B, D), what the cross-encoder reads of the text, and its mask."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -64,7 +65,7 @@ def twins(models: nn.ModuleDict) -> dict[str, TwinModel]:
     """The ModuleDict's models, typed. A BLIP model trains through the same surface
     (``encode_image``, ``encode_text``, ``match_logit``, ``logit_scale``): JOINT on it is
     BLIP's own fine-tuning objective, ITC + ITM with negatives mined from its ITC."""
-    found = {name: model for name, model in models.items()
+    found = {name: cast(TwinModel, model) for name, model in models.items()  # same surface
              if isinstance(model, TwinModel | BlipTwinModel)}
     if len(found) != len(models):
         raise TypeError("training holds only TwinModels")
