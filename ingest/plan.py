@@ -12,12 +12,12 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from twinrank.ingest.report import IngestReport
 from twinrank.ingest.walk import WalkLog, WalkOptions, iter_image_files
 from twinrank.ingest.write import remove_paths
 from twinrank.store import VectorStore
+from twinrank.store.filters import ImagePayload
 
 
 @dataclass(frozen=True)
@@ -169,12 +169,12 @@ def _gone_paths(paths: list[str], plan: Plan, index: StoreIndex) -> dict[str, se
 
 def _still_stored(
     gone: dict[str, set[str]], store: VectorStore
-) -> dict[str, tuple[dict[str, Any], set[str]]]:
+) -> dict[str, tuple[ImagePayload, set[str]]]:
     """The gone paths the store still records (this run may have moved some), by point."""
     if not gone:
         return {}
     payloads = store.get_payloads(list(gone))
-    kept: dict[str, tuple[dict[str, Any], set[str]]] = {}
+    kept: dict[str, tuple[ImagePayload, set[str]]] = {}
     for point_id, paths in gone.items():
         payload = payloads.get(point_id)
         stored = paths & set(payload.get("files", {})) if payload is not None else set()

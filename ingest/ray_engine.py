@@ -246,7 +246,8 @@ def _ray_batches(
         }))
     candidates = ray.data.from_arrow(blocks)
     read = candidates.map_batches(
-        read_batch, fn_kwargs={"stage": stage, "known": known}, batch_size=per_task,
+        read_batch,  # type: ignore[arg-type]  # ray's stubs miss fn_kwargs' extra arguments
+        fn_kwargs={"stage": stage, "known": known}, batch_size=per_task,
         num_cpus=options.read_cpus, memory=READ_TASK_MEMORY)
     embedded = read.map_batches(
         embed_actor, fn_constructor_kwargs={"spec": spec, "threads": options.model_threads},

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -46,6 +46,7 @@ from twinrank.store import (
 )
 from twinrank.store.check import CheckReport, check_store
 from twinrank.store.edge import PRIVATE_KEYS, SHARD_DIR
+from twinrank.store.filters import ImagePayload
 from twinrank.store.lease import LOCK_FILE
 from twinrank.store.record import BACKUP_FILE, META_FILE, REPAIRED_DIR, DamagedStoreError
 from twinrank.store.space import DiskFullError
@@ -146,7 +147,7 @@ def rebuild(folder: Path, report: CheckReport, job: RepairJob) -> RepairOutcome:
                 payload, vectors = stored[point_id]
                 public = {k: v for k, v in payload.items() if k not in PRIVATE_KEYS}
                 records.append(PointRecord(point_id, np.asarray(vectors["image"], np.float32),
-                                           tokens.get(point_id), public))
+                                           tokens.get(point_id), cast(ImagePayload, public)))
                 _note_files(public, known, folders)
             new.upsert(records)
             outcome.kept += len(records)

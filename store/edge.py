@@ -27,12 +27,12 @@ import os
 import zlib
 from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from twinrank.store import record, space
-from twinrank.store.filters import INDEXED_FIELDS, SearchFilter, indexed_payload
+from twinrank.store.filters import INDEXED_FIELDS, ImagePayload, SearchFilter, indexed_payload
 from twinrank.store.lease import LOCK_FILE, ShardLease, is_writable, readable_copy
 from twinrank.store.record import META_FILE as META_FILE  # re-exported
 from twinrank.store.schema import (
@@ -222,7 +222,7 @@ class EdgeStore(StoreBase):
                 self._record_range(shard, 0, 0)
             self.refresh_image_mean()
 
-    def set_payload(self, point_id: str, payload: dict[str, Any]) -> None:
+    def set_payload(self, point_id: str, payload: ImagePayload) -> None:
         self._check_writable()
         from qdrant_edge import UpdateOperation
 
@@ -383,12 +383,12 @@ class EdgeStore(StoreBase):
         self.info = info
 
     @through_holder
-    def get_payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    def get_payloads(self, ids: Sequence[str]) -> dict[str, ImagePayload]:
         with self._lease.hold() as shard, self._reading():
             records = shard.retrieve(list(ids), True, False)
         return {str(r.id): _public(r.payload) for r in records}
 
-    def iter_payloads(self) -> Iterator[tuple[str, dict[str, Any]]]:
+    def iter_payloads(self) -> Iterator[tuple[str, ImagePayload]]:
         offset = None
         while True:
             page, offset = self._payload_page(offset)
@@ -398,7 +398,7 @@ class EdgeStore(StoreBase):
 
     @through_holder
     def _payload_page(self, offset: str | None
-                      ) -> tuple[list[tuple[str, dict[str, Any]]], str | None]:
+                      ) -> tuple[list[tuple[str, ImagePayload]], str | None]:
         """One page of (id, payload) from ``offset``, and where the next one starts."""
         from qdrant_edge import ScrollRequest
 
@@ -729,12 +729,12 @@ def _written(payload: Any, kept: dict[str, Any]) -> dict[str, Any]:
     return written
 
 
-def _public(payload: dict[str, Any] | None) -> dict[str, Any]:
+def _public(payload: dict[str, Any] | None) -> ImagePayload:
     """A stored payload as callers see it: without the store's own keys."""
     found = dict(payload or {})
     for key in PRIVATE_KEYS:
         found.pop(key, None)
-    return found
+    return cast(ImagePayload, found)
 
 
 def _create_or_load(shard_path: str, config: Any) -> Any:

@@ -22,11 +22,11 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
-from twinrank.store.filters import INDEXED_FIELDS, SearchFilter, indexed_payload
+from twinrank.store.filters import INDEXED_FIELDS, ImagePayload, SearchFilter, indexed_payload
 from twinrank.store.schema import (
     CENTRED_EF_CONSTRUCT,
     CENTRED_HNSW_M,
@@ -161,7 +161,7 @@ class RemoteStore(StoreBase):
         self._count = None
         self.refresh_image_mean()
 
-    def set_payload(self, point_id: str, payload: dict[str, Any]) -> None:
+    def set_payload(self, point_id: str, payload: ImagePayload) -> None:
         self._call(lambda: self._client.overwrite_payload(
             self.collection, payload=indexed_payload(payload), points=[point_id],
             wait=True))
@@ -215,7 +215,7 @@ class RemoteStore(StoreBase):
                 self.collection, query=vector.tolist(), using=IMAGE_VECTOR, limit=limit,
                 prefetch=prefetch, query_filter=condition, search_params=params,
                 with_payload=True))
-            return [StoredHit(str(p.id), float(p.score), dict(p.payload or {}))
+            return [StoredHit(str(p.id), float(p.score), _payload(p.payload))
                     for p in response.points]
 
         return planned_search(run, self._cached_count(), limit, plan, modality,
@@ -261,19 +261,19 @@ class RemoteStore(StoreBase):
             self.collection, metadata={METADATA_KEY: asdict(info)}))
         self.info = info
 
-    def get_payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    def get_payloads(self, ids: Sequence[str]) -> dict[str, ImagePayload]:
         records = self._call(lambda: self._client.retrieve(
             self.collection, ids=list(ids), with_payload=True, with_vectors=False))
-        return {str(r.id): dict(r.payload or {}) for r in records}
+        return {str(r.id): _payload(r.payload) for r in records}
 
-    def iter_payloads(self) -> Iterator[tuple[str, dict[str, Any]]]:
+    def iter_payloads(self) -> Iterator[tuple[str, ImagePayload]]:
         offset = None
         while True:
             page = functools.partial(self._client.scroll, self.collection, limit=1000,
                                      offset=offset, with_payload=True, with_vectors=False)
             records, offset = self._call(page)
             for record in records:
-                yield str(record.id), dict(record.payload or {})
+                yield str(record.id), _payload(record.payload)
             if offset is None:
                 return
 
@@ -430,3 +430,8 @@ def _safe_url(url: str) -> str:
         return url
     parts = urlsplit(url)
     return parts._replace(netloc=parts.hostname or "").geturl()
+
+
+def _payload(payload: dict[str, Any] | None) -> ImagePayload:
+    """A payload as the server returns it, typed as what twinrank stored."""
+    return cast(ImagePayload, dict(payload or {}))

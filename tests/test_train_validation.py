@@ -26,14 +26,14 @@ from twinrank.evaluation.validation import (
     weight_grid,
 )
 from twinrank.models import create_model
-from twinrank.train import trainer
-from twinrank.train.checkpoints import BEST_FILE, CHECKPOINT_DIR
 from twinrank.models.evidence import (
     EVIDENCE_FILE,
     Evidence,
     read_evidence,
     write_evidence,
 )
+from twinrank.train import trainer
+from twinrank.train.checkpoints import BEST_FILE, CHECKPOINT_DIR
 from twinrank.train.trainer import TrainConfig, train
 from twinrank.train.validation import by_picture, given_split, hold_out
 

@@ -1,8 +1,9 @@
 """The type checker sees across packages: ``twinrank.*`` is the code, not ``Any``.
 
 ``.ci/typecheck`` runs mypy on the import name users see through ``.mypy_root/twinrank``
-(CI runs it before the tests, so the cache is warm when this runs). A type error planted across a package boundary must be reported:
-were ``twinrank.*`` unresolved, mypy would pass it silently.
+(CI runs it before the tests, so the cache is warm when this runs). A type error planted
+across a package boundary must be reported: were ``twinrank.*`` unresolved, mypy would
+pass it silently.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ from twinrank.models import (
     with_fusion_layers,
     with_image_size,
 )
+from twinrank.models.evidence import remove_evidence, write_evidence
 from twinrank.train.batches import TrainingSet
 from twinrank.train.checkpoints import (
     latest_checkpoint,
@@ -47,7 +48,6 @@ from twinrank.train.checkpoints import (
     save_best,
     save_checkpoint,
 )
-from twinrank.models.evidence import remove_evidence, write_evidence
 from twinrank.train.losses import total_loss
 from twinrank.train.objectives import (
     LossWeights,

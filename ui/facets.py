@@ -10,7 +10,7 @@ Example:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -66,7 +66,7 @@ class Facets:
         return None if chosen.is_empty() else chosen
 
 
-def collect_facets(payloads: Iterable[tuple[str, dict[str, Any]]]) -> Facets:
+def collect_facets(payloads: Iterable[tuple[str, Mapping[str, Any]]]) -> Facets:
     """One pass over the payloads: folder counts, file types and the capture-date range."""
     folders: Counter[str] = Counter()
     formats: set[str] = set()

@@ -56,7 +56,7 @@ def similar_to(
 
 def source_payload(client: SearchClient, point_id: str) -> dict[str, Any]:
     """The payload of a stored point, or an empty dict when it is gone."""
-    return client.store.get_payloads([point_id]).get(point_id, {})
+    return dict(client.store.get_payloads([point_id]).get(point_id, {}))
 
 
 def reranker_names() -> list[str]:
