@@ -52,7 +52,7 @@ class ReadAheadPool(Generic[T, R]):
         >>> with ReadAheadPool(open_image, workers=2, timeout=60) as pool:
         ...     for path, result in pool.map(paths, read_ahead=64):
         ...         print(path, type(result).__name__)  # fn(path), or what it raised
-        photos/2021/a0.png Image
+        photos/2021/a0.png PngImageFile
         missing.png ImageReadError
     """
 

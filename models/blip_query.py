@@ -20,7 +20,7 @@ texts take the usual route.
 Example:
     >>> query = BlipQuery.load(Path("store/blip_query"))  # doctest: +SKIP
     >>> vectors, ids, mask = query.encode(["a dog on the beach"])  # doctest: +SKIP
-    >>> query.match_logits(ids, mask, cached_tokens).shape  # cached_tokens (20, 577, 768)
+    >>> query.match_logits(ids, mask, cached_tokens).shape  # doctest: +SKIP
     (20,)
 """
 
@@ -191,7 +191,7 @@ class BlipQuery:
         ``[ENC]`` in place of ``[CLS]``, as BLIP's authors score a pair.
 
         Example:
-            >>> query.match_logits(ids[:1], mask[:1], tokens).shape  # tokens (20, 577, 768)
+            >>> query.match_logits(ids[:1], mask[:1], tokens).shape  # doctest: +SKIP
             (20,)
         """
         ids, mask = np.asarray(ids), np.asarray(mask, dtype=bool)
