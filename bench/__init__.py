@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, str] = {
     "decode_bench": "camera-size JPEG decode: draft sizes vs the reference pixels (issue 34)",
     "blip_rerank_bench": "BLIP-base rerank of 20 and a cold query: numpy query side vs torch",
     "blip_search_bench": "whole twinrank search on a BLIP-base collection: fast path vs torch",
+    "busy_store_bench": "searches during an ingest: failures, p50/p95, ingest slowdown (issue 33)",
 }
 
 

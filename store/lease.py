@@ -219,14 +219,20 @@ class ShardLease:
         self._shard = shard
         self.generation += 1
         self._yielding = False
-        serves = False
-        if self._store is not None and not self.read_only:
+        if self._serves():
             try:
                 self._server = ReadServer(self.folder, self._answer)
-                serves = True
             except OSError as error:  # a file system without sockets: readers ask instead
                 log.warning("Other processes cannot read %s through this one (%s); they "
                             "will ask for it.", self.folder, error.strerror or error)
+                self._say_holder(serves=False)
+
+    def _serves(self) -> bool:
+        return self._store is not None and not self.read_only
+
+    def _say_holder(self, serves: bool) -> None:
+        """Write ``FOLDER/.holder``: who holds the folder (from taking its lock, before the
+        shard opens, so readers know someone is opening it), and whether it answers."""
         record = {"pid": os.getpid(), "program": _program(), "serves": serves}
         with contextlib.suppress(OSError):
             staged = self.folder / f"{HOLDER_FILE}.{os.getpid()}"
@@ -234,14 +240,10 @@ class ShardLease:
             os.replace(staged, self.folder / HOLDER_FILE)
 
     def _stop_serving(self) -> None:
-        """Before the shard closes: no more answers, and no more claim to hold it."""
+        """Before the shard closes: no more answers."""
         if self._server is not None:
             self._server.stop()
             self._server = None
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            holder = self.folder / HOLDER_FILE
-            if int(json.loads(holder.read_text())["pid"]) == os.getpid():
-                holder.unlink()
 
     def _answer(self, meta: dict[str, Any], arrays: list[np.ndarray]
                 ) -> tuple[dict[str, Any], list[np.ndarray]]:
@@ -342,6 +344,7 @@ class ShardLease:
             os.close(fd)
             return None
         self._lock_fd = fd
+        self._say_holder(serves=self._serves())
         try:
             return self._opener()
         except Exception as error:
@@ -355,6 +358,8 @@ class ShardLease:
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
+            with contextlib.suppress(OSError):  # no longer the holder (see ``_say_holder``)
+                (self.folder / HOLDER_FILE).unlink()
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None
