@@ -32,7 +32,6 @@ for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -45,6 +44,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench import cpu_name  # noqa: E402
 from bench.rerank_bench import paired  # noqa: E402
 from twinrank.models.blip import BlipTwinModel, _quiet_progress  # noqa: E402
 from twinrank.models.blip_export import export_blip_query  # noqa: E402
@@ -91,13 +91,6 @@ print(json.dumps({"import_s": imported - started, "load_s": loaded - imported,
 """
 
 
-def cpu_model() -> str:
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or platform.machine()
-    return next((line.split(":", 1)[1].strip() for line in lines.splitlines()
-                 if line.startswith("Model name")), platform.machine())
 
 
 def bench_rerank(model: BlipTwinModel, query: BlipQuery, tokens: np.ndarray,
@@ -204,7 +197,7 @@ def run_in(work: Path, candidates: int, repeats: int, cold_repeats: int) -> dict
         "measured_under_load": "a 2-core machine shared with other engineers' tests (load "
                                "average at start and end under machine); compare the paired "
                                "figures, not absolute times across runs",
-        "machine": {"cpu": cpu_model(), "avx512_bf16": "avx512_bf16" in flags,
+        "machine": {"cpu": cpu_name(), "avx512_bf16": "avx512_bf16" in flags,
                     "amx_bf16": "amx_bf16" in flags, "cores": os.cpu_count(),
                     "threads": THREADS, "torch": torch.__version__, "numpy": np.__version__},
         "weights": "random, blip-base geometry (577 x 768 tokens, 12 text layers), float32",

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -28,15 +27,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import cpu_name
+
 RESULTS = Path(__file__).resolve().parent / "results" / "blip_search_bench.json"
 QUERY = "a big dog on the beach left of a red circle"
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def build(workdir: Path, images: int) -> tuple[Path, Path]:
@@ -117,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": "python -m bench.blip_search_bench " + " ".join(
             a if not str(a).startswith(str(workdir)) else "DIR" for a in (argv or sys.argv[1:])),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
                     "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]},
         "collection": {"images": args.images, "model": "random BLIP, blip-base geometry",
                        "tokens_per_image": [577, 768], "precision": "fp32"},

@@ -30,9 +30,7 @@ import contextlib
 import io
 import json
 import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -43,6 +41,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from bench import cpu_name
 from twinrank.models import images
 from twinrank.models.encode import ImageEmbedder, decode_size
 
@@ -211,13 +210,6 @@ def measure(name: str, model: Any, reference: Any, margins: list[int | None],
             float(f"{floor:.2e}"), "options": out}
 
 
-def cpu_model() -> str:
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or platform.machine()
-    return next((line.split(":", 1)[1].strip() for line in lines.splitlines()
-                 if line.startswith("Model name")), platform.machine())
 
 
 def main() -> None:
@@ -238,7 +230,7 @@ def main() -> None:
         f" --repeats {args.repeats}" if args.repeats != 3 else "")
     report = {
         "command": command,
-        "cpu": cpu_model(), "cores": torch.get_num_threads(),
+        "cpu": cpu_name(), "cores": torch.get_num_threads(),
         "load_average_1min": {"start": round(load, 1), "end": round(os.getloadavg()[0], 1)},
         "measured_under_load": "a 2-core machine shared with other engineers' work: compare "
                                "options within this run, not with another run's figures",

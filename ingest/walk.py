@@ -20,6 +20,7 @@ from pathlib import Path
 
 from twinrank.display import printable
 from twinrank.store import META_FILE, SHARD_DIR
+from twinrank.store.space import mount_types
 
 BASE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib",
@@ -28,6 +29,8 @@ BASE_SUFFIXES = frozenset(
 HEIF_SUFFIXES = frozenset({".heic", ".heif", ".hif"})
 AVIF_SUFFIXES = frozenset({".avif"})
 FORMATS = "JPEG, PNG, WebP, GIF, BMP, TIFF (HEIC/AVIF with their Pillow plugin)"
+
+_mount_types = cache(mount_types)  # read once per process, not per folder
 
 
 @cache
@@ -226,16 +229,6 @@ def _pseudo_filesystem(path: Path, info: os.stat_result) -> str:
     return ""
 
 
-@cache
-def _mount_types() -> dict[tuple[int, int], str]:
-    """Filesystem type by device number, from ``/proc/self/mountinfo`` (empty elsewhere)."""
-    types: dict[tuple[int, int], str] = {}
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            fields = line.split()
-            major, minor = fields[2].split(":")
-            types[(int(major), int(minor))] = fields[fields.index("-") + 1]
-    return types
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

@@ -33,7 +33,7 @@ import numpy as np
 from twinrank.models.evidence import Evidence, evidence_from_dict, read_evidence
 from twinrank.models.onnx_files import FAST_DIR, FORMAT_VERSION, read_manifest
 from twinrank.rerank.base import Candidate, RerankQuery, TokenSource, as_query, untrained_allowed
-from twinrank.rerank.policy import default_reranker, forced_note
+from twinrank.rerank.policy import RerankerOwner, default_reranker, forced_note
 from twinrank.search.hits import SearchResults
 from twinrank.search.route import RerankStep, check_k, clean_query, ms_since, run_query
 from twinrank.store import CollectionInfo, VectorStore
@@ -62,19 +62,11 @@ class FastSearch:
     reranker: str = "auto"  # the collection's trained one, else none (as SearchClient)
 
 
-class QuerySide(Protocol):
+class QuerySide(RerankerOwner, Protocol):
     """What the fast path runs of a model: its text encoder and its cross-encoder, over
-    the collection's cached tokens. ``FastQueryModel`` (an open_clip TwinModel's ONNX
-    export) and ``models.blip_query.BlipQuery`` (BLIP in numpy) are the two."""
-
-    @property
-    def model_id(self) -> str: ...
-    @property
-    def reranker_trained(self) -> bool: ...
-    @property
-    def bi_weight(self) -> float: ...
-    @property
-    def reranker_evidence(self) -> Evidence | None: ...
+    the collection's cached tokens, and what search's rule reads of it (``RerankerOwner``).
+    ``FastQueryModel`` (an open_clip TwinModel's ONNX export) and
+    ``models.blip_query.BlipQuery`` (BLIP in numpy) are the two."""
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Text vectors (B, D), what the cross-encoder reads of the text, and its mask."""

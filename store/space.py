@@ -100,7 +100,7 @@ def filesystem_type(path: Path) -> str:
         device = os.stat(path).st_dev
     except OSError:
         return ""
-    return _mount_types().get((os.major(device), os.minor(device)), "")
+    return mount_types().get((os.major(device), os.minor(device)), "")
 
 
 def fills_holes(path: Path) -> bool:
@@ -191,7 +191,7 @@ def _wal_files(shard: Path) -> Iterator[tuple[int, int]]:
     yield from _mapped_files(Path(shard) / WAL_DIR, with_wal=True)
 
 
-def _mount_types() -> dict[tuple[int, int], str]:
+def mount_types() -> dict[tuple[int, int], str]:
     """Filesystem type by device number, from ``/proc/self/mountinfo`` (empty elsewhere)."""
     types: dict[tuple[int, int], str] = {}
     with contextlib.suppress(OSError, ValueError, IndexError):
