@@ -152,6 +152,8 @@ class ShardLease:
             with self._lock:
                 if self._closed:
                     raise StoreError(f"The store at {self.folder} is closed; open it again.")
+                if self._yielding:  # a writer waits: hand over now, read through it after
+                    self._release_locked()
                 if self._shard is None and not self._other_requests():
                     shard = self._try_open()  # a free folder: this process holds it now
                     if shard is not None:
@@ -178,12 +180,15 @@ class ShardLease:
     def release(self) -> bool:
         """Flush and close the shard if no operation is using it; True when it did."""
         with self._lock:
-            if self._shard is None or self._users:
-                return False
-            shard, self._shard = self._shard, None
-            self._stop_serving()
-            self._close_shard(shard)
-            return True
+            return self._release_locked()
+
+    def _release_locked(self) -> bool:
+        if self._shard is None or self._users:
+            return False
+        shard, self._shard = self._shard, None
+        self._stop_serving()
+        self._close_shard(shard)
+        return True
 
     def close(self) -> None:
         """Hand the shard back for good; later operations raise ``StoreError``."""

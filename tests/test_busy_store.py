@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -230,3 +231,32 @@ def test_requests_cross_the_socket_unchanged() -> None:
     assert got["none"] is None
     assert np.array_equal(got["vector"], sent["vector"])
     assert got["tokens"]["x"].dtype == np.float16 and got["tokens"]["x"].shape == (2, 3)
+
+
+def test_a_holder_busy_reading_hands_over_to_a_writer(tmp_path: Path) -> None:
+    """A holder whose own reads never pause (a SearchClient in a loop) still lets a
+    writer (an ingest) in, and then reads through it."""
+    holder = EdgeStore.open(tmp_path / "edge", INFO)
+    data = records(400)
+    holder.upsert(data[:200])
+    stop, seen = threading.Event(), []
+
+    def reading() -> None:
+        while not stop.is_set():
+            seen.append(holder.count())
+            holder.search(data[0].image_vector, 5)
+
+    thread = threading.Thread(target=reading)
+    thread.start()
+    try:
+        writer = EdgeStore.open(tmp_path / "edge", wait_s=3)
+        writer.upsert(data[200:])  # it asks for the folder; the busy holder lets go
+        assert writer._lease.is_open
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        thread.join()
+    assert seen == sorted(seen) and seen[-1] == 400  # read through the writer meanwhile
+    assert not holder._lease.is_open
+    writer.close()
+    holder.close()
