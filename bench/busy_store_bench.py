@@ -302,7 +302,8 @@ def main() -> None:
                 "(reported_s). Searches counted: those that began after the ingest did.",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    # failure messages name the stores: no machine path goes into the record
+    args.out.write_text(json.dumps(record, indent=2).replace(str(work), "DIR") + "\n")
 
 
 if __name__ == "__main__":
