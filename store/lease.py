@@ -16,7 +16,9 @@ the same folder, and many ``twinrank search`` processes may read it meanwhile, s
   payloads) on ``FOLDER/.serve.sock`` while it holds the shard. A read (``read``) runs
   here when this process holds the shard or the folder is free (then this process opens
   it and becomes the holder); otherwise it goes to the holder. No hand-over, so twenty
-  searches during an ingest cost the ingest a few milliseconds each, not a reopen each;
+  searches during an ingest cost the ingest a few milliseconds each, not a reopen each.
+  While the folder changes hands (a holder closing, the next one opening: seconds on a
+  crowded machine) a read waits, up to ``wait_s`` from the last new holder it saw;
 - a *write* (``hold``) that finds the shard held elsewhere drops a request file in
   ``FOLDER/.requests/`` and retries until ``wait_s`` passes, then raises
   ``StoreBusyError`` (a clear message, never a hang). The holder's watcher thread sees the
@@ -68,6 +70,7 @@ LOCK_FILE = ".lock"
 HOLDER_FILE = ".holder"  # JSON: pid, program and whether it answers reads, of the holder
 NOTICE_AFTER_S = 0.5  # a wait this long is said, once per process and folder
 HELD_REPLY_S = 0.25  # a read kept waiting by a step this long is answered "held"
+HANDS_WAIT = 4  # a read waits at most this many times wait_s, however often hands change
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _noticed: set[str] = set()  # folders this process has said it waits for
@@ -146,8 +149,11 @@ class ShardLease:
     def read(self, local: Callable[[], T], remote: Callable[[HolderLink], T]) -> T:
         """``local()`` with the shard open here, when this process holds it or the folder is
         free; else ``remote(link)``, the holder running the same read. Waits (saying so
-        once) while the folder changes hands; ``StoreBusyError`` after ``wait_s``."""
-        started = time.monotonic()
+        once) while the folder changes hands; ``StoreBusyError`` after ``wait_s`` without a
+        new holder (each one, progress on a crowded machine, starts the budget afresh), or
+        after ``HANDS_WAIT`` times ``wait_s`` in all."""
+        started = since = time.monotonic()
+        seen: int | None = None  # the holder's pid, when last looked at
         while True:
             with self._lock:
                 if self._closed:
@@ -165,17 +171,24 @@ class ShardLease:
                     return local()
                 finally:
                     self._done(answering=False)
-            self._link.timeout_s = max(self.wait_s - (time.monotonic() - started), 0.0)
+            self._link.timeout_s = max(self.wait_s - (time.monotonic() - since), 0.0)
             try:
                 return remote(self._link)
             except HolderGone:
-                asks = self._holder_serves_none(time.monotonic() - started)
+                holder = self._holder_record()
+                if holder is not None and holder["pid"] != seen:
+                    since = since if seen is None else time.monotonic()  # new hands
+                    seen = holder["pid"]
+                if holder is None:  # none of ours, past half the wait: an older twinrank
+                    asks = time.monotonic() - since > self.wait_s / 2
+                else:  # it answers no reads (no sockets on that file system)
+                    asks = not holder.get("serves", False)
             except NotServed:  # a holder of another twinrank version
                 asks = True
-            if asks:
-                with self.hold():  # an older twinrank, or no socket there: ask for the folder
+            if asks:  # ask for the folder, as writes do
+                with self.hold():
                     return local()
-            self._waited(started)
+            self._waited(since, started)
 
     def release(self) -> bool:
         """Flush and close the shard if no operation is using it; True when it did."""
@@ -301,11 +314,14 @@ class ShardLease:
             if mine is not None:
                 mine.unlink(missing_ok=True)
 
-    def _waited(self, started: float) -> None:
-        """One pause of a wait that began at ``started``: said once past
-        ``NOTICE_AFTER_S``, ``StoreBusyError`` past ``wait_s``."""
-        waited = time.monotonic() - started
-        if waited > self.wait_s:
+    def _waited(self, started: float, first: float | None = None) -> None:
+        """One pause of a wait whose budget runs from ``started`` (and which began at
+        ``first``): said once past ``NOTICE_AFTER_S``, ``StoreBusyError`` past ``wait_s``
+        (or past ``HANDS_WAIT`` times that since ``first``)."""
+        now = time.monotonic()
+        first = started if first is None else first
+        waited = now - first
+        if now - started > self.wait_s or waited > HANDS_WAIT * self.wait_s:
             holder = self._holder_record()
             who = ("an ingest, the UI or a long optimise" if holder is None else
                    f"{holder['program']}, process {holder['pid']}")
@@ -330,15 +346,6 @@ class ShardLease:
         except (OSError, ValueError, KeyError, TypeError):
             return None
         return record if _runs(pid) else None
-
-    def _holder_serves_none(self, waited: float) -> bool:
-        """Whether reads must ask for the folder: its holder answers none (no socket on
-        that file system), or, past half the wait, no holder of ours is known (an older
-        twinrank holds it)."""
-        record = self._holder_record()
-        if record is not None:
-            return not record.get("serves", False)
-        return waited > self.wait_s / 2
 
     def _try_open(self) -> Any:
         """The opened shard, or None when another process holds the folder's lock."""

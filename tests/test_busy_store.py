@@ -80,6 +80,25 @@ print("done", flush=True)
 store.close()
 """
 
+# Asks for the folder at once (a step, as a writer does), with no read before it.
+NEXT_HOLDER = """
+import sys, time
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from qdrant_edge import EdgeShard
+from twinrank.store.edge import SHARD_DIR, EdgeStore, _settling, _token_file, read_info
+from twinrank.store.lease import ShardLease
+folder = Path({folder!r})
+info = read_info(folder)
+tokens = _token_file(folder, info)
+lease = ShardLease(folder, _settling(lambda: EdgeShard.load(str(folder / SHARD_DIR)), tokens))
+store = EdgeStore(folder, lease, info, tokens)
+print("asking", flush=True)
+with store.exclusive():
+    time.sleep({seconds})
+store.close()
+"""
+
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -260,3 +279,20 @@ def test_a_holder_busy_reading_hands_over_to_a_writer(tmp_path: Path) -> None:
     assert not holder._lease.is_open
     writer.close()
     holder.close()
+
+
+def test_a_read_waits_while_the_folder_changes_hands(store: Path) -> None:
+    """Two holders in turn, each in a step no reader may see half of: the reader's wait
+    outlasts its budget, but the second holder is progress, so it waits on."""
+    first = _start(HOLDER.format(root=str(ROOT), folder=str(store), seconds=2))
+    assert first.stdout is not None and first.stdout.readline().strip() == "holding"
+    second = _start(NEXT_HOLDER.format(root=str(ROOT), folder=str(store), seconds=1.5))
+    assert second.stdout is not None and second.stdout.readline().strip() == "asking"
+    time.sleep(0.3)  # its request is filed: the reader will not take the folder between
+    began = time.monotonic()
+    reader = EdgeStore.open(store, wait_s=3)  # its first read waits through both holders
+    assert reader.count() == 24
+    assert time.monotonic() - began > 3  # longer than its budget, since hands changed
+    for holder in (first, second):
+        assert _finished(holder)[0] == 0
+    reader.close()
