@@ -109,6 +109,8 @@ def encode(value: Any) -> tuple[dict[str, Any], list[np.ndarray]]:
             return {"$array": len(arrays) - 1}
         if isinstance(item, np.generic):
             return item.item()
+        if type(item) is StoredHit:  # a payload is JSON as Qdrant stores it: sent as is
+            return {"$hit": [item.id, item.score, item.payload]}
         if is_dataclass(item) and not isinstance(item, type):
             name = type(item).__name__
             if CLASSES.get(name) is not type(item):
@@ -142,6 +144,8 @@ def decode(meta: dict[str, Any], arrays: list[np.ndarray]) -> Any:
             return item
         if "$array" in item:
             return arrays[item["$array"]]
+        if "$hit" in item:
+            return StoredHit(*item["$hit"])
         if "$class" in item:
             return CLASSES[item["$class"]](**{k: unpacked(v) for k, v in item["fields"].items()})
         if "$datetime" in item:
